@@ -1,0 +1,3 @@
+from knowledge_flow.cli import main
+
+main()

@@ -1,0 +1,503 @@
+"""`kflow`: solve, resume, show, threads, demo, serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, cast
+from urllib.parse import urlparse
+
+import openai
+import typer
+from langchain_core.runnables import RunnableConfig
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from knowledge_flow.context import DEFAULT_DB, DEFAULT_LOCAL_BASE_URL, Context
+from knowledge_flow.graph import compile_graph
+from knowledge_flow.knowledge import visible_items
+from knowledge_flow.params import recursion_limit, resolve_params
+from knowledge_flow.persistence.checkpointer import SqliteCheckpointer, check_db_path
+from knowledge_flow.persistence.store import SchemaError, Store, get_store
+from knowledge_flow.server_launch.model_files import ModelError
+from knowledge_flow.server_launch.process import ServerError, ServerProcess, models_ready
+from knowledge_flow.state import InputState, KnowledgeItem
+
+app = typer.Typer(
+    help="Knowledge Flow: solve hard problems in many rollouts that pass knowledge, not context.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+serve_app = typer.Typer(help="Start and stop model servers.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+SAMPLE_PROBLEM = (
+    "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her "
+    "friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck "
+    "egg. How much in dollars does she make every day at the farmers' market?"
+)
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str | None, limit: int | None = None) -> str:
+    """Model text made safe for a terminal (no control characters or escape sequences)."""
+    if text is None:
+        return "—"
+    cleaned = _CONTROL.sub("�", text)
+    if limit is not None and len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1] + "…"
+    return cleaned
+
+
+class UsageError(Exception):
+    """Bad input: reported with exit code 2."""
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(Text(f"error: {message}", style="bold red"))
+    return typer.Exit(code)
+
+
+def check_base_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UsageError(f"--base-url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
+    try:
+        _ = parsed.port
+    except ValueError:
+        raise UsageError(f"--base-url has an invalid port: {url!r}") from None
+    return url.rstrip("/")
+
+
+def resolve_db(db: str | None) -> str:
+    path = db or os.environ.get("KFLOW_DB") or DEFAULT_DB
+    try:
+        return str(check_db_path(path))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def open_store(db: str, must_exist: bool = False) -> Store:
+    if must_exist and not Path(db).is_file():
+        raise UsageError(f"database {db!r} does not exist")
+    try:
+        return get_store(db)
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@contextmanager
+def endpoint(base_url: str) -> Iterator[str]:
+    """Yield the base URL to use. The embedded local server is started for the command if it is the
+    target and is not running yet (and stopped afterwards)."""
+    if base_url != DEFAULT_LOCAL_BASE_URL or models_ready(base_url):
+        yield base_url
+        return
+    from knowledge_flow.server_launch.local import start_local
+
+    err.print(f"the local model server is not running at {base_url}; starting it for this command")
+    try:
+        server: ServerProcess = start_local(write_pid_file=False, progress=lambda m: err.print(f"  {m}"))
+    except (ServerError, ModelError) as exc:
+        raise UsageError(
+            f"{exc}\nStart a server with `kflow serve local`, or pass --base-url URL of an OpenAI-compatible "
+            "endpoint (e.g. vLLM)."
+        ) from None
+    try:
+        yield base_url
+    finally:
+        server.stop()
+
+
+def _print_rollout(store: Store, state: dict[str, Any]) -> None:
+    iteration = state["iteration"] - 1
+    rid = state["rollout_ids"][-1]
+    row = store.get_rollout(rid)
+    answer = state["answers"][-1]
+    tokens = f"{row.prompt_tokens}+{row.completion_tokens} tokens" if row else ""
+    latency = f"{row.latency_s:.1f}s" if row else ""
+    changed = " (changed)" if row is not None and row.changed else ""
+    err.print(Text(f"rollout {iteration}: answer {clean(answer)}{changed}  [{tokens}, {latency}]", style="bold"))
+
+
+def _print_knowledge(items: list[KnowledgeItem]) -> None:
+    if not items:
+        err.print("  knowledge: (empty)")
+        return
+    err.print(f"  knowledge ({len(items)} shown, newest first):")
+    for item in items:
+        err.print(Text(f"   - not {clean(item['wrong_answer'])}: {clean(item['text'], 160)}"))
+
+
+def run_graph(*, graph_input: dict[str, Any] | None, thread_id: str, db: str, context: Context) -> dict[str, Any]:
+    checkpointer = SqliteCheckpointer(db)
+    graph = compile_graph(checkpointer)
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    iterations = (graph_input or {}).get("iterations")
+    if graph_input is None:
+        iterations = graph.get_state(config).values["params"]["iterations"]
+    config["recursion_limit"] = recursion_limit(int(iterations or 1))
+    store = get_store(db)
+    last_knowledge: list[KnowledgeItem] | None = None
+    updated: set[str] = set()
+    try:
+        for mode, chunk in graph.stream(
+            cast(InputState | None, graph_input),
+            config,
+            context=context,
+            stream_mode=["updates", "values"],
+            durability="sync",
+        ):
+            if mode == "updates":
+                updated = set(chunk) if isinstance(chunk, dict) else set()
+                continue
+            values = cast(dict[str, Any], chunk)
+            if "prepare" in updated:
+                err.print(f"run {values['run_id']} on thread {thread_id} (database {db})")
+            if "distill_knowledge" in updated:
+                _print_rollout(store, values)
+                params = values["params"]
+                visible = visible_items(values["knowledge"], params["knowledge_budget_tokens"], params["answer_type"])
+                if visible != last_knowledge:
+                    _print_knowledge(visible)
+                    last_knowledge = visible
+    finally:
+        checkpointer.close()
+    return summarize(graph.get_state(config).values, thread_id, db)
+
+
+def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]:
+    params = values.get("params") or {}
+    knowledge = visible_items(
+        values.get("knowledge", []), params.get("knowledge_budget_tokens", 0), params.get("answer_type", "integer")
+    )
+    return {
+        "thread_id": thread_id,
+        "run_id": values.get("run_id"),
+        "status": values.get("status"),
+        "final_answer": values.get("final_answer"),
+        "answers": values.get("answers", []),
+        "knowledge": [dict(item) for item in knowledge],
+        "iterations_done": values.get("iteration", 0),
+        "usage": values.get("usage", {"prompt_tokens": 0, "completion_tokens": 0}),
+        "db": db,
+    }
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "db"}, ensure_ascii=False) + "\n")
+        return
+    usage = result["usage"]
+    out.print(Text(f"final answer: {clean(result['final_answer'])}", style="bold green"))
+    out.print(f"answers: {', '.join(clean(a) for a in result['answers'])}")
+    out.print(
+        f"rollouts: {result['iterations_done']}   tokens: {usage['prompt_tokens']} prompt + "
+        f"{usage['completion_tokens']} completion"
+    )
+    out.print(f"thread: {result['thread_id']}   database: {result['db']}")
+
+
+def _execute(
+    graph_input: dict[str, Any] | None, thread_id: str, db: str, base_url: str, as_json: bool, conn: Connection
+) -> None:
+    try:
+        with endpoint(base_url) as url:
+            context = Context(
+                base_url=url, db_path=db, max_retries=conn.max_retries, request_timeout=conn.request_timeout
+            )
+            result = run_graph(graph_input=graph_input, thread_id=thread_id, db=db, context=context)
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    except (openai.APIConnectionError, openai.APIStatusError) as exc:
+        raise fail(
+            f"the endpoint {base_url} failed: {exc}. Completed rollouts are saved; continue with "
+            f"`kflow resume {thread_id} --db {db}`",
+            code=1,
+        ) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; continue with `kflow resume {thread_id} --db {db}`", code=130) from None
+    emit(result, as_json)
+
+
+@dataclass(frozen=True)
+class Connection:
+    max_retries: int = 6
+    request_timeout: float = 3600.0
+
+
+MaxRetriesOpt = Annotated[
+    int, typer.Option("--max-retries", min=0, help="Retries on 429, 5xx, timeouts and lost connections.")
+]
+TimeoutOpt = Annotated[float, typer.Option("--request-timeout", min=1.0, help="Seconds to wait for one completion.")]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option("--base-url", help="OpenAI-compatible endpoint (env KFLOW_BASE_URL; default: the local server)."),
+]
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (env KFLOW_DB; default knowledge_flow.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")]
+
+
+@app.command()
+def solve(
+    problem: Annotated[str, typer.Argument(help="The problem text ('-' reads it from standard input).")],
+    base_url: BaseUrlOpt = None,
+    model: Annotated[str | None, typer.Option(help="Served model name (env KFLOW_MODEL).")] = None,
+    iterations: Annotated[int, typer.Option(help="Rollouts to run (the original used 64).")] = 64,
+    thread_id: Annotated[str | None, typer.Option("--thread-id", help="Thread id (default: a new one).")] = None,
+    db: DbOpt = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens per rollout.")] = 512,
+    answer_type: Annotated[str, typer.Option("--answer-type", help="integer, latex or text.")] = "integer",
+    strategy: Annotated[str, typer.Option(help="Strategy (knowledge-flow).")] = "knowledge-flow",
+    knowledge_budget: Annotated[
+        int, typer.Option("--knowledge-budget", help="Token budget of the knowledge list in a prompt.")
+    ] = 8192,
+    prefill: Annotated[
+        str | None, typer.Option(help="Assistant prefill, continued by the server (vLLM continue_final_message).")
+    ] = None,
+    as_json: JsonOpt = False,
+    max_retries: MaxRetriesOpt = 6,
+    request_timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Run Knowledge Flow on one problem."""
+    run_solve(
+        problem,
+        base_url=base_url,
+        db=db,
+        thread_id=thread_id,
+        as_json=as_json,
+        conn=Connection(max_retries, request_timeout),
+        params={
+            "model": model,
+            "iterations": iterations,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "strategy": strategy,
+            "answer_type": answer_type,
+            "knowledge_budget_tokens": knowledge_budget,
+            "prefill": prefill,
+        },
+    )
+
+
+def run_solve(
+    problem: str,
+    *,
+    base_url: str | None,
+    db: str | None,
+    thread_id: str | None,
+    as_json: bool,
+    params: dict[str, Any],
+    conn: Connection | None = None,
+) -> None:
+    try:
+        if problem == "-":
+            problem = sys.stdin.read()
+        if not problem.strip():
+            raise UsageError("the problem is empty")
+        url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or DEFAULT_LOCAL_BASE_URL)
+        db_path = resolve_db(db)
+        resolve_params(params)
+        open_store(db_path)
+    except (UsageError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    thread = thread_id or uuid.uuid4().hex[:12]
+    _execute({"problem": problem, **params}, thread, db_path, url, as_json, conn or Connection())
+
+
+@app.command()
+def resume(
+    thread_id: Annotated[str, typer.Argument(help="The thread to continue.")],
+    db: DbOpt = None,
+    base_url: BaseUrlOpt = None,
+    as_json: JsonOpt = False,
+    max_retries: MaxRetriesOpt = 6,
+    request_timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Continue an interrupted run from its last completed step, with its stored parameters."""
+    try:
+        db_path = resolve_db(db)
+        store = open_store(db_path, must_exist=True)
+        run = store.latest_run(thread_id)
+        if run is None:
+            raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+        url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or run.base_url or DEFAULT_LOCAL_BASE_URL)
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}}).values
+    finally:
+        checkpointer.close()
+    if not values:
+        raise fail(f"thread {thread_id!r} has no checkpoint in {db_path}")
+    if values.get("status") == "done":
+        err.print(f"thread {thread_id} is already complete")
+        emit(summarize(values, thread_id, db_path), as_json)
+        return
+    _execute(None, thread_id, db_path, url, as_json, Connection(max_retries, request_timeout))
+
+
+@app.command()
+def show(
+    thread_id: Annotated[str, typer.Argument(help="The thread to show.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a run: per rollout the answer, whether it changed, the knowledge it added, tokens, latency."""
+    try:
+        db_path = resolve_db(db)
+        store = open_store(db_path, must_exist=True)
+        run = store.latest_run(thread_id)
+        if run is None:
+            raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    rows = store.rollouts(run.run_id)
+    rollouts: list[dict[str, Any]] = [
+        {
+            "iteration": r.iteration,
+            "answer": r.answer,
+            "changed": r.changed,
+            "knowledge_added": json.loads(r.knowledge_added) if r.knowledge_added else None,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "latency_s": round(r.latency_s, 3),
+            "finish_reason": r.finish_reason,
+        }
+        for r in rows
+    ]
+    if as_json:
+        payload = {
+            "thread_id": run.thread_id,
+            "run_id": run.run_id,
+            "status": run.status,
+            "final_answer": run.final_answer,
+            "params": run.params,
+            "problem": run.problem,
+            "rollouts": rollouts,
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        return
+    out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    out.print(Text(f"problem: {clean(run.problem, 300)}"))
+    table = Table("#", "answer", "changed", "knowledge added", "tokens (prompt+completion)", "latency", "finish")
+    for r in rollouts:
+        added = r["knowledge_added"]
+        table.add_row(
+            str(r["iteration"]),
+            Text(clean(r["answer"], 40)),
+            "—" if r["changed"] is None else ("yes" if r["changed"] else "no"),
+            Text(clean(f"not {added['wrong_answer']}: {added['text']}", 80) if added else "—"),
+            f"{r['prompt_tokens']}+{r['completion_tokens']}",
+            f"{r['latency_s']:.1f}s",
+            clean(r["finish_reason"]),
+        )
+    out.print(table)
+    out.print(Text(f"final answer: {clean(run.final_answer)}", style="bold"))
+
+
+@app.command()
+def threads(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List the runs in a database with their status."""
+    try:
+        db_path = resolve_db(db)
+        store = open_store(db_path, must_exist=True)
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    runs = store.list_runs()
+    listing: list[dict[str, Any]] = [
+        {
+            "thread_id": r.thread_id,
+            "run_id": r.run_id,
+            "status": r.status,
+            "iterations_done": r.iterations_done,
+            "iterations": r.params.get("iterations"),
+            "final_answer": r.final_answer,
+            "model": r.model,
+            "strategy": r.strategy,
+            "created_at": r.created_at,
+        }
+        for r in runs
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        return
+    table = Table("thread", "run", "status", "rollouts", "final answer", "model", "created")
+    for item in listing:
+        table.add_row(
+            Text(clean(item["thread_id"])),
+            item["run_id"][:12],
+            item["status"],
+            f"{item['iterations_done']}/{item['iterations']}",
+            Text(clean(item["final_answer"], 30)),
+            Text(clean(item["model"], 40)),
+            item["created_at"],
+        )
+    out.print(table)
+
+
+@app.command()
+def demo(
+    db: Annotated[str, typer.Option("--db", help="SQLite file for the demo run.")] = "kflow-demo.db",
+    iterations: Annotated[int, typer.Option(help="Rollouts.")] = 3,
+) -> None:
+    """Solve a sample GSM8K problem with the embedded CPU model (3 rollouts)."""
+    err.print(Text(f"problem: {SAMPLE_PROBLEM}"))
+    run_solve(
+        SAMPLE_PROBLEM,
+        base_url=DEFAULT_LOCAL_BASE_URL,
+        db=db,
+        thread_id=None,
+        as_json=False,
+        params={"iterations": iterations, "max_new_tokens": 512, "temperature": 0.6, "top_p": 1.0},
+    )
+
+
+@serve_app.command("local")
+def serve_local(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    model_path: Annotated[Path | None, typer.Option("--model-path", help="Another GGUF file.")] = None,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length.")] = 4096,
+) -> None:
+    """Start the embedded CPU model server in the background (pid file; stop with `kflow serve stop`)."""
+    from knowledge_flow.server_launch.local import start_local
+
+    try:
+        server = start_local(host=host, port=port, model_path=model_path, n_ctx=n_ctx, progress=lambda m: err.print(m))
+    except (ServerError, ModelError) as exc:
+        raise fail(str(exc), code=1) from None
+    out.print(f"local model server running at {server.base_url} (pid {server.pid}, log {server.log_path})")
+
+
+@serve_app.command("stop")
+def serve_stop() -> None:
+    """Stop the server started by `kflow serve local`."""
+    from knowledge_flow.server_launch.local import stop_local
+
+    out.print("stopped" if stop_local() else "no server was running")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""`prepare`: start a run: resolve and validate parameters, reset the run state, register the run."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from langgraph.config import get_config
+from langgraph.runtime import Runtime
+
+from knowledge_flow.context import Context
+from knowledge_flow.nodes.common import context_of, package_version, store_of
+from knowledge_flow.params import PARAM_KEYS, resolve_params
+from knowledge_flow.state import State
+
+
+def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    problem = state.get("problem")
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError("problem must be a non-empty string")
+    params = resolve_params(state)
+    run_id = uuid.uuid4().hex
+    thread_id = str((get_config().get("configurable") or {}).get("thread_id") or run_id)
+    store_of(runtime).create_run(
+        run_id=run_id,
+        thread_id=thread_id,
+        problem=problem,
+        params=dict(params),
+        base_url=context_of(runtime).base_url,
+        package_version=package_version(),
+    )
+    consumed: dict[str, Any] = {key: None for key in PARAM_KEYS}
+    return {
+        **consumed,
+        "run_id": run_id,
+        "thread_id": thread_id,
+        "params": params,
+        "iteration": 0,
+        "pending_rollout": None,
+        "current": None,
+        "reference": None,
+        "reference_answer": None,
+        "answers": [],
+        "knowledge": [],
+        "rollout_ids": [],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+        "status": "running",
+        "final_answer": None,
+    }

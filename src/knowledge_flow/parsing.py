@@ -1,0 +1,234 @@
+"""Model output -> thinking, final text, sections and answer.
+
+Every function here is total: any text (empty, huge, unbalanced braces, control characters) gives a
+result in time linear in its length, never an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from knowledge_flow.state import AnswerType
+
+THINK_END = "</think>"
+THINK_START = "<think>"
+
+#: Section names the parsers know. A section runs from its header to the next known header.
+KNOWN_SECTIONS: tuple[str, ...] = ("Error Report", "Summary", "Answer")
+
+_NA = re.compile(r"^\s*(?:\*\*)?\s*(?:n\s*/\s*a|none|na|not applicable)\s*\.?\s*(?:\*\*)?\s*$", re.IGNORECASE)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_INTEGER = re.compile(r"(?<![\w.])[-+]?\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\w.])[-+]?\d+(?:\.0+)?(?![\d.]*\d)")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
+_NOT_AN_INTEGER = re.compile(r"\\frac|\\sqrt|\\pi|\^|/|\\cdot|\\times")
+
+
+@dataclass(frozen=True)
+class ParsedRollout:
+    """What one rollout said, as the graph needs it."""
+
+    thinking: str
+    final: str
+    answer: str | None
+    summary: str | None
+    error_report: str | None
+    sections: dict[str, str] = field(default_factory=dict)
+
+
+def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[str, str]:
+    """Return (thinking, final text).
+
+    The thinking is the server's separate reasoning field when it sent one; otherwise the text up to the
+    last ``</think>`` of the content. The final text is what follows the last ``</think>`` (all the content
+    when there is none).
+    """
+    text = content or ""
+    cut = text.rfind(THINK_END)
+    if cut < 0:
+        return (reasoning or "").strip(), text.strip()
+    inline = text[:cut].strip()
+    if inline.startswith(THINK_START):
+        inline = inline[len(THINK_START) :]
+    return (reasoning or inline).strip(), text[cut + len(THINK_END) :].strip()
+
+
+def _header_pattern(names: Iterable[str]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(n).replace(r"\ ", r"[ \t]+") for n in sorted(set(names), key=len, reverse=True))
+    return re.compile(
+        r"(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?P<open>\[)?[ \t]*"
+        rf"(?P<name>{alternatives})"
+        r"[ \t]*(?P<close>\])?[ \t]*(?:\*\*|__)?[ \t]*(?P<colon>:)?[ \t]*(?:\*\*|__)?",
+        re.IGNORECASE,
+    )
+
+
+_HEADERS = _header_pattern(KNOWN_SECTIONS)
+
+
+def _is_header(text: str, match: re.Match[str]) -> bool:
+    """A header is "[Name]" anywhere, or a decorated name that starts a line ("### Summary:",
+    "**Summary**", "Summary:"). Plain words in running text ("in summary, ...") are not headers."""
+    if match.group("open") and match.group("close"):
+        return True
+    line_start = text.rfind("\n", 0, match.start()) + 1
+    if text[line_start : match.start()].strip(" \t>"):
+        return False
+    return bool(match.group("colon")) or match.group(0).lstrip().startswith(("#", "*", "_"))
+
+
+def _spans(text: str, pattern: re.Pattern[str] = _HEADERS) -> list[tuple[int, int, int, str]]:
+    """(header start, body start, body end, lower-case name) of each header, in order."""
+    heads = [
+        (m.start(), m.end(), " ".join(m.group("name").split()).lower())
+        for m in pattern.finditer(text)
+        if _is_header(text, m)
+    ]
+    return [
+        (start, body, heads[i + 1][0] if i + 1 < len(heads) else len(text), name)
+        for i, (start, body, name) in enumerate(heads)
+    ]
+
+
+def find_sections(text: str, names: Iterable[str] = KNOWN_SECTIONS) -> dict[str, str]:
+    """Map each section name (as given in `names`) to its text; the last non-empty occurrence wins."""
+    wanted = {n.lower(): n for n in names}
+    known = set(KNOWN_SECTIONS)
+    pattern = _HEADERS if set(wanted.values()) <= known else _header_pattern(known | set(wanted.values()))
+    sections: dict[str, str] = {}
+    for _, body_start, body_end, name in _spans(text, pattern):
+        body = text[body_start:body_end].strip()
+        if name in wanted and body:
+            sections[wanted[name]] = body
+    return sections
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Index of each '{' -> index of its matching '}' (escaped braces ``\\{`` are ignored)."""
+    stack: list[int] = []
+    pairs: dict[int, int] = {}
+    for i, ch in enumerate(text):
+        if ch in "{}" and i and text[i - 1] == "\\":
+            continue
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            pairs[stack.pop()] = i
+    return pairs
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every balanced ``\\boxed{...}`` (and ``\\fbox{...}``), in order."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    pairs = _matching_braces(text)
+    found = []
+    for match in _BOXED.finditer(text):
+        close = pairs.get(match.end() - 1)
+        if close is not None:
+            found.append(text[match.end() : close].strip())
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    contents = [c for c in boxed_contents(text) if c]
+    return contents[-1] if contents else None
+
+
+def normalize_integer(raw: str) -> str | None:
+    """'1,234' -> '1234', '$70$' -> '70', '\\text{70}' -> '70', '70.0' -> '70'; otherwise None."""
+    text = _TEXT_WRAPPER.sub(r"\1", raw)
+    for junk in ("$", "\\!", "\\,", "\\;", "\\ ", "{", "}", " ", "^\\circ", "\\circ", "\\%", "%"):
+        text = text.replace(junk, "")
+    text = text.strip().rstrip(".")
+    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+", text):
+        text = text.replace(",", "")
+    match = re.fullmatch(r"([-+]?)(\d+)(?:\.0+)?", text)
+    if not match:
+        return None
+    sign, digits = match.groups()
+    value = int(digits)
+    return str(-value if sign == "-" else value)
+
+
+def last_integer(text: str) -> str | None:
+    matches = _INTEGER.findall(text)
+    return normalize_integer(matches[-1]) if matches else None
+
+
+def extract_answer(final: str, answer_type: AnswerType) -> str | None:
+    """The last ``\\boxed{}`` of the final text; for integer problems, the last integer as a fallback.
+
+    For integer problems a boxed value is normalised ("1,234" -> "1234"); a boxed expression with exactly
+    one integer in it ("x = 18", "18 \\text{ dollars}") gives that integer, any other expression
+    ("\\frac{1}{2}") is kept as written. Without a box, the last integer on the first line of the
+    ``[Answer]`` section is taken, else the last integer of the final text.
+    """
+    boxed = last_boxed(final)
+    if answer_type != "integer":
+        return boxed
+    if boxed is not None:
+        as_int = normalize_integer(boxed)
+        if as_int is not None:
+            return as_int
+        integers = _INTEGER.findall(_TEXT_WRAPPER.sub(r"\1", boxed))
+        if len(integers) == 1 and not _NOT_AN_INTEGER.search(boxed):
+            return normalize_integer(integers[0])
+        return boxed
+    answer_section = find_sections(final, ("Answer",)).get("Answer")
+    if answer_section is not None:
+        from_section = last_integer(answer_section.splitlines()[0])
+        if from_section is not None:
+            return from_section
+    return last_integer(final)
+
+
+def is_na(text: str | None) -> bool:
+    """True for a missing or empty section, or one whose first line says N/A (or none)."""
+    if text is None or not text.strip():
+        return True
+    return bool(_NA.match(text.strip().splitlines()[0]))
+
+
+def summary_fallback(final: str) -> str | None:
+    """The whole final text up to the last ``[Answer]`` header, without any ``[Error Report]`` section.
+
+    An error report whose first line says N/A keeps what follows that line (models often go on with
+    their summary there, without a header).
+    """
+    spans = _spans(final)
+    answer_starts = [start for start, _, _, name in spans if name == "answer"]
+    end = answer_starts[-1] if answer_starts else len(final)
+    pieces, cursor = [], 0
+    for start, body_start, body_end, name in spans:
+        if name != "error report" or start >= end:
+            continue
+        pieces.append(final[cursor:start])
+        body = final[body_start:body_end]
+        cut = body_end
+        if body.strip() and is_na(body):
+            first = body.strip().splitlines()[0]
+            cut = body_start + body.index(first) + len(first)
+        cursor = min(cut, end)
+    pieces.append(final[cursor:end])
+    return "".join(pieces).strip() or None
+
+
+def parse_rollout(content: str | None, reasoning: str | None, answer_type: AnswerType) -> ParsedRollout:
+    """Parse one Knowledge Flow rollout.
+
+    When no summary header is found, the whole final text up to ``[Answer]`` is the summary, as in the
+    original method. An ``[Error Report]`` of "N/A" (or empty) is reported as None.
+    """
+    thinking, final = split_thinking(content, reasoning)
+    sections = find_sections(final)
+    report = sections.get("Error Report")
+    return ParsedRollout(
+        thinking=thinking,
+        final=final,
+        answer=extract_answer(final, answer_type),
+        summary=sections.get("Summary") or summary_fallback(final),
+        error_report=None if is_na(report) else report,
+        sections=sections,
+    )

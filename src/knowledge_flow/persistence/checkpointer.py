@@ -1,0 +1,74 @@
+"""The LangGraph SQLite checkpointer, opened lazily, in WAL mode with a busy timeout."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+BUSY_TIMEOUT_S = 60.0
+
+
+def check_db_path(path: str | os.PathLike[str]) -> Path:
+    """Refuse a database path whose folder does not exist (instead of failing deep inside sqlite)."""
+    resolved = Path(path).expanduser()
+    if resolved.is_dir():
+        raise ValueError(f"database path {str(resolved)!r} is a folder, not a file")
+    if not resolved.parent.exists():
+        raise ValueError(f"the folder of database {str(resolved)!r} does not exist")
+    return resolved
+
+
+def connect(path: str | os.PathLike[str], timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(check_db_path(path)), check_same_thread=False, timeout=timeout)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class SqliteCheckpointer(SqliteSaver):
+    """A `SqliteSaver` that opens its file on first use.
+
+    The path is given, or read from ``KFLOW_DB`` at first use, so importing the package never creates a
+    file. Safe for many threads of one process (the saver serialises access with its lock).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float = BUSY_TIMEOUT_S) -> None:
+        BaseCheckpointSaver.__init__(self)
+        self.jsonplus_serde = JsonPlusSerializer()
+        self.is_setup = False
+        self.lock = threading.Lock()
+        self._path = path
+        self._timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+        self._open_lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        from knowledge_flow.context import DEFAULT_DB
+
+        return str(self._path or os.environ.get("KFLOW_DB") or DEFAULT_DB)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            with self._open_lock:
+                if self._conn is None:
+                    self._conn = connect(self.path, self._timeout)
+        return self._conn
+
+    @conn.setter
+    def conn(self, value: sqlite3.Connection) -> None:
+        self._conn = value
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self.is_setup = False

@@ -1,0 +1,245 @@
+"""The rollout store (SQLAlchemy 2): runs and rollouts with their full texts, next to the checkpoints.
+
+Tables (in the same SQLite file as the LangGraph checkpoints):
+
+- ``kf_meta``: key/value, holds ``schema_version``.
+- ``kf_runs``: one row per run (a thread can hold several runs, one after another).
+- ``kf_rollouts``: one row per rollout: the full prompt, the full output and reasoning text, parsed fields,
+  token usage, latency and finish reason. Its id is ``{run_id}:{iteration}:{index}``, so a rollout whose
+  response was received is found again after a crash and never requested twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Engine, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S, check_db_path
+
+SCHEMA_VERSION = 1
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer version of knowledge-flow."""
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    __tablename__ = "kf_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RunRow(Base):
+    __tablename__ = "kf_runs"
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(256), index=True)
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16))
+    problem: Mapped[str] = mapped_column(Text)
+    params_json: Mapped[str] = mapped_column(Text)
+    base_url: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(256))
+    strategy: Mapped[str] = mapped_column(String(64))
+    prompt_version: Mapped[str] = mapped_column(String(64))
+    package_version: Mapped[str] = mapped_column(String(64))
+    iterations_done: Mapped[int] = mapped_column(Integer, default=0)
+    final_answer: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.params_json)
+        return value
+
+
+class RolloutRow(Base):
+    __tablename__ = "kf_rollouts"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("kf_runs.run_id"), index=True)
+    thread_id: Mapped[str] = mapped_column(String(256), index=True)
+    iteration: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[str] = mapped_column(String(40))
+    prompt_json: Mapped[str] = mapped_column(Text)
+    content: Mapped[str] = mapped_column(Text)
+    reasoning: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    answer: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)
+    error_report: Mapped[str | None] = mapped_column(Text)
+    parsed: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed: Mapped[bool | None] = mapped_column(Boolean)
+    knowledge_added: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        value: list[dict[str, str]] = json.loads(self.prompt_json)
+        return value
+
+
+def _engine(path: str) -> Engine:
+    engine = create_engine(
+        f"sqlite:///{path}",
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's "begin" event below open transactions
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that upgrades to a write while another
+        # process writes fails at once with "database is locked", whatever the busy timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Store:
+    """Runs and rollouts of one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(check_db_path(path))
+        self.engine = _engine(self.path)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._setup()
+
+    def _setup(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.session() as session:
+            row = session.get(MetaRow, "schema_version")
+            if row is None:
+                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row.value) > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path} was written by a newer knowledge-flow (schema {row.value}, this version "
+                    f"reads up to {SCHEMA_VERSION}); upgrade knowledge-flow to open it"
+                )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # runs -------------------------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        thread_id: str,
+        problem: str,
+        params: dict[str, Any],
+        base_url: str | None,
+        package_version: str,
+    ) -> None:
+        now = utcnow()
+        with self.session() as session:
+            if session.get(RunRow, run_id) is not None:
+                return
+            session.add(
+                RunRow(
+                    run_id=run_id,
+                    thread_id=thread_id,
+                    created_at=now,
+                    updated_at=now,
+                    status="running",
+                    problem=problem,
+                    params_json=json.dumps(params, sort_keys=True),
+                    base_url=base_url,
+                    model=str(params.get("model", "")),
+                    strategy=str(params.get("strategy", "")),
+                    prompt_version=str(params.get("prompt_version", "")),
+                    package_version=package_version,
+                    iterations_done=0,
+                    final_answer=None,
+                )
+            )
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        with self.session() as session:
+            run = session.get(RunRow, run_id)
+            if run is None:
+                raise KeyError(f"no run {run_id!r}")
+            for key, value in values.items():
+                setattr(run, key, value)
+            run.updated_at = utcnow()
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        with self.session() as session:
+            return session.get(RunRow, run_id)
+
+    def latest_run(self, thread_id: str) -> RunRow | None:
+        with self.session() as session:
+            statement = select(RunRow).where(RunRow.thread_id == thread_id).order_by(RunRow.created_at.desc()).limit(1)
+            return session.scalars(statement).first()
+
+    def list_runs(self) -> Sequence[RunRow]:
+        with self.session() as session:
+            return session.scalars(select(RunRow).order_by(RunRow.created_at)).all()
+
+    # rollouts ---------------------------------------------------------------------------------------
+    def get_rollout(self, rollout_id: str) -> RolloutRow | None:
+        with self.session() as session:
+            return session.get(RolloutRow, rollout_id)
+
+    def add_rollout(self, row: RolloutRow) -> None:
+        with self.session() as session:
+            session.add(row)
+
+    def update_rollout(self, rollout_id: str, **values: Any) -> None:
+        with self.session() as session:
+            row = session.get(RolloutRow, rollout_id)
+            if row is None:
+                raise KeyError(f"no rollout {rollout_id!r}")
+            for key, value in values.items():
+                setattr(row, key, value)
+
+    def rollouts(self, run_id: str) -> Sequence[RolloutRow]:
+        with self.session() as session:
+            statement = (
+                select(RolloutRow).where(RolloutRow.run_id == run_id).order_by(RolloutRow.iteration, RolloutRow.index)
+            )
+            return session.scalars(statement).all()
+
+
+_STORES: dict[str, Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def get_store(path: str | os.PathLike[str]) -> Store:
+    """One `Store` (engine, connection pool) per database file and process."""
+    key = str(check_db_path(path).resolve())
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = Store(key)
+            _STORES[key] = store
+        return store

@@ -1,0 +1,134 @@
+"""Start a model server as a subprocess: log file, pid file, health wait, stop by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """A server did not start, or cannot be reached."""
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def models_ready(base_url: str, timeout: float = 2.0) -> bool:
+    """Whether ``{base_url}/models`` answers with a model list."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout) as response:
+            body = json.loads(response.read() or b"{}")
+            return response.status == 200 and isinstance(body.get("data"), list)
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class ServerProcess:
+    """A server this process started (or found through its pid file)."""
+
+    pid: int
+    base_url: str
+    log_path: Path
+    pid_path: Path | None = None
+    popen: subprocess.Popen[bytes] | None = None
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except OSError:
+                os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.alive():
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except OSError:
+                    os.kill(self.pid, signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait(timeout=5)
+        if self.pid_path is not None:
+            self.pid_path.unlink(missing_ok=True)
+
+
+def start_server(
+    command: Sequence[str],
+    *,
+    base_url: str,
+    host: str,
+    port: int,
+    log_path: Path,
+    pid_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_timeout_s: float = 180.0,
+) -> ServerProcess:
+    """Start `command`, wait until `base_url` lists models; on failure stop it and raise with the log tail."""
+    if port_in_use(host, port):
+        raise ServerError(f"port {port} on {host} is already in use; choose another with --port")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    server = ServerProcess(popen.pid, base_url, log_path, pid_path, popen)
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerError(
+                f"the server exited with code {popen.returncode} during start-up. "
+                f"Last lines of {log_path}:\n{log_tail(log_path)}"
+            )
+        if models_ready(base_url):
+            if pid_path is not None:
+                pid_path.parent.mkdir(parents=True, exist_ok=True)
+                pid_path.write_text(json.dumps({"pid": popen.pid, "base_url": base_url, "log": str(log_path)}))
+            return server
+        time.sleep(0.5)
+    server.stop()
+    raise ServerError(
+        f"the server did not answer {base_url}/models within {ready_timeout_s:.0f}s. "
+        f"Last lines of {log_path}:\n{log_tail(log_path)}"
+    )
+
+
+def read_pid_file(pid_path: Path) -> ServerProcess | None:
+    try:
+        data = json.loads(pid_path.read_text())
+        return ServerProcess(int(data["pid"]), str(data["base_url"]), Path(data["log"]), pid_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

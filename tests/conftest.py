@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.support.scripted_server import ScriptedServer, script_responder
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+_KFLOW_ENV = ("KFLOW_BASE_URL", "KFLOW_MODEL", "KFLOW_DB", "KFLOW_API_KEY", "OPENAI_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _KFLOW_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANGSMITH_TRACING", "false")
+    monkeypatch.setenv("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+
+
+@pytest.fixture
+def scripted() -> Iterator[type[ScriptedServer]]:
+    """Start scripted servers; every one started through this fixture is stopped after the test."""
+    started: list[ScriptedServer] = []
+
+    class Factory(ScriptedServer):
+        def start(self) -> ScriptedServer:
+            started.append(self)
+            return super().start()
+
+    yield Factory
+    for server in started:
+        server.stop()
+
+
+def scripted_server(factory: type[ScriptedServer], scripts: Mapping[str, Sequence[str]]) -> ScriptedServer:
+    return factory(script_responder(scripts), keys=[k for k in scripts if k != "default"]).start()
+
+
+def kflow_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _KFLOW_ENV}
+    env.update({"PYTHONUNBUFFERED": "1", **(extra or {})})
+    return env
+
+
+def run_kflow(
+    args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "knowledge_flow", *args],
+        capture_output=True,
+        text=True,
+        env=kflow_env(env),
+        timeout=timeout,
+        input=stdin,
+        cwd=REPO,
+    )

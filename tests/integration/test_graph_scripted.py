@@ -1,0 +1,157 @@
+"""The graph over real HTTP against the scripted OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from knowledge_flow import Context, compile_graph
+from knowledge_flow.persistence import SqliteCheckpointer, get_store
+from tests.conftest import REPO, kflow_env
+from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, RECORD, SCRIPT
+from tests.support.scripted_server import Reply, Request, ScriptedServer, script_responder
+
+
+def run(server: ScriptedServer, db: Path, thread: str, **inputs: Any) -> dict[str, Any]:
+    checkpointer = SqliteCheckpointer(db)
+    try:
+        graph = compile_graph(checkpointer)
+        result = graph.invoke(
+            {"problem": PROBLEM, "model": "scripted-model", **inputs},
+            {"configurable": {"thread_id": thread}},
+            context=Context(base_url=server.base_url, db_path=str(db), max_retries=0),
+        )
+        return dict(result)
+    finally:
+        checkpointer.close()
+
+
+def test_exact_prompts_knowledge_and_answers(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    server = scripted(script_responder({"default": SCRIPT})).start()
+    db = tmp_path / "kf.db"
+    result = run(server, db, "t1", iterations=8, temperature=0.7, top_p=0.95, max_new_tokens=321)
+
+    assert [r.prompt for r in server.requests] == EXPECTED_PROMPTS
+    for request in server.requests:
+        assert request.messages == [{"role": "user", "content": request.prompt}]
+        assert request.body["model"] == "scripted-model"
+        assert request.body["temperature"] == 0.7
+        assert request.body["top_p"] == 0.95
+        assert request.body["max_tokens"] == 321
+    assert result["answers"] == ANSWERS
+    assert result["final_answer"] == "7"
+    assert result["status"] == "done"
+    assert result["knowledge"] == RECORD
+    assert result["iteration"] == 8
+
+    store = get_store(db)
+    run_row = store.latest_run("t1")
+    assert run_row is not None and run_row.status == "done" and run_row.final_answer == "7"
+    rows = store.rollouts(run_row.run_id)
+    assert [r.answer for r in rows] == ANSWERS
+    assert [r.content for r in rows] == SCRIPT
+    assert [r.changed for r in rows] == [None, True, False, True, True, True, True, False]
+    assert [json.loads(r.knowledge_added)["iteration"] if r.knowledge_added else None for r in rows] == [
+        None,
+        1,
+        None,
+        3,
+        4,
+        5,
+        6,
+        None,
+    ]
+    assert all(r.completion_tokens > 0 and r.prompt_tokens > 0 for r in rows)
+    assert sum(r.prompt_tokens for r in rows) == result["usage"]["prompt_tokens"]
+
+
+def test_state_holds_no_full_texts(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    marker = "UNIQUE-TRACE-MARKER " * 200
+    outputs = [f"<think>{marker}</think>" + text for text in SCRIPT[:3]]
+    server = scripted(script_responder({"default": outputs})).start()
+    db = tmp_path / "kf.db"
+    run(server, db, "t1", iterations=3)
+    conn = sqlite3.connect(db)
+    blobs = [row[0] for row in conn.execute("SELECT checkpoint FROM checkpoints")]
+    writes = [row[0] for row in conn.execute("SELECT value FROM writes")]
+    assert blobs
+    assert not any(b"UNIQUE-TRACE-MARKER" in bytes(b) for b in blobs + writes if b)
+    stored = conn.execute("SELECT content FROM kf_rollouts").fetchall()
+    assert all("UNIQUE-TRACE-MARKER" in row[0] for row in stored)
+
+
+def test_reasoning_field_is_kept(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    def respond(request: Request) -> Reply:
+        return Reply(content=SCRIPT[0], reasoning="thinking about divisors", reasoning_key="reasoning")
+
+    server = scripted(respond).start()
+    db = tmp_path / "kf.db"
+    result = run(server, db, "t1", iterations=1)
+    store = get_store(db)
+    rows = store.rollouts(result["run_id"])
+    assert rows[0].reasoning == "thinking about divisors"
+    assert rows[0].answer == "5"
+
+
+def test_failed_request_then_resume_with_invoke_none(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    failed = threading.Event()
+    base = script_responder({"default": SCRIPT})
+
+    def respond(request: Request) -> Reply:
+        if request.index == 3 and not failed.is_set():
+            failed.set()
+            return Reply(content="", status=400)
+        return base(request)
+
+    server = scripted(respond).start()
+    db = tmp_path / "kf.db"
+    checkpointer = SqliteCheckpointer(db)
+    graph = compile_graph(checkpointer)
+    config: Any = {"configurable": {"thread_id": "t1"}}
+    context = Context(base_url=server.base_url, db_path=str(db), max_retries=0)
+    with pytest.raises(Exception, match=r"400|scripted failure"):
+        graph.invoke({"problem": PROBLEM, "iterations": 8}, config, context=context)
+    assert graph.get_state(config).values["iteration"] == 3
+    result = graph.invoke(None, config, context=context)
+    checkpointer.close()
+    assert result["answers"] == ANSWERS
+    assert [r.prompt for r in server.delivered()] == EXPECTED_PROMPTS
+    assert len(server.requests) == 9  # 8 delivered + the one that failed
+
+
+def test_new_run_on_same_thread_starts_fresh(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    server = scripted(script_responder({"default": SCRIPT})).start()
+    db = tmp_path / "kf.db"
+    run(server, db, "t1", iterations=3, temperature=0.1)
+    second = run(server, db, "t1", iterations=2)
+    assert len(second["answers"]) == 2
+    assert server.requests[-1].body["temperature"] == 0.6  # the earlier run's temperature is not inherited
+    assert len(get_store(db).list_runs()) == 2
+
+
+def test_exported_graph_with_env_and_resume(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    """`from knowledge_flow import graph` works with the SQLite checkpointer; invoke(None) continues."""
+    server = scripted(script_responder({"default": SCRIPT})).start()
+    db = tmp_path / "exported.db"
+    code = (
+        "import json, sys\n"
+        "from knowledge_flow import graph\n"
+        "cfg = {'configurable': {'thread_id': 'py-1'}}\n"
+        f"out = graph.invoke({{'problem': {PROBLEM!r}, 'iterations': 3}}, cfg)\n"
+        "again = graph.invoke(None, cfg)\n"
+        "print(json.dumps({'answers': out['answers'], 'status': out['status'], 'again': again['answers']}))\n"
+    )
+    env = kflow_env({"KFLOW_DB": str(db), "KFLOW_BASE_URL": server.base_url, "KFLOW_MODEL": "m"})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert payload == {"answers": ANSWERS[:3], "status": "done", "again": ANSWERS[:3]}
+    assert db.is_file()
+    assert len(server.requests) == 3

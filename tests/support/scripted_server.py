@@ -1,0 +1,235 @@
+"""A scripted OpenAI-compatible server: real HTTP on 127.0.0.1, scripted replies, every request recorded.
+
+Replies come from a responder: ``responder(request) -> Reply``. The request carries the messages and
+``index``: how many replies were *delivered* so far for the same key (by default, the problem the prompt
+contains). A request whose client went away before the reply (a killed process) does not advance the
+index, so a resumed run gets the same reply again, as a deterministic model would give.
+
+Run as a script (``python -m tests.support.scripted_server --script FILE --port P``) for subprocess tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    content: str
+    reasoning: str | None = None
+    reasoning_key: str = "reasoning_content"
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    delay_s: float = 0.0
+    status: int = 200
+    hold: threading.Event | None = None
+    """When set, the reply waits until the event is set (tests kill the client meanwhile)."""
+
+
+@dataclass
+class Request:
+    body: dict[str, Any]
+    headers: dict[str, str]
+    key: str
+    index: int
+    started: float
+    ended: float | None = None
+    delivered: bool = False
+    aborted: bool = False
+    status: int = 200
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        value: list[dict[str, Any]] = self.body.get("messages", [])
+        return value
+
+    @property
+    def prompt(self) -> str:
+        return "\n".join(str(m.get("content", "")) for m in self.messages if m.get("role") == "user")
+
+
+Responder = Callable[[Request], Reply]
+
+
+def word_count(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+@dataclass
+class ScriptedServer:
+    responder: Responder
+    keys: Sequence[str] = ()
+    """Problem texts: a request's key is the first of them its prompt contains ("default" otherwise)."""
+    requests: list[Request] = field(default_factory=list)
+    model: str = "scripted-model"
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._delivered: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: Mapping[str, Any]) -> bool:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                    return True
+                except OSError:
+                    return False
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") in ("/v1/models", "/models"):
+                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                elif self.path == "/health":
+                    self._send(200, {"status": "ok"})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": "not found"}})
+                    return
+                server._complete(self, body, {k.lower(): v for k, v in self.headers.items()})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    # ------------------------------------------------------------------------------------------------
+    def key_of(self, body: dict[str, Any]) -> str:
+        prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+        for key in self.keys:
+            if key in prompt:
+                return key
+        return "default"
+
+    def _complete(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], headers: dict[str, str]) -> None:
+        key = self.key_of(body)
+        with self._lock:
+            request = Request(
+                body=body, headers=headers, key=key, index=self._delivered.get(key, 0), started=time.monotonic()
+            )
+            self.requests.append(request)
+        reply = self.responder(request)
+        if reply.hold is not None:
+            reply.hold.wait(timeout=120)
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
+        if _peer_closed(handler.connection):
+            request.aborted = True
+            request.ended = time.monotonic()
+            return
+        request.status = reply.status
+        if reply.status != 200:
+            handler._send(reply.status, {"error": {"message": "scripted failure", "type": "server_error"}})  # type: ignore[attr-defined]
+            request.ended = time.monotonic()
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.reasoning is not None:
+            message[reply.reasoning_key] = reply.reasoning
+        prompt_tokens = reply.prompt_tokens or sum(word_count(str(m.get("content", ""))) for m in body["messages"])
+        completion_tokens = reply.completion_tokens or word_count(reply.content + (reply.reasoning or ""))
+        payload = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        ok = handler._send(200, payload)  # type: ignore[attr-defined]
+        with self._lock:
+            request.ended = time.monotonic()
+            request.delivered = ok
+            if ok:
+                self._delivered[key] = self._delivered.get(key, 0) + 1
+
+    # ------------------------------------------------------------------------------------------------
+    def start(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def delivered(self, key: str | None = None) -> list[Request]:
+        return [r for r in self.requests if r.delivered and (key is None or r.key == key)]
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    """True when the client has closed its end (a killed process): readable with nothing to read."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        if not readable:
+            return False
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def script_responder(scripts: Mapping[str, Sequence[str]]) -> Responder:
+    """Reply with ``scripts[key][index]`` (the last one once the script runs out)."""
+
+    def respond(request: Request) -> Reply:
+        script = scripts.get(request.key) or scripts["default"]
+        return Reply(content=script[min(request.index, len(script) - 1)])
+
+    return respond
+
+
+def kf_output(answer: str, summary: str, error_report: str | None = None) -> str:
+    """A well-formed Knowledge Flow rollout."""
+    head = f"[Error Report]: {error_report or 'N/A'}\n" if error_report is not None else ""
+    return f"{head}[Summary]: {summary}\n[Answer]: Therefore, final answer is \\boxed{{{answer}}}."
+
+
+def main() -> None:  # pragma: no cover - used by subprocess tests
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--script", required=True, help="JSON: {key: [reply, ...]}")
+    parser.add_argument("--port-file", required=True)
+    args = parser.parse_args()
+    with open(args.script) as handle:
+        scripts = json.load(handle)
+    server = ScriptedServer(script_responder(scripts), keys=[k for k in scripts if k != "default"]).start()
+    with open(args.port_file, "w") as handle:
+        handle.write(str(server.port))
+    threading.Event().wait()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

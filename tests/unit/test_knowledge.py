@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from knowledge_flow.knowledge import count_tokens, new_item, visible_items
+from knowledge_flow.state import KnowledgeItem
+
+
+def item(wrong: str, text: str, iteration: int) -> KnowledgeItem:
+    return KnowledgeItem(wrong_answer=wrong, text=text, iteration=iteration)
+
+
+def test_item_added_only_on_changed_answer_with_report() -> None:
+    assert new_item("5", "7", "The Answer cannot be 5, because x.", 3, "integer") == item(
+        "5", "The Answer cannot be 5, because x.", 3
+    )
+    assert new_item("5", "5", "The Answer cannot be 5", 3, "integer") is None  # same answer
+    assert new_item("5", "05", "report", 3, "integer") is None  # same integer
+    assert new_item("5", "7", None, 3, "integer") is None  # no report
+    assert new_item(None, "7", "report", 3, "integer") is None  # no previous answer
+    assert new_item("5", None, "report", 3, "integer") is None  # no new answer
+
+
+def test_latex_equivalent_answers_do_not_add_items() -> None:
+    assert new_item("\\frac{1}{2}", "0.5", "report", 1, "latex") is None
+    assert new_item("\\frac{1}{2}", "\\frac{1}{3}", "report", 1, "latex") is not None
+
+
+def test_visible_newest_first() -> None:
+    record = [item("1", "a", 1), item("2", "b", 2), item("3", "c", 3)]
+    assert [i["wrong_answer"] for i in visible_items(record, 10_000)] == ["3", "2", "1"]
+
+
+def test_at_most_two_per_wrong_answer_and_hidden_not_deleted() -> None:
+    record = [item("5", "oldest", 1), item("5", "older", 2), item("7", "x", 3), item("5", "newest", 4)]
+    shown = visible_items(record, 10_000)
+    assert [(i["wrong_answer"], i["text"]) for i in shown] == [("5", "newest"), ("7", "x"), ("5", "older")]
+    assert len(record) == 4
+
+
+def test_per_answer_uses_normalised_answers() -> None:
+    record = [item("5", "a", 1), item("5.0", "b", 2), item("05", "c", 3)]
+    assert [i["text"] for i in visible_items(record, 10_000)] == ["c", "b"]
+
+
+def test_token_budget_bounds_the_list() -> None:
+    long_text = "word " * 100
+    record = [item(str(i), long_text, i) for i in range(20)]
+    shown = visible_items(record, 350)
+    assert len(shown) == 3
+    assert [i["wrong_answer"] for i in shown] == ["19", "18", "17"]
+    assert sum(count_tokens(i["text"]) for i in shown) <= 350
+    assert visible_items(record, 0) == []
+
+
+def test_item_too_large_is_skipped_but_smaller_older_fit() -> None:
+    record = [item("1", "short", 1), item("2", "word " * 500, 2)]
+    assert [i["wrong_answer"] for i in visible_items(record, 50)] == ["1"]
+
+
+def test_count_tokens() -> None:
+    assert count_tokens("") == 0
+    assert count_tokens("The Answer cannot be 5, because x.") == 9
