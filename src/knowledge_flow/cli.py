@@ -496,6 +496,8 @@ def serve_stop() -> None:
 
 
 def main() -> None:
+    import knowledge_flow.cli_eval  # noqa: F401  (registers `eval` and `report`)
+
     app()
 
 

@@ -96,6 +96,66 @@ class RolloutRow(Base):
         return value
 
 
+class EvalRow(Base):
+    """One evaluation run (``kflow eval``): its manifest and status."""
+
+    __tablename__ = "kf_evals"
+    eval_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[str] = mapped_column(String(40))
+    finished_at: Mapped[str | None] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(Text)
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    manifest_json: Mapped[str] = mapped_column(Text)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.manifest_json)
+        return value
+
+
+class EvalItemRow(Base):
+    """One problem of an evaluation run: its thread, gold answer and per-rollout results."""
+
+    __tablename__ = "kf_eval_items"
+    eval_id: Mapped[str] = mapped_column(ForeignKey("kf_evals.eval_id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem_id: Mapped[str] = mapped_column(Text)
+    thread_id: Mapped[str] = mapped_column(String(256))
+    problem: Mapped[str] = mapped_column(Text)
+    gold: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    final_answer: Mapped[str | None] = mapped_column(Text)
+    final_correct: Mapped[bool | None] = mapped_column(Boolean)
+    answers_json: Mapped[str] = mapped_column(Text, default="[]")
+    correct_json: Mapped[str] = mapped_column(Text, default="[]")
+    prompt_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
+    completion_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
+
+    @property
+    def answers(self) -> list[str | None]:
+        value: list[str | None] = json.loads(self.answers_json)
+        return value
+
+    @property
+    def correct(self) -> list[bool]:
+        value: list[bool] = json.loads(self.correct_json)
+        return value
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        value: list[int] = json.loads(self.prompt_tokens_json)
+        return value
+
+    @property
+    def completion_tokens(self) -> list[int]:
+        value: list[int] = json.loads(self.completion_tokens_json)
+        return value
+
+
 def _engine(path: str) -> Engine:
     engine = create_engine(
         f"sqlite:///{path}",
@@ -228,6 +288,45 @@ class Store:
                 select(RolloutRow).where(RolloutRow.run_id == run_id).order_by(RolloutRow.iteration, RolloutRow.index)
             )
             return session.scalars(statement).all()
+
+    # evaluations ------------------------------------------------------------------------------------
+    def create_eval(self, eval_row: EvalRow, items: Sequence[EvalItemRow]) -> None:
+        with self.session() as session:
+            if session.get(EvalRow, eval_row.eval_id) is not None:
+                raise KeyError(f"evaluation run {eval_row.eval_id!r} already exists")
+            session.add(eval_row)
+            session.flush()
+            session.add_all(items)
+
+    def get_eval(self, eval_id: str) -> EvalRow | None:
+        with self.session() as session:
+            return session.get(EvalRow, eval_id)
+
+    def list_evals(self) -> Sequence[EvalRow]:
+        with self.session() as session:
+            return session.scalars(select(EvalRow).order_by(EvalRow.created_at)).all()
+
+    def update_eval(self, eval_id: str, **values: Any) -> None:
+        with self.session() as session:
+            row = session.get(EvalRow, eval_id)
+            if row is None:
+                raise KeyError(f"no evaluation run {eval_id!r}")
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+
+    def eval_items(self, eval_id: str) -> Sequence[EvalItemRow]:
+        with self.session() as session:
+            statement = select(EvalItemRow).where(EvalItemRow.eval_id == eval_id).order_by(EvalItemRow.position)
+            return session.scalars(statement).all()
+
+    def update_eval_item(self, eval_id: str, position: int, **values: Any) -> None:
+        with self.session() as session:
+            row = session.get(EvalItemRow, (eval_id, position))
+            if row is None:
+                raise KeyError(f"no item {position} in evaluation run {eval_id!r}")
+            for key, value in values.items():
+                setattr(row, key, value)
 
 
 _STORES: dict[str, Store] = {}

@@ -1,0 +1,1 @@
+"""Batch evaluation: datasets, the concurrent runner, results files and reports."""

@@ -1,0 +1,127 @@
+"""Figures of an evaluation run: per-iteration accuracy, cumulative solved share, tokens; table and plot."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from knowledge_flow.persistence.store import Store
+
+
+@dataclass(frozen=True)
+class IterationFigures:
+    iteration: int
+    accuracy: float
+    """pass@1 of rollout k: share of problems whose rollout k is correct."""
+    cumulative_solved: float
+    """Share of problems solved at least once in rollouts 0..k."""
+    prompt_tokens: int
+    completion_tokens: int
+    cumulative_tokens: int
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    eval_id: str
+    dataset: str
+    model: str
+    strategy: str
+    status: str
+    problems: int
+    finished: int
+    failed: int
+    iterations: int
+    final_accuracy: float
+    """Share of problems whose label-free final answer is correct."""
+    total_tokens: int
+    per_iteration: list[IterationFigures]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_report(store: Store, eval_id: str) -> EvalReport:
+    row = store.get_eval(eval_id)
+    if row is None:
+        raise KeyError(f"no evaluation run {eval_id!r}")
+    manifest = row.manifest
+    params = manifest["params"]
+    items = store.eval_items(eval_id)
+    total = len(items)
+    iterations = int(params["iterations"])
+    figures: list[IterationFigures] = []
+    solved = [False] * total
+    cumulative_tokens = 0
+    for k in range(iterations):
+        correct = 0
+        prompt = completion = 0
+        for index, item in enumerate(items):
+            grades = item.correct
+            if k < len(grades) and grades[k]:
+                correct += 1
+                solved[index] = True
+            prompt += item.prompt_tokens[k] if k < len(item.prompt_tokens) else 0
+            completion += item.completion_tokens[k] if k < len(item.completion_tokens) else 0
+        cumulative_tokens += prompt + completion
+        figures.append(
+            IterationFigures(
+                iteration=k,
+                accuracy=correct / total if total else 0.0,
+                cumulative_solved=sum(solved) / total if total else 0.0,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cumulative_tokens=cumulative_tokens,
+            )
+        )
+    return EvalReport(
+        eval_id=eval_id,
+        dataset=row.dataset,
+        model=str(params["model"]),
+        strategy=str(params["strategy"]),
+        status=row.status,
+        problems=total,
+        finished=sum(1 for item in items if item.status == "done"),
+        failed=sum(1 for item in items if item.status == "failed"),
+        iterations=iterations,
+        final_accuracy=sum(1 for item in items if item.final_correct) / total if total else 0.0,
+        total_tokens=cumulative_tokens,
+        per_iteration=figures,
+    )
+
+
+def plot_reports(reports: list[EvalReport], path: Path) -> Path:
+    """Accuracy (pass@1 and cumulative solved) and cumulative tokens against iteration, runs overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for report in reports:
+        xs = [f.iteration for f in report.per_iteration]
+        label = f"{report.eval_id} ({report.strategy})"
+        (line,) = left.plot(xs, [100 * f.accuracy for f in report.per_iteration], marker=".", label=f"{label} pass@1")
+        left.plot(
+            xs,
+            [100 * f.cumulative_solved for f in report.per_iteration],
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{label} solved at least once",
+        )
+        right.plot(xs, [f.cumulative_tokens for f in report.per_iteration], marker=".", label=label)
+    left.set_xlabel("iteration")
+    left.set_ylabel("accuracy (%)")
+    left.set_ylim(0, 100)
+    left.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    right.set_xlabel("iteration")
+    right.set_ylabel("cumulative tokens")
+    right.grid(alpha=0.3)
+    right.legend(fontsize="small")
+    figure.suptitle(", ".join(sorted({r.dataset for r in reports})))
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,170 @@
+"""Run a whole benchmark: one LangGraph thread per problem, all progressing independently.
+
+There is no barrier per iteration: each problem runs its rollouts back to back in its own worker, so problem
+A can be at rollout 10 while B is at rollout 3, and a server's continuous batching always has work. At most
+`concurrency` problems are in flight. Rollouts are graded in the main thread (math-verify's timeouts need it)
+as problems finish. Resuming continues every unfinished thread from its last checkpoint; completed rollouts
+are read back from the rollout store, never requested again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+
+from knowledge_flow.answers import equivalent
+from knowledge_flow.context import Context
+from knowledge_flow.params import recursion_limit
+from knowledge_flow.persistence.store import EvalItemRow, Store, utcnow
+from knowledge_flow.state import AnswerType, InputState, OutputState, State
+
+Graph = CompiledStateGraph[State, Context, InputState, OutputState]
+
+
+@dataclass
+class Progress:
+    """Counters shared by the workers (under a lock) and read by the display."""
+
+    problems: int
+    rollouts_total: int
+    problems_done: int = 0
+    rollouts_done: int = 0
+    tokens: int = 0
+    correct_final: int = 0
+    graded: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_rollout(self, tokens: int) -> None:
+        with self.lock:
+            self.rollouts_done += 1
+            self.tokens += tokens
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct_final / self.graded if self.graded else None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    position: int
+    values: dict[str, Any] | None
+    error: str | None
+
+
+def thread_id_for(eval_id: str, position: int) -> str:
+    return f"{eval_id}:{position}"
+
+
+def _solve_one(
+    graph: Graph,
+    item: EvalItemRow,
+    params: dict[str, Any],
+    context: Context,
+    progress: Progress,
+) -> ItemResult:
+    config: RunnableConfig = {
+        "configurable": {"thread_id": item.thread_id},
+        "recursion_limit": recursion_limit(int(params["iterations"])),
+    }
+    snapshot = graph.get_state(config)
+    if snapshot.values.get("status") == "done" and not snapshot.next:
+        return ItemResult(item.position, dict(snapshot.values), None)
+    graph_input: InputState | None = None
+    if not snapshot.values and not snapshot.next:
+        graph_input = cast(InputState, {"problem": item.problem, **params})
+    seen = int((snapshot.values.get("usage") or {}).get("prompt_tokens", 0)) + int(
+        (snapshot.values.get("usage") or {}).get("completion_tokens", 0)
+    )
+    try:
+        for update in graph.stream(graph_input, config, context=context, stream_mode="updates", durability="sync"):
+            distilled = update.get("distill_knowledge") if isinstance(update, dict) else None
+            if distilled:
+                usage = distilled["usage"]
+                total = int(usage["prompt_tokens"]) + int(usage["completion_tokens"])
+                progress.add_rollout(total - seen)
+                seen = total
+    except Exception as exc:
+        return ItemResult(item.position, None, f"{type(exc).__name__}: {exc}")
+    return ItemResult(item.position, dict(graph.get_state(config).values), None)
+
+
+def grade_item(
+    store: Store, eval_id: str, item: EvalItemRow, values: dict[str, Any], answer_type: AnswerType
+) -> bool | None:
+    """Grade every rollout of a finished problem against its gold answer and record it."""
+    answers: list[str | None] = list(values.get("answers", []))
+    correct = [equivalent(item.gold, answer, answer_type) for answer in answers]
+    rows = store.rollouts(values["run_id"])
+    final = values.get("final_answer")
+    final_correct = equivalent(item.gold, final, answer_type)
+    store.update_eval_item(
+        eval_id,
+        item.position,
+        status="done",
+        error=None,
+        run_id=values["run_id"],
+        final_answer=final,
+        final_correct=final_correct,
+        answers_json=_dumps(answers),
+        correct_json=_dumps(correct),
+        prompt_tokens_json=_dumps([r.prompt_tokens for r in rows]),
+        completion_tokens_json=_dumps([r.completion_tokens for r in rows]),
+    )
+    return final_correct
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def run_items(
+    *,
+    graph: Graph,
+    store: Store,
+    eval_id: str,
+    items: Sequence[EvalItemRow],
+    params: dict[str, Any],
+    context: Context,
+    concurrency: int,
+    progress: Progress,
+    on_tick: Callable[[], None] = lambda: None,
+) -> list[ItemResult]:
+    """Run every item not yet done, at most `concurrency` at once; returns the results of those run."""
+    pending = [item for item in items if item.status != "done"]
+    answer_type = cast(AnswerType, params["answer_type"])
+    results: list[ItemResult] = []
+    by_position = {item.position: item for item in pending}
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="kflow-eval") as pool:
+        futures: set[Future[ItemResult]] = {
+            pool.submit(_solve_one, graph, item, params, context, progress) for item in pending
+        }
+        while futures:
+            done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                results.append(result)
+                item = by_position[result.position]
+                if result.values is not None and result.values.get("status") == "done":
+                    final_correct = grade_item(store, eval_id, item, result.values, answer_type)
+                    with progress.lock:
+                        progress.problems_done += 1
+                        progress.graded += 1
+                        progress.correct_final += int(bool(final_correct))
+                else:
+                    store.update_eval_item(eval_id, item.position, status="failed", error=result.error)
+                    with progress.lock:
+                        progress.failed += 1
+            on_tick()
+    store.update_eval(eval_id, updated_at=utcnow())
+    return results

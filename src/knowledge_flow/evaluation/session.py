@@ -1,0 +1,159 @@
+"""Create and resume evaluation runs: the manifest, the per-problem rows, and the run itself."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from knowledge_flow.context import Context
+from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
+from knowledge_flow.evaluation.predictions import write_predictions
+from knowledge_flow.evaluation.runner import Graph, ItemResult, Progress, run_items, thread_id_for
+from knowledge_flow.nodes.common import package_version
+from knowledge_flow.persistence.store import EvalItemRow, EvalRow, Store, utcnow
+from knowledge_flow.state import AnswerType
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to load the dataset again on resume."""
+
+    source: str
+    problem_field: str | None = None
+    answer_field: str | None = None
+    id_field: str | None = None
+    answer_type: AnswerType | None = None
+    limit: int | None = None
+
+    def load(self) -> LoadedDataset:
+        return load_problems(
+            self.source,
+            problem_field=self.problem_field,
+            answer_field=self.answer_field,
+            id_field=self.id_field,
+            answer_type=self.answer_type,
+            limit=self.limit,
+        )
+
+
+def new_eval_id() -> str:
+    return f"eval-{utcnow()[:10]}-{uuid.uuid4().hex[:8]}"
+
+
+def create_eval(
+    store: Store,
+    *,
+    eval_id: str,
+    spec: DatasetSpec,
+    dataset: LoadedDataset,
+    params: dict[str, Any],
+    base_url: str,
+    concurrency: int,
+    output_postfix: str,
+    output_dir: str,
+) -> EvalRow:
+    now = utcnow()
+    manifest = {
+        "eval_id": eval_id,
+        "dataset": dataset.name,
+        "dataset_spec": {**spec.__dict__},
+        "dataset_hash": dataset.content_hash,
+        "problems": len(dataset.problems),
+        "answer_type": dataset.answer_type,
+        "model": params["model"],
+        "endpoint": base_url,
+        "strategy": params["strategy"],
+        "prompt_version": params["prompt_version"],
+        "package_version": package_version(),
+        "params": params,
+        "concurrency": concurrency,
+        "output_postfix": output_postfix,
+        "output_dir": output_dir,
+        "started_at": now,
+        "finished_at": None,
+    }
+    row = EvalRow(
+        eval_id=eval_id,
+        created_at=now,
+        updated_at=now,
+        finished_at=None,
+        status="running",
+        dataset=dataset.name,
+        dataset_hash=dataset.content_hash,
+        manifest_json=json.dumps(manifest, ensure_ascii=False, sort_keys=True),
+    )
+    items = [
+        EvalItemRow(
+            eval_id=eval_id,
+            position=position,
+            problem_id=problem.id,
+            thread_id=thread_id_for(eval_id, position),
+            problem=problem.problem,
+            gold=problem.gold,
+            status="pending",
+        )
+        for position, problem in enumerate(dataset.problems)
+    ]
+    store.create_eval(row, items)
+    return row
+
+
+def execute(
+    *,
+    graph: Graph,
+    store: Store,
+    eval_id: str,
+    context: Context,
+    concurrency: int,
+    on_start: Callable[[Progress], None] = lambda _p: None,
+    on_tick: Callable[[], None] = lambda: None,
+) -> tuple[EvalRow, list[ItemResult], list[Path]]:
+    """Run (or continue) an evaluation; write the prediction files once every problem is done."""
+    row = store.get_eval(eval_id)
+    if row is None:
+        raise KeyError(f"no evaluation run {eval_id!r}")
+    manifest = row.manifest
+    params = manifest["params"]
+    items = store.eval_items(eval_id)
+    iterations = int(params["iterations"])
+    progress = Progress(problems=len(items), rollouts_total=len(items) * iterations)
+    for item in items:
+        if item.status == "done":
+            progress.problems_done += 1
+            progress.rollouts_done += len(item.answers)
+            progress.graded += 1
+            progress.correct_final += int(bool(item.final_correct))
+            progress.tokens += sum(item.prompt_tokens) + sum(item.completion_tokens)
+    store.update_eval(eval_id, status="running")
+    on_start(progress)
+    results = run_items(
+        graph=graph,
+        store=store,
+        eval_id=eval_id,
+        items=items,
+        params=params,
+        context=context,
+        concurrency=concurrency,
+        progress=progress,
+        on_tick=on_tick,
+    )
+    items = store.eval_items(eval_id)
+    written: list[Path] = []
+    if all(item.status == "done" for item in items):
+        finished = utcnow()
+        manifest["finished_at"] = finished
+        store.update_eval(
+            eval_id,
+            status="done",
+            finished_at=finished,
+            manifest_json=json.dumps(manifest, ensure_ascii=False, sort_keys=True),
+        )
+        row = store.get_eval(eval_id) or row
+        written = write_predictions(store, row, Path(manifest["output_dir"]))
+    else:
+        store.update_eval(eval_id, status="incomplete")
+    return store.get_eval(eval_id) or row, results, written
