@@ -23,13 +23,13 @@ from rich.text import Text
 
 from knowledge_flow.context import DEFAULT_DB, DEFAULT_LOCAL_BASE_URL, Context
 from knowledge_flow.graph import compile_graph
-from knowledge_flow.knowledge import visible_items
 from knowledge_flow.params import recursion_limit, resolve_params
 from knowledge_flow.persistence.checkpointer import SqliteCheckpointer, check_db_path
 from knowledge_flow.persistence.store import SchemaError, Store, get_store
 from knowledge_flow.server_launch.model_files import ModelError
 from knowledge_flow.server_launch.process import ServerError, ServerProcess, models_ready
-from knowledge_flow.state import InputState, KnowledgeItem
+from knowledge_flow.state import InputState, KnowledgeItem, State
+from knowledge_flow.strategies import get_strategy
 
 app = typer.Typer(
     help="Knowledge Flow: solve hard problems in many rollouts that pass knowledge, not context.",
@@ -133,13 +133,18 @@ def _print_rollout(store: Store, state: dict[str, Any]) -> None:
     err.print(Text(f"rollout {iteration}: answer {clean(answer)}{changed}  [{tokens}, {latency}]", style="bold"))
 
 
+def describe_item(item: dict[str, Any] | KnowledgeItem) -> str:
+    wrong = item.get("wrong_answer")
+    return f"not {wrong}: {item['text']}" if wrong is not None else str(item["text"])
+
+
 def _print_knowledge(items: list[KnowledgeItem]) -> None:
     if not items:
         err.print("  knowledge: (empty)")
         return
-    err.print(f"  knowledge ({len(items)} shown, newest first):")
+    err.print(f"  knowledge ({len(items)} shown):")
     for item in items:
-        err.print(Text(f"   - not {clean(item['wrong_answer'])}: {clean(item['text'], 160)}"))
+        err.print(Text(f"   - {clean(describe_item(item), 160)}"))
 
 
 def run_graph(*, graph_input: dict[str, Any] | None, thread_id: str, db: str, context: Context) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def run_graph(*, graph_input: dict[str, Any] | None, thread_id: str, db: str, co
             if "distill_knowledge" in updated:
                 _print_rollout(store, values)
                 params = values["params"]
-                visible = visible_items(values["knowledge"], params["knowledge_budget_tokens"], params["answer_type"])
+                visible = get_strategy(params["strategy"]).visible_knowledge(cast(State, values))
                 if visible != last_knowledge:
                     _print_knowledge(visible)
                     last_knowledge = visible
@@ -181,9 +186,7 @@ def run_graph(*, graph_input: dict[str, Any] | None, thread_id: str, db: str, co
 
 def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]:
     params = values.get("params") or {}
-    knowledge = visible_items(
-        values.get("knowledge", []), params.get("knowledge_budget_tokens", 0), params.get("answer_type", "integer")
-    )
+    knowledge = get_strategy(params["strategy"]).visible_knowledge(cast(State, values)) if params else []
     return {
         "thread_id": thread_id,
         "run_id": values.get("run_id"),
@@ -193,6 +196,7 @@ def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]
         "knowledge": [dict(item) for item in knowledge],
         "iterations_done": values.get("iteration", 0),
         "usage": values.get("usage", {"prompt_tokens": 0, "completion_tokens": 0}),
+        "stopped_early": values.get("stopped_early", False),
         "db": db,
     }
 
@@ -243,6 +247,76 @@ MaxRetriesOpt = Annotated[
     int, typer.Option("--max-retries", min=0, help="Retries on 429, 5xx, timeouts and lost connections.")
 ]
 TimeoutOpt = Annotated[float, typer.Option("--request-timeout", min=1.0, help="Seconds to wait for one completion.")]
+StrategyOpt = Annotated[
+    str,
+    typer.Option(help="knowledge-flow, regeneration, positive-knowledge, markovian or self-consistency."),
+]
+StopPolicyOpt = Annotated[
+    str, typer.Option("--stop-policy", help="fixed (the whole budget) or stable:K (K same answers, no report).")
+]
+FinalAnswerOpt = Annotated[
+    str | None,
+    typer.Option("--final-answer", help="last or majority:W (W or 'all'); self-consistency defaults to majority:all."),
+]
+ModelFamilyOpt = Annotated[
+    str | None, typer.Option("--model-family", help="gpt-oss, qwen3-thinking or instruct (default: from the name).")
+]
+ReasoningEffortOpt = Annotated[
+    str | None, typer.Option("--reasoning-effort", help="gpt-oss: low, medium or high (default high).")
+]
+ThinkersOpt = Annotated[int, typer.Option(help="Parallel rollouts per iteration.")]
+TopkOpt = Annotated[int | None, typer.Option("--topk-thinkers", help="Thinkers kept per iteration (default all).")]
+MinTempOpt = Annotated[float | None, typer.Option("--min-temperature", help="Lowest thinker temperature.")]
+MaxTempOpt = Annotated[float | None, typer.Option("--max-temperature", help="Highest thinker temperature.")]
+DiversityOpt = Annotated[float, typer.Option("--diversity-weight", help="Penalty on similar kept thinkers.")]
+DynamicTempOpt = Annotated[
+    bool, typer.Option("--dynamic-temperature", help="Adapt the temperature spread to agreement and confidence.")
+]
+UncertaintyOpt = Annotated[
+    float | None,
+    typer.Option("--uncertainty-threshold", help="Below this mean log-probability the reference is not replaced."),
+]
+AvoidBudgetOpt = Annotated[
+    int | None, typer.Option("--avoid-budget", help="regeneration: tokens of the Things to Avoid list.")
+]
+PrefillOpt = Annotated[
+    str | None, typer.Option(help="Assistant prefill, continued by the server (vLLM continue_final_message).")
+]
+
+
+def strategy_params(
+    *,
+    stop_policy: str,
+    final_answer: str | None,
+    model_family: str | None,
+    reasoning_effort: str | None,
+    thinkers: int,
+    topk_thinkers: int | None,
+    min_temperature: float | None,
+    max_temperature: float | None,
+    diversity_weight: float,
+    dynamic_temperature: bool,
+    uncertainty_threshold: float | None,
+    avoid_budget: int | None,
+    prefill: str | None,
+) -> dict[str, Any]:
+    return {
+        "stop_policy": stop_policy,
+        "final_answer_rule": final_answer,
+        "model_family": model_family,
+        "reasoning_effort": reasoning_effort,
+        "thinkers": thinkers,
+        "topk_thinkers": topk_thinkers,
+        "min_temperature": min_temperature,
+        "max_temperature": max_temperature,
+        "diversity_weight": diversity_weight,
+        "dynamic_temperature": dynamic_temperature,
+        "uncertainty_threshold": uncertainty_threshold,
+        "avoid_budget_tokens": avoid_budget,
+        "prefill": prefill,
+    }
+
+
 BaseUrlOpt = Annotated[
     str | None,
     typer.Option("--base-url", help="OpenAI-compatible endpoint (env KFLOW_BASE_URL; default: the local server)."),
@@ -263,13 +337,23 @@ def solve(
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling.")] = 1.0,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens per rollout.")] = 512,
     answer_type: Annotated[str, typer.Option("--answer-type", help="integer, latex or text.")] = "integer",
-    strategy: Annotated[str, typer.Option(help="Strategy (knowledge-flow).")] = "knowledge-flow",
+    strategy: StrategyOpt = "knowledge-flow",
     knowledge_budget: Annotated[
         int, typer.Option("--knowledge-budget", help="Token budget of the knowledge list in a prompt.")
     ] = 8192,
-    prefill: Annotated[
-        str | None, typer.Option(help="Assistant prefill, continued by the server (vLLM continue_final_message).")
-    ] = None,
+    prefill: PrefillOpt = None,
+    stop_policy: StopPolicyOpt = "fixed",
+    final_answer: FinalAnswerOpt = None,
+    model_family: ModelFamilyOpt = None,
+    reasoning_effort: ReasoningEffortOpt = None,
+    thinkers: ThinkersOpt = 1,
+    topk_thinkers: TopkOpt = None,
+    min_temperature: MinTempOpt = None,
+    max_temperature: MaxTempOpt = None,
+    diversity_weight: DiversityOpt = 0.0,
+    dynamic_temperature: DynamicTempOpt = False,
+    uncertainty_threshold: UncertaintyOpt = None,
+    avoid_budget: AvoidBudgetOpt = None,
     as_json: JsonOpt = False,
     max_retries: MaxRetriesOpt = 6,
     request_timeout: TimeoutOpt = 3600.0,
@@ -291,7 +375,21 @@ def solve(
             "strategy": strategy,
             "answer_type": answer_type,
             "knowledge_budget_tokens": knowledge_budget,
-            "prefill": prefill,
+            **strategy_params(
+                stop_policy=stop_policy,
+                final_answer=final_answer,
+                model_family=model_family,
+                reasoning_effort=reasoning_effort,
+                thinkers=thinkers,
+                topk_thinkers=topk_thinkers,
+                min_temperature=min_temperature,
+                max_temperature=max_temperature,
+                diversity_weight=diversity_weight,
+                dynamic_temperature=dynamic_temperature,
+                uncertainty_threshold=uncertainty_threshold,
+                avoid_budget=avoid_budget,
+                prefill=prefill,
+            ),
         },
     )
 
@@ -380,6 +478,10 @@ def show(
             "completion_tokens": r.completion_tokens,
             "latency_s": round(r.latency_s, 3),
             "finish_reason": r.finish_reason,
+            "thinker": r.index,
+            "temperature": r.temperature,
+            "confidence": r.confidence,
+            "rank": r.rank,
         }
         for r in rows
     ]
@@ -400,11 +502,12 @@ def show(
     table = Table("#", "answer", "changed", "knowledge added", "tokens (prompt+completion)", "latency", "finish")
     for r in rollouts:
         added = r["knowledge_added"]
+        thinker = f".{r['thinker']}{'*' if r['rank'] == 0 else ''}" if run.params.get("thinkers", 1) > 1 else ""
         table.add_row(
-            str(r["iteration"]),
+            f"{r['iteration']}{thinker}",
             Text(clean(r["answer"], 40)),
             "—" if r["changed"] is None else ("yes" if r["changed"] else "no"),
-            Text(clean(f"not {added['wrong_answer']}: {added['text']}", 80) if added else "—"),
+            Text(clean(describe_item(added), 80) if added else "—"),
             f"{r['prompt_tokens']}+{r['completion_tokens']}",
             f"{r['latency_s']:.1f}s",
             clean(r["finish_reason"]),

@@ -15,11 +15,25 @@ from rich.table import Table
 from rich.text import Text
 
 from knowledge_flow.cli import (
+    AvoidBudgetOpt,
     BaseUrlOpt,
     DbOpt,
+    DiversityOpt,
+    DynamicTempOpt,
+    FinalAnswerOpt,
     JsonOpt,
     MaxRetriesOpt,
+    MaxTempOpt,
+    MinTempOpt,
+    ModelFamilyOpt,
+    PrefillOpt,
+    ReasoningEffortOpt,
+    StopPolicyOpt,
+    StrategyOpt,
+    ThinkersOpt,
     TimeoutOpt,
+    TopkOpt,
+    UncertaintyOpt,
     UsageError,
     app,
     check_base_url,
@@ -30,6 +44,7 @@ from knowledge_flow.cli import (
     open_store,
     out,
     resolve_db,
+    strategy_params,
 )
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL, Context
 from knowledge_flow.evaluation.datasets import DatasetError
@@ -101,7 +116,20 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens per rollout.")] = 512,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling.")] = 1.0,
-    strategy: Annotated[str, typer.Option(help="Strategy.")] = "knowledge-flow",
+    strategy: StrategyOpt = "knowledge-flow",
+    stop_policy: StopPolicyOpt = "fixed",
+    final_answer: FinalAnswerOpt = None,
+    model_family: ModelFamilyOpt = None,
+    reasoning_effort: ReasoningEffortOpt = None,
+    thinkers: ThinkersOpt = 1,
+    topk_thinkers: TopkOpt = None,
+    min_temperature: MinTempOpt = None,
+    max_temperature: MaxTempOpt = None,
+    diversity_weight: DiversityOpt = 0.0,
+    dynamic_temperature: DynamicTempOpt = False,
+    uncertainty_threshold: UncertaintyOpt = None,
+    avoid_budget: AvoidBudgetOpt = None,
+    prefill: PrefillOpt = None,
     answer_type: Annotated[
         str | None, typer.Option("--answer-type", help="integer, latex or text (default: from the dataset).")
     ] = None,
@@ -159,6 +187,21 @@ def evaluate(
                         "strategy": strategy,
                         "answer_type": loaded.answer_type,
                         "knowledge_budget_tokens": knowledge_budget,
+                        **strategy_params(
+                            stop_policy=stop_policy,
+                            final_answer=final_answer,
+                            model_family=model_family,
+                            reasoning_effort=reasoning_effort,
+                            thinkers=thinkers,
+                            topk_thinkers=topk_thinkers,
+                            min_temperature=min_temperature,
+                            max_temperature=max_temperature,
+                            diversity_weight=diversity_weight,
+                            dynamic_temperature=dynamic_temperature,
+                            uncertainty_threshold=uncertainty_threshold,
+                            avoid_budget=avoid_budget,
+                            prefill=prefill,
+                        ),
                     }
                 )
             )
@@ -243,8 +286,12 @@ def print_report(report: EvalReport) -> None:
         )
     out.print(table)
     out.print(
-        f"label-free final answer accuracy: {100 * report.final_accuracy:.1f}%   total tokens: {report.total_tokens:,}"
-        + (f"   failed problems: {report.failed}" if report.failed else "")
+        f"label-free final answer accuracy ({report.final_answer_rule}): {100 * report.final_accuracy:.1f}%   "
+        f"total tokens: {report.total_tokens:,}" + (f"   failed problems: {report.failed}" if report.failed else "")
+    )
+    out.print(
+        f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
+        f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"
     )
 
 

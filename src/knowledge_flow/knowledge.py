@@ -59,10 +59,11 @@ def visible_items(
     seen: dict[str, int] = {}
     used = 0
     for item in reversed(record):
-        key = normalize(item["wrong_answer"], answer_type) or item["wrong_answer"]
+        wrong = item["wrong_answer"] or ""
+        key = normalize(wrong, answer_type) or wrong
         if seen.get(key, 0) >= per_answer:
             continue
-        cost = count_tokens(item["wrong_answer"]) + count_tokens(item["text"]) + 8
+        cost = count_tokens(wrong) + count_tokens(item["text"]) + 8
         if used + cost > budget_tokens:
             continue
         seen[key] = seen.get(key, 0) + 1

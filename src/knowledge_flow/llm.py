@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
@@ -50,6 +51,9 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    temperature: float = 0.0
+    confidence: float | None = None
+    """Mean token log-probability, when log-probabilities were requested and returned."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class Sampling:
     temperature: float
     top_p: float
     max_tokens: int
+    n: int = 1
+    logprobs: bool = False
+    reasoning_effort: str | None = None
 
 
 _CLIENTS: dict[tuple[Any, ...], ReasoningChatOpenAI] = {}
@@ -72,22 +79,39 @@ def chat_model(
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
+            # `max_tokens` is sent under its classic name: vLLM and llama.cpp both read it. gpt-oss's
+            # `reasoning_effort` goes in the body as vLLM's chat completions API expects it.
+            extra: dict[str, Any] = {"max_tokens": sampling.max_tokens}
+            if sampling.reasoning_effort:
+                extra["reasoning_effort"] = sampling.reasoning_effort
             client = ReasoningChatOpenAI(
                 model=sampling.model,
                 base_url=base_url,
                 api_key=api_key,  # type: ignore[arg-type]
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
+                n=sampling.n,
+                logprobs=sampling.logprobs or None,
                 max_retries=max_retries,
                 timeout=timeout,
-                # `max_tokens` is sent under its classic name: vLLM and llama.cpp both read it.
-                extra_body={"max_tokens": sampling.max_tokens},
+                extra_body=extra,
             )
             _CLIENTS[key] = client
     return client
 
 
-def _completion(generation: ChatGeneration, usage: Mapping[str, Any], latency: float, n: int) -> Completion:
+def mean_logprob(logprobs: Any) -> float | None:
+    """Mean of the tokens' log-probabilities in an OpenAI ``logprobs`` object (None when absent)."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not content:
+        return None
+    values = [float(t["logprob"]) for t in content if isinstance(t, dict) and t.get("logprob") is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _completion(
+    generation: ChatGeneration, usage: Mapping[str, Any], latency: float, n: int, temperature: float
+) -> Completion:
     message = generation.message
     content = message.content if isinstance(message.content, str) else str(message.content)
     info = generation.generation_info or {}
@@ -99,6 +123,8 @@ def _completion(generation: ChatGeneration, usage: Mapping[str, Any], latency: f
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0) // max(n, 1),
         latency_s=latency,
+        temperature=temperature,
+        confidence=mean_logprob(info.get("logprobs")),
     )
 
 
@@ -107,8 +133,8 @@ def complete(
     messages: Sequence[Message],
     *,
     continue_final_message: bool = False,
-) -> Completion:
-    """Send one chat completion request and return its first choice."""
+) -> list[Completion]:
+    """Send one chat completion request and return its choices (servers may return fewer than `n`)."""
     lc_messages: list[BaseMessage] = convert_to_messages([dict(m) for m in messages])
     kwargs: dict[str, Any] = {}
     if continue_final_message:
@@ -121,8 +147,51 @@ def complete(
     started = time.monotonic()
     result = client.generate([lc_messages], **kwargs)
     latency = time.monotonic() - started
-    generation = result.generations[0][0]
-    if not isinstance(generation, ChatGeneration) or isinstance(generation.message, AIMessageChunk):
-        raise TypeError("unexpected generation type from the chat model")
     usage = (result.llm_output or {}).get("token_usage") or {}
-    return _completion(generation, usage, latency, 1)
+    generations = result.generations[0]
+    completions = []
+    for generation in generations:
+        if not isinstance(generation, ChatGeneration) or isinstance(generation.message, AIMessageChunk):
+            raise TypeError("unexpected generation type from the chat model")
+        completions.append(_completion(generation, usage, latency, len(generations), client.temperature or 0.0))
+    if not completions:
+        raise ValueError("the endpoint returned no choices")
+    return completions
+
+
+def sample(
+    make_client: Callable[[Sampling], ReasoningChatOpenAI],
+    messages: Sequence[Message],
+    sampling: Sampling,
+    temperatures: Sequence[float],
+    *,
+    continue_final_message: bool = False,
+) -> list[Completion]:
+    """One completion per temperature, in order.
+
+    With equal temperatures this is one request with ``n``; when the server returns fewer choices (llama.cpp
+    ignores ``n``), the rest are separate requests. Different temperatures are separate requests, sent
+    concurrently.
+    """
+    if not temperatures:
+        return []
+    if len(set(temperatures)) == 1:
+        first = replace(sampling, temperature=temperatures[0], n=len(temperatures))
+        results = complete(make_client(first), messages, continue_final_message=continue_final_message)
+        results = results[: len(temperatures)]
+        missing = len(temperatures) - len(results)
+        single = replace(first, n=1)
+        for _ in range(missing):
+            results.extend(complete(make_client(single), messages, continue_final_message=continue_final_message))
+        return results
+    with ThreadPoolExecutor(max_workers=len(temperatures)) as pool:
+        futures = [
+            pool.submit(
+                complete,
+                make_client(replace(sampling, temperature=t, n=1)),
+                messages,
+                continue_final_message=continue_final_message,
+            )
+            for t in temperatures
+        ]
+        return [future.result()[0] for future in futures]

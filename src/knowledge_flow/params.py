@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, get_args
 
+from knowledge_flow.policies import parse_final_answer_rule, parse_stop_policy
 from knowledge_flow.prompts import PROMPT_VERSION
-from knowledge_flow.state import AnswerType, RunParams
+from knowledge_flow.state import AnswerType, ModelFamily, RunParams
 
 LOCAL_MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
 
@@ -31,7 +32,31 @@ PARAM_KEYS: tuple[str, ...] = (
     "answer_type",
     "knowledge_budget_tokens",
     "prefill",
+    "model_family",
+    "reasoning_effort",
+    "stop_policy",
+    "final_answer_rule",
+    "thinkers",
+    "topk_thinkers",
+    "min_temperature",
+    "max_temperature",
+    "diversity_weight",
+    "dynamic_temperature",
+    "uncertainty_threshold",
+    "avoid_budget_tokens",
 )
+MAX_THINKERS = 64
+REASONING_EFFORTS = ("low", "medium", "high")
+
+
+def detect_model_family(model: str) -> ModelFamily:
+    """gpt-oss by name; Qwen3 thinking models by name (`Qwen3-*-Thinking*`, `QwQ`); otherwise instruct."""
+    name = model.lower()
+    if "gpt-oss" in name:
+        return "gpt-oss"
+    if ("qwen3" in name and "thinking" in name) or "qwq" in name:
+        return "qwen3-thinking"
+    return "instruct"
 
 
 def default_model() -> str:
@@ -67,12 +92,37 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
     prefill = given.get("prefill")
     if prefill is not None and not isinstance(prefill, str):
         raise ValueError("prefill must be a string")
+    family = pick("model_family", None) or detect_model_family(model)
+    if family not in get_args(ModelFamily):
+        raise ValueError(f"model_family must be one of {', '.join(get_args(ModelFamily))}, got {family!r}")
+    effort = given.get("reasoning_effort")
+    if effort is None and family == "gpt-oss":
+        effort = "high"
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise ValueError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
+    stop_policy = str(pick("stop_policy", "fixed"))
+    parse_stop_policy(stop_policy)
+    final_rule = str(pick("final_answer_rule", "majority:all" if strategy == "self-consistency" else "last"))
+    parse_final_answer_rule(final_rule)
+    temperature = _number("temperature", pick("temperature", DEFAULT_TEMPERATURE), float, 0.0, 2.0)
+    thinkers = _number("thinkers", pick("thinkers", 1), int, 1, MAX_THINKERS)
+    topk = _number("topk_thinkers", pick("topk_thinkers", thinkers), int, 1, MAX_THINKERS)
+    if topk > thinkers:
+        raise ValueError(f"topk_thinkers ({topk}) cannot exceed thinkers ({thinkers})")
+    low = _number("min_temperature", pick("min_temperature", temperature), float, 0.0, 2.0)
+    high = _number("max_temperature", pick("max_temperature", max(low, temperature)), float, 0.0, 2.0)
+    if low > high:
+        raise ValueError(f"min_temperature ({low}) cannot exceed max_temperature ({high})")
+    threshold = given.get("uncertainty_threshold")
+    if threshold is not None:
+        threshold = _number("uncertainty_threshold", threshold, float, -1e9, 0.0)
+    max_new_tokens = _number("max_new_tokens", pick("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), int, 1, 10**7)
     return RunParams(
         model=model,
         iterations=_number("iterations", pick("iterations", DEFAULT_ITERATIONS), int, 1, MAX_ITERATIONS),
-        temperature=_number("temperature", pick("temperature", DEFAULT_TEMPERATURE), float, 0.0, 2.0),
+        temperature=temperature,
         top_p=_number("top_p", pick("top_p", DEFAULT_TOP_P), float, 0.0, 1.0),
-        max_new_tokens=_number("max_new_tokens", pick("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), int, 1, 10**7),
+        max_new_tokens=max_new_tokens,
         strategy=strategy,
         answer_type=answer_type,
         knowledge_budget_tokens=_number(
@@ -80,6 +130,20 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
         ),
         prefill=prefill or None,
         prompt_version=PROMPT_VERSION,
+        model_family=family,
+        reasoning_effort=effort,
+        stop_policy=stop_policy,
+        final_answer_rule=final_rule,
+        thinkers=thinkers,
+        topk_thinkers=topk,
+        min_temperature=low,
+        max_temperature=high,
+        diversity_weight=_number("diversity_weight", pick("diversity_weight", 0.0), float, 0.0, 100.0),
+        dynamic_temperature=bool(pick("dynamic_temperature", False)),
+        uncertainty_threshold=threshold,
+        avoid_budget_tokens=_number(
+            "avoid_budget_tokens", pick("avoid_budget_tokens", max(1, max_new_tokens // 10)), int, 1, 10**7
+        ),
     )
 
 

@@ -215,14 +215,19 @@ def summary_fallback(final: str) -> str | None:
     return "".join(pieces).strip() or None
 
 
-def parse_rollout(content: str | None, reasoning: str | None, answer_type: AnswerType) -> ParsedRollout:
-    """Parse one Knowledge Flow rollout.
+def parse_rollout(
+    content: str | None,
+    reasoning: str | None,
+    answer_type: AnswerType,
+    section_names: Iterable[str] = KNOWN_SECTIONS,
+) -> ParsedRollout:
+    """Parse one rollout into its sections (`section_names`, plus the Knowledge Flow ones).
 
     When no summary header is found, the whole final text up to ``[Answer]`` is the summary, as in the
     original method. An ``[Error Report]`` of "N/A" (or empty) is reported as None.
     """
     thinking, final = split_thinking(content, reasoning)
-    sections = find_sections(final)
+    sections = find_sections(final, tuple(dict.fromkeys((*KNOWN_SECTIONS, *section_names))))
     report = sections.get("Error Report")
     return ParsedRollout(
         thinking=thinking,

@@ -94,3 +94,107 @@ def later_rollout(
         f"{summary_line()}\n"
         f"{answer_line(answer_type)}"
     )
+
+
+# --- regeneration -------------------------------------------------------------------------------------
+THINGS_TO_AVOID = "Things to Avoid"
+
+
+def things_to_avoid_line() -> str:
+    return (
+        "[Things to Avoid]: A standalone list of max 10 answers to avoid: what did not work, which answer is "
+        "definitely wrong and why. Rewrite the whole list each time: keep earlier entries that still hold."
+    )
+
+
+def regeneration_rollout(
+    problem: str, iteration: int, reference: str | None, avoid: str | None, answer_type: AnswerType
+) -> str:
+    """Every rollout (rollout 0 included) writes a new Things to Avoid list that replaces the old one."""
+    output_format = (
+        "## Output Format\n"
+        "After solving, write your final response in exactly this format:\n"
+        f"{things_to_avoid_line()}\n"
+        f"{summary_line()}\n"
+        f"{answer_line(answer_type)}"
+    )
+    if iteration == 0:
+        return f"{problem}\n\n{GUIDELINE}\n\n{output_format}"
+    return (
+        "## Problem\n"
+        f"{problem}\n\n"
+        "## Instruction\n"
+        "Solve the problem from scratch first, thinking independently. Then check your solution against the "
+        "Things to Avoid and the Reference Solution below; the Reference Solution is the summary of the latest "
+        "attempt and may contain mistakes.\n\n"
+        "## Reference Solution\n"
+        f"{reference.strip() if reference and reference.strip() else NO_REFERENCE}\n\n"
+        "## Things to Avoid\n"
+        f"{avoid.strip() if avoid and avoid.strip() else EMPTY_LIST}\n\n"
+        f"{output_format}"
+    )
+
+
+# --- positive knowledge -------------------------------------------------------------------------------
+EK_FORMAT = (
+    "TRIGGER: when this knowledge applies. STEPS: what to do. WORKED EXAMPLE: a short example. "
+    "PITFALL: a mistake to avoid."
+)
+
+
+def format_experimental_knowledge(items: Sequence[KnowledgeItem]) -> str:
+    """Items oldest first, numbered as the model must refer to them."""
+    if not items:
+        return EMPTY_LIST
+    return "\n\n".join(f"**EK {number}**\n{item['text'].strip()}" for number, item in enumerate(items, start=1))
+
+
+def positive_rollout(
+    problem: str, iteration: int, reference: str | None, items: Sequence[KnowledgeItem], answer_type: AnswerType
+) -> str:
+    if iteration == 0:
+        return (
+            f"{problem}\n\n{GUIDELINE}\n\n"
+            "## Output Format\n"
+            "After solving, write your final response in exactly this format:\n"
+            "[Novel Knowledge to Add to the List]: One piece of experimental knowledge you learned while solving "
+            f"that would help on this problem, written as {EK_FORMAT}\n"
+            f"{summary_line()}\n"
+            f"{answer_line(answer_type)}"
+        )
+    return (
+        "## Problem\n"
+        f"{problem}\n\n"
+        "## Instruction\n"
+        "First solve the problem without the Experimental Knowledge List. Then solve it again using the list "
+        "and the Reference Solution (the summary of the latest attempt; it may contain mistakes), and decide "
+        "whether to add one new item to the list and whether to drop the least useful one.\n\n"
+        "## Reference Solution\n"
+        f"{reference.strip() if reference and reference.strip() else NO_REFERENCE}\n\n"
+        "## Experimental Knowledge List\n"
+        f"{format_experimental_knowledge(items)}\n\n"
+        "## Output Format\n"
+        "After solving, write your final response in exactly this format:\n"
+        "[Solution without EK]: Your solution and answer without the list.\n"
+        "[Adding?]: Yes or No.\n"
+        f"[Novel Knowledge to Add to the List]: The new item, written as {EK_FORMAT}\n"
+        "[Reason to make this addition]: Why it helps.\n"
+        "[Dropping?]: Yes or No.\n"
+        '[Least Useful to Drop]: "Experimental Knowledge N" for the item to drop.\n'
+        "[Why that knowledge should be dropped?]: Why.\n"
+        f"{summary_line()}\n"
+        f"{answer_line(answer_type)}"
+    )
+
+
+# --- Markovian ----------------------------------------------------------------------------------------
+KEEP_THINKING = "Wait, just keep thinking."
+
+
+def markovian_user(problem: str) -> str:
+    return f"{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+def markovian_prefix(tail: str) -> str:
+    """The assistant message a continuation starts from: the kept tail of the trace, then the nudge."""
+    return f"{tail.rstrip()}\n\n{KEEP_THINKING}" if tail.strip() else KEEP_THINKING

@@ -14,6 +14,9 @@ AnswerType = Literal["integer", "latex", "text"]
 RunStatus = Literal["running", "done", "failed"]
 
 
+ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
+
+
 class RunParams(TypedDict):
     """Everything a run needs to continue after a crash (runtime context is not checkpointed)."""
 
@@ -27,12 +30,31 @@ class RunParams(TypedDict):
     knowledge_budget_tokens: int
     prefill: str | None
     prompt_version: str
+    model_family: ModelFamily
+    reasoning_effort: str | None
+    stop_policy: str
+    """`fixed` (the iteration budget) or `stable:K`."""
+    final_answer_rule: str
+    """`last` or `majority:W` (W an integer or `all`)."""
+    thinkers: int
+    topk_thinkers: int
+    min_temperature: float
+    max_temperature: float
+    diversity_weight: float
+    dynamic_temperature: bool
+    uncertainty_threshold: float | None
+    avoid_budget_tokens: int
+    """Regeneration: token budget of the Things to Avoid list."""
 
 
 class KnowledgeItem(TypedDict):
-    """One entry of the knowledge record (for knowledge-flow: one Wrong Answer List item)."""
+    """One entry of the knowledge record.
 
-    wrong_answer: str
+    knowledge-flow: a Wrong Answer List item (`wrong_answer` is the answer it refutes); regeneration: the
+    current Things to Avoid list; positive-knowledge: one Experimental Knowledge item (`wrong_answer` None).
+    """
+
+    wrong_answer: str | None
     text: str
     iteration: int
 
@@ -43,15 +65,20 @@ class Usage(TypedDict):
 
 
 class CurrentRollout(TypedDict):
-    """What `extract_answer` read from the latest rollout; consumed by `distill_knowledge`."""
+    """What `extract_answer` read from one rollout (one thinker); consumed by `distill_knowledge`."""
 
     rollout_id: str
     answer: str | None
     summary: str | None
     error_report: str | None
+    extras: dict[str, str]
+    """Strategy-specific sections (e.g. Things to Avoid, Adding?), small texts."""
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    temperature: float
+    confidence: float | None
+    """Mean token log-probability, when the server returned log-probabilities."""
 
 
 class InputState(TypedDict, total=False):
@@ -71,6 +98,18 @@ class InputState(TypedDict, total=False):
     answer_type: AnswerType | None
     knowledge_budget_tokens: int | None
     prefill: str | None
+    model_family: ModelFamily | None
+    reasoning_effort: str | None
+    stop_policy: str | None
+    final_answer_rule: str | None
+    thinkers: int | None
+    topk_thinkers: int | None
+    min_temperature: float | None
+    max_temperature: float | None
+    diversity_weight: float | None
+    dynamic_temperature: bool | None
+    uncertainty_threshold: float | None
+    avoid_budget_tokens: int | None
 
 
 class State(InputState, total=False):
@@ -81,20 +120,26 @@ class State(InputState, total=False):
     params: RunParams
     iteration: int
     """Rollouts completed so far."""
-    pending_rollout: str | None
-    """Id of the rollout `solve` just stored, for `extract_answer`."""
-    current: CurrentRollout | None
+    pending_rollouts: list[str]
+    """Ids of the rollouts (one per thinker) `solve` just stored, for `extract_answer`."""
+    candidates: list[CurrentRollout]
+    """The parsed rollouts of the current iteration, for `distill_knowledge`."""
+    temperature_range: list[float]
+    """[low, high] of the thinkers' temperatures for the next iteration."""
     reference: str | None
     """The latest rollout's summary, shown as the reference solution."""
     reference_answer: str | None
     answers: list[str | None]
-    """One answer per completed rollout, in order (None where none was found)."""
+    """One answer per completed iteration, in order (None where none was found)."""
+    reported: list[bool]
+    """Per iteration: whether the chosen rollout wrote an error report (a changed answer)."""
     knowledge: list[KnowledgeItem]
     """The full knowledge record, oldest first; what the prompt shows is derived from it."""
     rollout_ids: list[str]
     usage: Usage
     status: RunStatus
     final_answer: str | None
+    stopped_early: bool
 
 
 class OutputState(TypedDict):
@@ -105,3 +150,4 @@ class OutputState(TypedDict):
     knowledge: NotRequired[list[KnowledgeItem]]
     iteration: NotRequired[int]
     usage: NotRequired[Usage]
+    stopped_early: NotRequired[bool]

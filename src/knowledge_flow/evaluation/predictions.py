@@ -3,6 +3,9 @@
 ``{out}/vllm_{max_new_tokens}_{output_postfix}/{model_basename}/predictions_{k}.json``: element 0 is
 ``{"accuracy", "total", "correct", "average_prompt_length"}`` (accuracy as a fraction of the problems),
 then one ``{"question", "gold", "predicted", "pred_solution"}`` per problem, in dataset order.
+
+With parallel thinkers, a problem's prediction at iteration k is the best thinker's. A problem that stopped
+early (``stable:K``) keeps its final answer for the later iterations, with an empty solution.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def write_predictions(store: Store, eval_row: EvalRow, root: Path) -> list[Path]
     solutions: dict[int, list[str]] = {}
     for item in items:
         rows = store.rollouts(item.run_id) if item.run_id else []
-        solutions[item.position] = [row.content for row in rows]
+        solutions[item.position] = [row.content for row in rows if row.rank == 0]
     folder = predictions_dir(root, manifest)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -43,8 +46,10 @@ def write_predictions(store: Store, eval_row: EvalRow, root: Path) -> list[Path]
         prompt_lengths: list[int] = []
         for item in items:
             answers, grades, prompts = item.answers, item.correct, item.prompt_tokens
-            predicted = answers[k] if k < len(answers) else None
-            is_correct = bool(grades[k]) if k < len(grades) else False
+            if k < len(answers):
+                predicted, is_correct = answers[k], bool(grades[k])
+            else:  # stopped early (or did not finish): the final answer stands
+                predicted, is_correct = item.final_answer, bool(item.final_correct)
             correct += int(is_correct)
             if k < len(prompts):
                 prompt_lengths.append(prompts[k])

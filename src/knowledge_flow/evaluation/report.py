@@ -36,6 +36,14 @@ class EvalReport:
     """Share of problems whose label-free final answer is correct."""
     total_tokens: int
     per_iteration: list[IterationFigures]
+    rollouts_done: int
+    rollouts_budget: int
+    rollouts_saved: int
+    """Rollouts not needed because problems stopped early (stop policy `stable:K`)."""
+    tokens_saved_estimate: int
+    """Saved rollouts times this run's mean tokens per rollout."""
+    stop_policy: str
+    final_answer_rule: str
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +66,8 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
         prompt = completion = 0
         for index, item in enumerate(items):
             grades = item.correct
-            if k < len(grades) and grades[k]:
+            hit = bool(grades[k]) if k < len(grades) else bool(item.final_correct) and item.status == "done"
+            if hit:
                 correct += 1
                 solved[index] = True
             prompt += item.prompt_tokens[k] if k < len(item.prompt_tokens) else 0
@@ -74,6 +83,11 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
                 cumulative_tokens=cumulative_tokens,
             )
         )
+    thinkers = int(params.get("thinkers", 1))
+    done = sum(len(item.answers) for item in items) * thinkers
+    budget = total * iterations * thinkers
+    saved = sum(iterations - len(item.answers) for item in items if item.status == "done") * thinkers
+    per_rollout = cumulative_tokens / done if done else 0.0
     return EvalReport(
         eval_id=eval_id,
         dataset=row.dataset,
@@ -87,6 +101,12 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
         final_accuracy=sum(1 for item in items if item.final_correct) / total if total else 0.0,
         total_tokens=cumulative_tokens,
         per_iteration=figures,
+        rollouts_done=done,
+        rollouts_budget=budget,
+        rollouts_saved=saved,
+        tokens_saved_estimate=int(saved * per_rollout),
+        stop_policy=str(params.get("stop_policy", "fixed")),
+        final_answer_rule=str(params.get("final_answer_rule", "last")),
     )
 
 

@@ -103,7 +103,12 @@ def grade_item(
     """Grade every rollout of a finished problem against its gold answer and record it."""
     answers: list[str | None] = list(values.get("answers", []))
     correct = [equivalent(item.gold, answer, answer_type) for answer in answers]
-    rows = store.rollouts(values["run_id"])
+    prompt_tokens = [0] * len(answers)
+    completion_tokens = [0] * len(answers)
+    for row in store.rollouts(values["run_id"]):
+        if row.iteration < len(answers):
+            prompt_tokens[row.iteration] += row.prompt_tokens
+            completion_tokens[row.iteration] += row.completion_tokens
     final = values.get("final_answer")
     final_correct = equivalent(item.gold, final, answer_type)
     store.update_eval_item(
@@ -116,8 +121,8 @@ def grade_item(
         final_correct=final_correct,
         answers_json=_dumps(answers),
         correct_json=_dumps(correct),
-        prompt_tokens_json=_dumps([r.prompt_tokens for r in rows]),
-        completion_tokens_json=_dumps([r.completion_tokens for r in rows]),
+        prompt_tokens_json=_dumps(prompt_tokens),
+        completion_tokens_json=_dumps(completion_tokens),
     )
     return final_correct
 

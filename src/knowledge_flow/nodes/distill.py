@@ -1,4 +1,4 @@
-"""`distill_knowledge`: the strategy updates the knowledge record and the reference solution."""
+"""`distill_knowledge`: keep the best thinkers, then let the strategy update knowledge and reference."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from knowledge_flow import thinkers
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import store_of
 from knowledge_flow.state import State
@@ -14,29 +15,45 @@ from knowledge_flow.strategies import get_strategy
 
 
 def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    current = state.get("current")
-    if current is None:
-        raise RuntimeError("distill_knowledge ran without a parsed rollout")
-    result = get_strategy(state["params"]["strategy"]).distill(state, current)
+    params = state["params"]
+    candidates = state.get("candidates") or []
+    if not candidates:
+        raise RuntimeError("distill_knowledge ran without parsed rollouts")
+    kept = thinkers.select(candidates, params["topk_thinkers"], params["diversity_weight"], params["answer_type"])
+    best = kept[0]
+    threshold = params["uncertainty_threshold"]
+    update_reference = threshold is None or best["confidence"] is None or best["confidence"] >= threshold
+    result = get_strategy(params["strategy"]).distill(state, best, kept, update_reference)
+
     store = store_of(runtime)
-    store.update_rollout(
-        current["rollout_id"],
-        changed=result.changed,
-        knowledge_added=json.dumps(result.added) if result.added else None,
-    )
-    usage = state.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0}
+    added = dict(result.added)
+    for rank, candidate in enumerate(kept):
+        rid = candidate["rollout_id"]
+        store.update_rollout(
+            rid,
+            rank=rank,
+            changed=result.changed if rank == 0 else None,
+            knowledge_added=json.dumps(added[rid]) if rid in added else None,
+        )
     iteration = state.get("iteration", 0) + 1
     store.update_run(state["run_id"], iterations_done=iteration)
-    return {
+
+    usage = state.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0}
+    update: dict[str, Any] = {
         "knowledge": result.knowledge,
         "reference": result.reference,
         "reference_answer": result.reference_answer,
-        "answers": [*state.get("answers", []), current["answer"]],
-        "rollout_ids": [*state.get("rollout_ids", []), current["rollout_id"]],
+        "answers": [*state.get("answers", []), best["answer"]],
+        "reported": [*state.get("reported", []), bool(result.changed) and best["error_report"] is not None],
+        "rollout_ids": [*state.get("rollout_ids", []), best["rollout_id"]],
         "usage": {
-            "prompt_tokens": usage["prompt_tokens"] + current["prompt_tokens"],
-            "completion_tokens": usage["completion_tokens"] + current["completion_tokens"],
+            "prompt_tokens": usage["prompt_tokens"] + sum(c["prompt_tokens"] for c in candidates),
+            "completion_tokens": usage["completion_tokens"] + sum(c["completion_tokens"] for c in candidates),
         },
         "iteration": iteration,
-        "current": None,
+        "candidates": [],
     }
+    if params["dynamic_temperature"] and params["thinkers"] > 1:
+        current = state.get("temperature_range") or [params["min_temperature"], params["max_temperature"]]
+        update["temperature_range"] = thinkers.next_range(current, candidates, threshold, params["answer_type"])
+    return update

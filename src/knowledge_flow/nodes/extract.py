@@ -1,4 +1,4 @@
-"""`extract_answer`: parse the stored rollout into small fields (answer, summary, error report)."""
+"""`extract_answer`: parse each stored rollout of the iteration into small fields."""
 
 from __future__ import annotations
 
@@ -10,25 +10,37 @@ from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import store_of
 from knowledge_flow.parsing import parse_rollout
 from knowledge_flow.state import CurrentRollout, State
+from knowledge_flow.strategies import get_strategy
 
 
 def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    rid = state.get("pending_rollout")
+    params = state["params"]
+    strategy = get_strategy(params["strategy"])
     store = store_of(runtime)
-    row = store.get_rollout(rid) if rid else None
-    if row is None:
-        raise RuntimeError(f"rollout {rid!r} is missing from the rollout store {store.path}")
-    parsed = parse_rollout(row.content, row.reasoning, state["params"]["answer_type"])
-    store.update_rollout(
-        row.id, answer=parsed.answer, summary=parsed.summary, error_report=parsed.error_report, parsed=True
-    )
-    current = CurrentRollout(
-        rollout_id=row.id,
-        answer=parsed.answer,
-        summary=parsed.summary,
-        error_report=parsed.error_report,
-        finish_reason=row.finish_reason,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-    )
-    return {"current": current, "pending_rollout": None}
+    candidates: list[CurrentRollout] = []
+    for rid in state.get("pending_rollouts") or []:
+        row = store.get_rollout(rid)
+        if row is None:
+            raise RuntimeError(f"rollout {rid!r} is missing from the rollout store {store.path}")
+        text = strategy.text_to_parse(row.messages, row.content)
+        parsed = parse_rollout(text, row.reasoning, params["answer_type"], strategy.section_names)
+        store.update_rollout(
+            row.id, answer=parsed.answer, summary=parsed.summary, error_report=parsed.error_report, parsed=True
+        )
+        candidates.append(
+            CurrentRollout(
+                rollout_id=row.id,
+                answer=parsed.answer,
+                summary=parsed.summary,
+                error_report=parsed.error_report,
+                extras={name: parsed.sections[name] for name in strategy.section_names if name in parsed.sections},
+                finish_reason=row.finish_reason,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                temperature=row.temperature if row.temperature is not None else params["temperature"],
+                confidence=row.confidence,
+            )
+        )
+    if not candidates:
+        raise RuntimeError("extract_answer ran without rollouts to parse")
+    return {"candidates": candidates, "pending_rollouts": []}

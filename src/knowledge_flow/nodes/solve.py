@@ -1,4 +1,5 @@
-"""`solve`: one rollout. The full prompt and output go to the rollout store; the state gets the id."""
+"""`solve`: the rollouts of one iteration (one per thinker). Full prompts and outputs go to the rollout
+store; the state gets their ids. After a crash, rollouts already stored are reused, never requested again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from knowledge_flow.nodes.common import context_of, store_of
 from knowledge_flow.persistence.store import RolloutRow, utcnow
 from knowledge_flow.state import State
 from knowledge_flow.strategies import get_strategy
+from knowledge_flow.thinkers import spread
 
 
 def rollout_id(run_id: str, iteration: int, index: int = 0) -> str:
@@ -22,38 +24,51 @@ def rollout_id(run_id: str, iteration: int, index: int = 0) -> str:
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     iteration = state.get("iteration", 0)
-    rid = rollout_id(state["run_id"], iteration)
     store = store_of(runtime)
-    if store.get_rollout(rid) is None:  # after a crash, a response already received is reused
+    low, high = state.get("temperature_range") or [params["min_temperature"], params["max_temperature"]]
+    temperatures = spread(low, high, params["thinkers"])
+    ids = [rollout_id(state["run_id"], iteration, index) for index in range(len(temperatures))]
+    missing = [index for index, rid in enumerate(ids) if store.get_rollout(rid) is None]
+    if missing:
         ctx = context_of(runtime)
-        messages = get_strategy(params["strategy"]).build_messages(state)
-        client = llm.chat_model(
-            ctx.base_url,
-            ctx.api_key,
-            llm.Sampling(params["model"], params["temperature"], params["top_p"], params["max_new_tokens"]),
-            timeout=ctx.request_timeout,
-            max_retries=ctx.max_retries,
+        strategy = get_strategy(params["strategy"])
+        messages = strategy.build_messages(state, store)
+        sampling = llm.Sampling(
+            model=params["model"],
+            temperature=params["temperature"],
+            top_p=params["top_p"],
+            max_tokens=strategy.max_tokens(params),
+            logprobs=params["thinkers"] > 1,
+            reasoning_effort=params["reasoning_effort"],
         )
-        prefilled = messages[-1]["role"] == "assistant"
-        completion = llm.complete(client, messages, continue_final_message=prefilled)
-        content = completion.content
-        if prefilled:
-            content = messages[-1]["content"] + content
-        store.add_rollout(
-            RolloutRow(
-                id=rid,
-                run_id=state["run_id"],
-                thread_id=state["thread_id"],
-                iteration=iteration,
-                index=0,
-                created_at=utcnow(),
-                prompt_json=json.dumps(messages, ensure_ascii=False),
-                content=content,
-                reasoning=completion.reasoning,
-                finish_reason=completion.finish_reason,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                latency_s=completion.latency_s,
+        completions = llm.sample(
+            lambda s: llm.chat_model(
+                ctx.base_url, ctx.api_key, s, timeout=ctx.request_timeout, max_retries=ctx.max_retries
+            ),
+            messages,
+            sampling,
+            [temperatures[index] for index in missing],
+            continue_final_message=messages[-1]["role"] == "assistant",
+        )
+        prompt_json = json.dumps(messages, ensure_ascii=False)
+        for index, completion in zip(missing, completions, strict=True):
+            store.add_rollout(
+                RolloutRow(
+                    id=ids[index],
+                    run_id=state["run_id"],
+                    thread_id=state["thread_id"],
+                    iteration=iteration,
+                    index=index,
+                    created_at=utcnow(),
+                    prompt_json=prompt_json,
+                    content=completion.content,
+                    reasoning=completion.reasoning,
+                    finish_reason=completion.finish_reason,
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=completion.completion_tokens,
+                    latency_s=completion.latency_s,
+                    temperature=completion.temperature,
+                    confidence=completion.confidence,
+                )
             )
-        )
-    return {"pending_rollout": rid}
+    return {"pending_rollouts": ids}

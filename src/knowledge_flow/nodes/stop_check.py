@@ -1,4 +1,4 @@
-"""`stop_check`: the stop policy (fixed iteration budget) and the final answer (the last rollout's)."""
+"""`stop_check`: the stop policy decides; the final-answer rule picks the answer (see `policies`)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import store_of
+from knowledge_flow.policies import final_answer, should_stop
 from knowledge_flow.state import State
 
 
-def final_answer(answers: list[str | None]) -> str | None:
-    """The last rollout's answer (None when the last rollout gave none)."""
-    return answers[-1] if answers else None
-
-
 def stop_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    if state.get("iteration", 0) < state["params"]["iterations"]:
+    params = state["params"]
+    answers = state.get("answers", [])
+    if not should_stop(
+        params["stop_policy"], params["iterations"], answers, state.get("reported", []), params["answer_type"]
+    ):
         return {}
-    answer = final_answer(state.get("answers", []))
+    answer = final_answer(params["final_answer_rule"], answers, params["answer_type"])
     store_of(runtime).update_run(state["run_id"], status="done", final_answer=answer)
-    return {"status": "done", "final_answer": answer}
+    return {"status": "done", "final_answer": answer, "stopped_early": len(answers) < params["iterations"]}
 
 
 def route_after_stop_check(state: State) -> Literal["solve", "__end__"]:

@@ -19,12 +19,25 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Engine, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S, check_db_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence and rank (thinkers)."""
 
 
 class SchemaError(RuntimeError):
@@ -89,6 +102,10 @@ class RolloutRow(Base):
     parsed: Mapped[bool] = mapped_column(Boolean, default=False)
     changed: Mapped[bool | None] = mapped_column(Boolean)
     knowledge_added: Mapped[str | None] = mapped_column(Text)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    """Among the thinkers kept in its iteration (0 = the best, whose answer counts); None when not kept."""
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -180,6 +197,19 @@ def _engine(path: str) -> Engine:
     return engine
 
 
+def migrate(session: Session, version: int) -> None:
+    """Bring an older database up to `SCHEMA_VERSION`: new tables are created by `create_all`; new columns
+    of existing tables are added here (all are nullable, so old rows stay valid)."""
+    connection = session.connection()
+    inspector = inspect(connection)
+    for table in Base.metadata.sorted_tables:
+        existing = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in existing:
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+
+
 class Store:
     """Runs and rollouts of one SQLite file."""
 
@@ -190,16 +220,23 @@ class Store:
         self._setup()
 
     def _setup(self) -> None:
+        with self.session() as session:
+            tables = set(inspect(session.connection()).get_table_names())
+            if MetaRow.__tablename__ in tables:
+                row = session.get(MetaRow, "schema_version")
+                if row is not None and int(row.value) > SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"{self.path} was written by a newer knowledge-flow (schema {row.value}, this version "
+                        f"reads up to {SCHEMA_VERSION}); upgrade knowledge-flow to open it"
+                    )
         Base.metadata.create_all(self.engine)
         with self.session() as session:
             row = session.get(MetaRow, "schema_version")
             if row is None:
                 session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) > SCHEMA_VERSION:
-                raise SchemaError(
-                    f"{self.path} was written by a newer knowledge-flow (schema {row.value}, this version "
-                    f"reads up to {SCHEMA_VERSION}); upgrade knowledge-flow to open it"
-                )
+            elif int(row.value) < SCHEMA_VERSION:
+                migrate(session, int(row.value))
+                row.value = str(SCHEMA_VERSION)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -273,6 +310,10 @@ class Store:
     def add_rollout(self, row: RolloutRow) -> None:
         with self.session() as session:
             session.add(row)
+
+    def rollout_text(self, rollout_id: str) -> tuple[list[dict[str, str]], str] | None:
+        row = self.get_rollout(rollout_id)
+        return (row.messages, row.content) if row is not None else None
 
     def update_rollout(self, rollout_id: str, **values: Any) -> None:
         with self.session() as session:

@@ -1,16 +1,21 @@
 """Strategies: data and small functions plugged into the one graph.
 
-A strategy builds the messages of a rollout from the state, says how a parsed rollout updates the
-knowledge record and the reference solution, and which knowledge a prompt shows. The loop itself
+A strategy builds the messages of a rollout from the state, names the sections to parse, and says how the
+best rollout of an iteration updates the knowledge record and the reference solution. The loop itself
 (solve -> extract_answer -> distill_knowledge -> stop_check) never changes.
 """
 
 from __future__ import annotations
 
-from knowledge_flow.strategies.base import Distilled, Strategy
+from knowledge_flow.strategies.base import Distilled, History, Strategy
 from knowledge_flow.strategies.knowledge_flow import KnowledgeFlow
+from knowledge_flow.strategies.markovian import Markovian
+from knowledge_flow.strategies.positive_knowledge import PositiveKnowledge
+from knowledge_flow.strategies.regeneration import Regeneration
+from knowledge_flow.strategies.self_consistency import SelfConsistency
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (KnowledgeFlow(),)}
+_ALL: tuple[Strategy, ...] = (KnowledgeFlow(), Regeneration(), PositiveKnowledge(), Markovian(), SelfConsistency())
+STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in _ALL}
 
 
 def get_strategy(name: str) -> Strategy:
@@ -20,4 +25,4 @@ def get_strategy(name: str) -> Strategy:
         raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}") from None
 
 
-__all__ = ["STRATEGIES", "Distilled", "Strategy", "get_strategy"]
+__all__ = ["STRATEGIES", "Distilled", "History", "Strategy", "get_strategy"]

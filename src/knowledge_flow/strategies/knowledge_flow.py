@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from knowledge_flow import prompts
-from knowledge_flow.answers import equivalent
 from knowledge_flow.knowledge import new_item, visible_items
 from knowledge_flow.state import CurrentRollout, KnowledgeItem, State
-from knowledge_flow.strategies.base import Distilled
+from knowledge_flow.strategies.base import BaseStrategy, Distilled, History, Message
 
 
-class KnowledgeFlow:
+class KnowledgeFlow(BaseStrategy):
     name = "knowledge-flow"
 
     def visible_knowledge(self, state: State) -> list[KnowledgeItem]:
         params = state["params"]
         return visible_items(state.get("knowledge", []), params["knowledge_budget_tokens"], params["answer_type"])
 
-    def build_messages(self, state: State) -> list[dict[str, str]]:
+    def build_messages(self, state: State, history: History) -> list[Message]:
         params = state["params"]
         if state.get("iteration", 0) == 0:
             text = prompts.first_rollout(state["problem"], params["answer_type"])
@@ -24,26 +25,22 @@ class KnowledgeFlow:
             text = prompts.later_rollout(
                 state["problem"], state.get("reference"), self.visible_knowledge(state), params["answer_type"]
             )
-        messages = [{"role": "user", "content": text}]
-        if params.get("prefill"):
-            messages.append({"role": "assistant", "content": params["prefill"] or ""})
-        return messages
+        return self.with_prefill(state, [{"role": "user", "content": text}])
 
-    def distill(self, state: State, current: CurrentRollout) -> Distilled:
-        """The reference becomes this rollout's summary and answer; a changed answer with an error report
-        adds an item whose wrong answer is the previous answer.
-
-        A rollout with no answer (unparsable or cut off) adds nothing and leaves the reference as it was,
-        so one broken output never erases what earlier rollouts established.
-        """
+    def distill(
+        self, state: State, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
+    ) -> Distilled:
+        """A kept rollout whose answer differs from the reference answer and that wrote an error report adds
+        an item whose wrong answer is the reference (previous) answer; the best rollout's comes first."""
         answer_type = state["params"]["answer_type"]
         record = list(state.get("knowledge", []))
         previous = state.get("reference_answer")
-        if current["answer"] is None:
-            return Distilled(record, None, state.get("reference"), previous, None)
-        changed = None if state.get("iteration", 0) == 0 else not equivalent(previous, current["answer"], answer_type)
-        item = new_item(previous, current["answer"], current["error_report"], state.get("iteration", 0), answer_type)
-        if item is not None:
-            record.append(item)
-        reference = current["summary"] if current["summary"] else state.get("reference")
-        return Distilled(record, item, reference, current["answer"], changed)
+        iteration = state.get("iteration", 0)
+        added: list[tuple[str, KnowledgeItem]] = []
+        for candidate in kept:
+            item = new_item(previous, candidate["answer"], candidate["error_report"], iteration, answer_type)
+            if item is not None and all(item["text"] != other["text"] for _, other in added):
+                added.append((candidate["rollout_id"], item))
+        record.extend(item for _, item in added)
+        reference, answer, changed = self.reference_update(state, best, update_reference)
+        return Distilled(record, reference, answer, changed, added)
