@@ -9,7 +9,7 @@ Rules:
   word sets. The first pick (the most confident) is the best thinker: its answer is the iteration's answer
   and its summary the next reference solution.
 - Uncertainty: when the best confidence is below `uncertainty_threshold`, the iteration does not replace
-  the reference solution (its answer is still recorded).
+  the reference solution (its answer is still recorded); an iteration with no reference yet always sets it.
 - Dynamic temperature: after each iteration, agreement = share of thinkers giving the majority answer. Below
   0.5 the spread widens by half (explore), above 0.8 with a confident best thinker it narrows by a quarter
   (exploit); the centre stays, and the range is clamped to [0, 2].

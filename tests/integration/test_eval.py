@@ -267,3 +267,26 @@ def test_latex_answers_judged_by_math_verify(scripted: type[ScriptedServer], tmp
     conn = sqlite3.connect(tmp_path / "eval.db")
     grades = [json.loads(r[0]) for r in conn.execute("SELECT correct_json FROM kf_eval_items ORDER BY position")]
     assert grades == [[True], [True], [False]]
+
+
+def test_early_stopping_saves_rollouts_and_carries_answers(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    data = rows(AIME25)[:3]
+    dataset = tmp_path / "three.jsonl"
+    dataset.write_text("\n".join(json.dumps(row) for row in data))
+    order = [row["problem"] for row in data]
+    golds = {row["problem"]: int(row["answer"]) for row in data}
+
+    def answer(key: str, k: int) -> str:  # problem 0 settles at once; the others keep changing
+        return str(golds[key]) if order.index(key) == 0 else str((golds[key] + k) % 1000)
+
+    server = scripted(eval_responder(answer), keys=order).start()
+    proc = run_kflow(eval_args(server, tmp_path, dataset, 6, "early", "--stop-policy", "stable:2"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["rollouts_done"] == 2 + 6 + 6
+    assert result["rollouts_budget"] == 18
+    assert result["rollouts_saved"] == 4
+    assert result["tokens_saved_estimate"] > 0
+    assert [f["accuracy"] for f in result["per_iteration"]] == pytest.approx([1.0, 1 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3])
+    last = json.loads((tmp_path / "results/vllm_4096_kftest/Scripted-Model-7B/predictions_5.json").read_text())
+    assert last[1]["predicted"] == str(golds[order[0]]) and last[1]["pred_solution"] == ""

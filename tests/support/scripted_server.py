@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,6 +34,8 @@ class Reply:
     status: int = 200
     hold: threading.Event | None = None
     """When set, the reply waits until the event is set (tests kill the client meanwhile)."""
+    logprobs: list[float] | None = None
+    """Token log-probabilities to return (when the request asked for them)."""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Request:
     delivered: bool = False
     aborted: bool = False
     status: int = 200
+    choice: int = 0
+    """Which of the `n` choices a responder call is for."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -72,6 +76,8 @@ class ScriptedServer:
     """Problem texts: a request's key is the first of them its prompt contains ("default" otherwise)."""
     requests: list[Request] = field(default_factory=list)
     model: str = "scripted-model"
+    honour_n: bool = True
+    """Return `n` choices when asked (vLLM does; llama.cpp returns one)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -148,17 +154,32 @@ class ScriptedServer:
             handler._send(reply.status, {"error": {"message": "scripted failure", "type": "server_error"}})  # type: ignore[attr-defined]
             request.ended = time.monotonic()
             return
-        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
-        if reply.reasoning is not None:
-            message[reply.reasoning_key] = reply.reasoning
+        count = int(body.get("n") or 1) if self.honour_n else 1
+        replies = [reply] + [self.responder(replace(request, index=request.index, choice=i)) for i in range(1, count)]
+        choices = []
+        for number, choice_reply in enumerate(replies):
+            message: dict[str, Any] = {"role": "assistant", "content": choice_reply.content}
+            if choice_reply.reasoning is not None:
+                message[choice_reply.reasoning_key] = choice_reply.reasoning
+            logprobs = None
+            if body.get("logprobs") and choice_reply.logprobs is not None:
+                logprobs = {
+                    "content": [
+                        {"token": f"t{i}", "logprob": value, "bytes": None, "top_logprobs": []}
+                        for i, value in enumerate(choice_reply.logprobs)
+                    ]
+                }
+            choices.append(
+                {"index": number, "message": message, "finish_reason": choice_reply.finish_reason, "logprobs": logprobs}
+            )
         prompt_tokens = reply.prompt_tokens or sum(word_count(str(m.get("content", ""))) for m in body["messages"])
-        completion_tokens = reply.completion_tokens or word_count(reply.content + (reply.reasoning or ""))
+        completion_tokens = sum(r.completion_tokens or word_count(r.content + (r.reasoning or "")) for r in replies)
         payload = {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.model),
-            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
+            "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,

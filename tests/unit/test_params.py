@@ -39,3 +39,42 @@ def test_model_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_params(given: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_params(given)
+
+
+def test_model_family_detection() -> None:
+    from knowledge_flow.params import detect_model_family
+
+    assert detect_model_family("openai/gpt-oss-120b") == "gpt-oss"
+    assert detect_model_family("Qwen/Qwen3-235B-A22B-Thinking-2507") == "qwen3-thinking"
+    assert detect_model_family("Qwen/QwQ-32B") == "qwen3-thinking"
+    assert detect_model_family("Qwen/Qwen3-8B") == "instruct"
+    assert detect_model_family("qwen2.5-coder-0.5b-instruct") == "instruct"
+
+
+def test_strategy_defaults() -> None:
+    params = resolve_params({"model": "openai/gpt-oss-20b", "temperature": 0.7, "max_new_tokens": 1000})
+    assert params["reasoning_effort"] == "high"
+    assert params["thinkers"] == 1 and params["topk_thinkers"] == 1
+    assert params["min_temperature"] == params["max_temperature"] == 0.7
+    assert params["avoid_budget_tokens"] == 100
+    assert params["stop_policy"] == "fixed" and params["final_answer_rule"] == "last"
+    assert resolve_params({"strategy": "self-consistency"})["final_answer_rule"] == "majority:all"
+    assert resolve_params({"thinkers": 4})["topk_thinkers"] == 4
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"thinkers": 0}, "thinkers must be between"),
+        ({"thinkers": 2, "topk_thinkers": 3}, "cannot exceed thinkers"),
+        ({"min_temperature": 1.0, "max_temperature": 0.5}, "cannot exceed max_temperature"),
+        ({"stop_policy": "sometimes"}, "stop policy"),
+        ({"final_answer_rule": "best"}, "final answer rule"),
+        ({"model_family": "llama"}, "model_family must be one of"),
+        ({"reasoning_effort": "max"}, "reasoning_effort must be one of"),
+        ({"uncertainty_threshold": 0.5}, "uncertainty_threshold must be between"),
+    ],
+)
+def test_bad_strategy_params(given: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_params(given)

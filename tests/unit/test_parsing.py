@@ -197,3 +197,28 @@ def test_hostile_input_is_linear_time() -> None:
     parse_rollout(huge, None, "integer")
     parse_rollout("\\boxed{1}" * 50000, None, "integer")
     assert time.monotonic() - started < 5.0
+
+
+def test_strategy_sections_with_question_marks() -> None:
+    text = (
+        "[Solution without EK]: 5\n[Adding?]: Yes\n[Novel Knowledge to Add to the List]: TRIGGER: a. STEPS: b.\n"
+        "[Dropping?]: No\n[Least Useful to Drop]: N/A\n[Summary]: s\n[Answer]: \\boxed{5}"
+    )
+    names = (
+        "Solution without EK",
+        "Adding?",
+        "Novel Knowledge to Add to the List",
+        "Dropping?",
+        "Least Useful to Drop",
+    )
+    parsed = parse_rollout(text, None, "integer", names)
+    assert parsed.sections["Adding?"] == "Yes"
+    assert parsed.sections["Novel Knowledge to Add to the List"] == "TRIGGER: a. STEPS: b."
+    assert parsed.sections["Dropping?"] == "No"
+    assert parsed.summary == "s" and parsed.answer == "5"
+
+
+def test_things_to_avoid_section() -> None:
+    text = "**Things to Avoid:** 4 is wrong.\n### Summary:\nok\n[Answer]: \\boxed{8}"
+    parsed = parse_rollout(text, None, "integer", ("Things to Avoid",))
+    assert parsed.sections["Things to Avoid"] == "4 is wrong."

@@ -22,7 +22,13 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
     kept = thinkers.select(candidates, params["topk_thinkers"], params["diversity_weight"], params["answer_type"])
     best = kept[0]
     threshold = params["uncertainty_threshold"]
-    update_reference = threshold is None or best["confidence"] is None or best["confidence"] >= threshold
+    # An uncertain iteration keeps the reference it has; with none yet, any reference beats none.
+    update_reference = (
+        threshold is None
+        or best["confidence"] is None
+        or best["confidence"] >= threshold
+        or state.get("reference_answer") is None
+    )
     result = get_strategy(params["strategy"]).distill(state, best, kept, update_reference)
 
     store = store_of(runtime)

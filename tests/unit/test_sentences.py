@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from knowledge_flow.knowledge import count_tokens
+from knowledge_flow.sentences import sentences, tail_sentences
+
+
+def test_sentences_round_trip() -> None:
+    text = "Avoid 42. It fails because x = 3.5 is wrong. Dr. Smith agrees! Why? Because."
+    parts = sentences(text)
+    assert "".join(parts) == text
+    assert parts[0] == "Avoid 42. "
+    assert any(p.startswith("Dr. Smith agrees") for p in parts)
+
+
+def test_tail_keeps_whole_sentences_within_budget() -> None:
+    text = " ".join(f"Sentence number {n} is here." for n in range(50))
+    tail = tail_sentences(text, 40)
+    assert count_tokens(tail) <= 40
+    assert tail.startswith("Sentence number") and tail.endswith("is here.")
+    assert text.endswith(tail)
+
+
+def test_tail_short_text_is_kept_whole() -> None:
+    assert tail_sentences("  One. Two.  ", 100) == "One. Two."
+    assert tail_sentences("anything", 0) == ""
+
+
+def test_tail_cut_on_a_boundary_keeps_that_sentence() -> None:
+    text = "Alpha beta gamma. Delta epsilon."
+    assert tail_sentences(text, 3) == "Delta epsilon."
+
+
+def test_tail_without_boundary_falls_back_to_the_cut() -> None:
+    text = "word " * 100
+    tail = tail_sentences(text, 10)
+    assert count_tokens(tail) == 10
