@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
-from urllib.parse import urlparse
 
 import openai
 import typer
@@ -26,6 +26,7 @@ from knowledge_flow.graph import compile_graph
 from knowledge_flow.params import recursion_limit, resolve_params
 from knowledge_flow.persistence.checkpointer import SqliteCheckpointer, check_db_path
 from knowledge_flow.persistence.store import SchemaError, Store, get_store
+from knowledge_flow.replicas import check_urls
 from knowledge_flow.server_launch.model_files import ModelError
 from knowledge_flow.server_launch.process import ServerError, ServerProcess, models_ready
 from knowledge_flow.state import InputState, KnowledgeItem, State
@@ -72,14 +73,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def check_base_url(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise UsageError(f"--base-url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
+    """One URL, or several separated by commas (replicas); returned normalised."""
     try:
-        _ = parsed.port
-    except ValueError:
-        raise UsageError(f"--base-url has an invalid port: {url!r}") from None
-    return url.rstrip("/")
+        return ",".join(check_urls(url))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def resolve_db(db: str | None) -> str:
@@ -319,7 +317,11 @@ def strategy_params(
 
 BaseUrlOpt = Annotated[
     str | None,
-    typer.Option("--base-url", help="OpenAI-compatible endpoint (env KFLOW_BASE_URL; default: the local server)."),
+    typer.Option(
+        "--base-url",
+        help="OpenAI-compatible endpoint, or several separated by commas (replicas); env KFLOW_BASE_URL; "
+        "default: the local server.",
+    ),
 ]
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (env KFLOW_DB; default knowledge_flow.db).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")]
@@ -573,6 +575,60 @@ def demo(
     )
 
 
+@serve_app.command("vllm")
+def serve_vllm(
+    model: Annotated[str, typer.Option(help="Model id or local path.")],
+    profile: Annotated[str, typer.Option(help="gpt-oss-120b, qwen3-235b-thinking or generic.")] = "generic",
+    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs per model copy.")] = 1,
+    data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help="Model copies on this node.")] = 1,
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1 unless you serve other nodes).")] = "127.0.0.1",
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length.")] = None,
+    extra_arg: Annotated[
+        list[str] | None, typer.Option("--extra-arg", help="Extra `vllm serve` argument (repeatable).")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="Extra environment KEY=VALUE (repeatable).")] = None,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for readiness.")] = 1800.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and environment only.")] = False,
+) -> None:
+    """Start vLLM's OpenAI-compatible server with a profile (pid file; stop with `kflow serve stop`)."""
+    from knowledge_flow.server_launch.local import servers_dir
+    from knowledge_flow.server_launch.vllm import build_launch, start_vllm
+
+    try:
+        extra_env = {}
+        for item in env or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ServerError(f"--env takes KEY=VALUE, got {item!r}")
+            extra_env[key] = value
+        launch = build_launch(
+            profile=profile,
+            model=model,
+            host=host,
+            port=port,
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+            max_model_len=max_model_len,
+            extra_args=[a for arg in extra_arg or [] for a in shlex.split(arg)],
+            extra_env=extra_env,
+        )
+    except ServerError as exc:
+        raise fail(str(exc)) from None
+    if dry_run:
+        sys.stdout.write(launch.render() + "\n")
+        return
+    log_path = servers_dir() / f"vllm-{port}.log"
+    err.print(f"starting: {launch.render()}\nlog: {log_path}")
+    try:
+        server = start_vllm(
+            launch, log_path=log_path, pid_path=servers_dir() / f"vllm-{port}.json", ready_timeout_s=ready_timeout
+        )
+    except ServerError as exc:
+        raise fail(str(exc), code=1) from None
+    out.print(f"vLLM server running at {server.base_url} (pid {server.pid}, log {server.log_path})")
+
+
 @serve_app.command("local")
 def serve_local(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
@@ -591,11 +647,17 @@ def serve_local(
 
 
 @serve_app.command("stop")
-def serve_stop() -> None:
-    """Stop the server started by `kflow serve local`."""
-    from knowledge_flow.server_launch.local import stop_local
+def serve_stop(
+    port: Annotated[int | None, typer.Option(help="Only the server on this port.")] = None,
+) -> None:
+    """Stop the servers started by `kflow serve` (by their pid files)."""
+    from knowledge_flow.server_launch.local import stop_servers
 
-    out.print("stopped" if stop_local() else "no server was running")
+    stopped = stop_servers(port)
+    for server in stopped:
+        out.print(f"stopped {server.base_url} (pid {server.pid})")
+    if not stopped:
+        out.print("no server was running")
 
 
 def main() -> None:

@@ -289,6 +289,18 @@ def print_report(report: EvalReport) -> None:
         f"label-free final answer accuracy ({report.final_answer_rule}): {100 * report.final_accuracy:.1f}%   "
         f"total tokens: {report.total_tokens:,}" + (f"   failed problems: {report.failed}" if report.failed else "")
     )
+    if len(report.replicas) > 1:
+        replicas = Table("replica", "requests", "failed", "rollouts", "prompt tok", "completion tok")
+        for entry in report.replicas:
+            replicas.add_row(
+                str(entry["url"]),
+                f"{entry['requests']:,}",
+                f"{entry['failed_requests']:,}",
+                f"{entry['rollouts']:,}",
+                f"{entry['prompt_tokens']:,}",
+                f"{entry['completion_tokens']:,}",
+            )
+        out.print(replicas)
     out.print(
         f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
         f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"

@@ -54,6 +54,8 @@ class Completion:
     temperature: float = 0.0
     confidence: float | None = None
     """Mean token log-probability, when log-probabilities were requested and returned."""
+    endpoint: str | None = None
+    """The base URL that answered."""
 
 
 @dataclass(frozen=True)
@@ -160,14 +162,11 @@ def complete(
 
 
 def sample(
-    make_client: Callable[[Sampling], ReasoningChatOpenAI],
-    messages: Sequence[Message],
+    send: Callable[[Sampling], list[Completion]],
     sampling: Sampling,
     temperatures: Sequence[float],
-    *,
-    continue_final_message: bool = False,
 ) -> list[Completion]:
-    """One completion per temperature, in order.
+    """One completion per temperature, in order; `send` makes one request.
 
     With equal temperatures this is one request with ``n``; when the server returns fewer choices (llama.cpp
     ignores ``n``), the rest are separate requests. Different temperatures are separate requests, sent
@@ -177,21 +176,11 @@ def sample(
         return []
     if len(set(temperatures)) == 1:
         first = replace(sampling, temperature=temperatures[0], n=len(temperatures))
-        results = complete(make_client(first), messages, continue_final_message=continue_final_message)
-        results = results[: len(temperatures)]
-        missing = len(temperatures) - len(results)
+        results = send(first)[: len(temperatures)]
         single = replace(first, n=1)
-        for _ in range(missing):
-            results.extend(complete(make_client(single), messages, continue_final_message=continue_final_message))
+        for _ in range(len(temperatures) - len(results)):
+            results.extend(send(single))
         return results
     with ThreadPoolExecutor(max_workers=len(temperatures)) as pool:
-        futures = [
-            pool.submit(
-                complete,
-                make_client(replace(sampling, temperature=t, n=1)),
-                messages,
-                continue_final_message=continue_final_message,
-            )
-            for t in temperatures
-        ]
+        futures = [pool.submit(send, replace(sampling, temperature=t, n=1)) for t in temperatures]
         return [future.result()[0] for future in futures]

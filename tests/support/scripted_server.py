@@ -11,6 +11,7 @@ Run as a script (``python -m tests.support.scripted_server --script FILE --port 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import select
 import socket
@@ -80,6 +81,7 @@ class ScriptedServer:
     """Return `n` choices when asked (vLLM does; llama.cpp returns one)."""
 
     def __post_init__(self) -> None:
+        self.dead = False
         self._lock = threading.Lock()
         self._delivered: dict[str, int] = {}
         server = self
@@ -145,6 +147,13 @@ class ScriptedServer:
             reply.hold.wait(timeout=120)
         if reply.delay_s:
             time.sleep(reply.delay_s)
+        if self.dead:  # a crashed replica: drop the connection without answering
+            request.aborted = True
+            request.ended = time.monotonic()
+            handler.close_connection = True
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            return
         if _peer_closed(handler.connection):
             request.aborted = True
             request.ended = time.monotonic()
@@ -199,6 +208,13 @@ class ScriptedServer:
         return self
 
     def stop(self) -> None:
+        if not self.dead:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    def kill(self) -> None:
+        """Crash: refuse new connections and drop every request in flight or still to come."""
+        self.dead = True
         self.httpd.shutdown()
         self.httpd.server_close()
 

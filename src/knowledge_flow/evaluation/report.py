@@ -44,6 +44,8 @@ class EvalReport:
     """Saved rollouts times this run's mean tokens per rollout."""
     stop_policy: str
     final_answer_rule: str
+    replicas: list[dict[str, Any]]
+    """Per endpoint: rollouts, prompt and completion tokens, and failed requests (taken out of rotation)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,9 +107,22 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
         rollouts_budget=budget,
         rollouts_saved=saved,
         tokens_saved_estimate=int(saved * per_rollout),
+        replicas=_replicas(store, [item.run_id for item in items if item.run_id], manifest),
         stop_policy=str(params.get("stop_policy", "fixed")),
         final_answer_rule=str(params.get("final_answer_rule", "last")),
     )
+
+
+def _replicas(store: Store, run_ids: list[str], manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    failures: dict[str, int] = manifest.get("replica_failures", {})
+    requests: dict[str, int] = manifest.get("replica_requests", {})
+    entries = {e["url"]: e for e in store.endpoint_stats(run_ids)}
+    for url in set(failures) | set(requests):
+        entries.setdefault(url, {"url": url, "rollouts": 0, "prompt_tokens": 0, "completion_tokens": 0})
+    for url, entry in entries.items():
+        entry["requests"] = int(requests.get(url, entry["rollouts"]))
+        entry["failed_requests"] = int(failures.get(url, 0))
+    return sorted(entries.values(), key=lambda e: str(e["url"]))
 
 
 def plot_reports(reports: list[EvalReport], path: Path) -> Path:

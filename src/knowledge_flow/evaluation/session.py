@@ -15,6 +15,7 @@ from knowledge_flow.evaluation.predictions import write_predictions
 from knowledge_flow.evaluation.runner import Graph, ItemResult, Progress, run_items, thread_id_for
 from knowledge_flow.nodes.common import package_version
 from knowledge_flow.persistence.store import EvalItemRow, EvalRow, Store, utcnow
+from knowledge_flow.replicas import get_pool
 from knowledge_flow.state import AnswerType
 
 
@@ -102,6 +103,22 @@ def create_eval(
     return row
 
 
+def _record_replicas(store: Store, eval_id: str, base_url: str, before: dict[str, tuple[int, int]]) -> None:
+    """Add this session's requests and failures per replica to the manifest (resumed runs accumulate)."""
+    row = store.get_eval(eval_id)
+    if row is None:
+        return
+    manifest = row.manifest
+    requests: dict[str, int] = manifest.setdefault("replica_requests", {})
+    failures: dict[str, int] = manifest.setdefault("replica_failures", {})
+    for entry in get_pool(base_url).stats():
+        url = str(entry["url"])
+        sent, failed = before.get(url, (0, 0))
+        requests[url] = requests.get(url, 0) + int(entry["requests"]) - sent
+        failures[url] = failures.get(url, 0) + int(entry["failures"]) - failed
+    store.update_eval(eval_id, manifest_json=json.dumps(manifest, ensure_ascii=False, sort_keys=True))
+
+
 def execute(
     *,
     graph: Graph,
@@ -129,6 +146,10 @@ def execute(
             progress.correct_final += int(bool(item.final_correct))
             progress.tokens += sum(item.prompt_tokens) + sum(item.completion_tokens)
     store.update_eval(eval_id, status="running")
+    before = {
+        str(entry["url"]): (int(entry["requests"]), int(entry["failures"]))
+        for entry in get_pool(context.base_url).stats()
+    }
     on_start(progress)
     results = run_items(
         graph=graph,
@@ -141,6 +162,9 @@ def execute(
         progress=progress,
         on_tick=on_tick,
     )
+    _record_replicas(store, eval_id, context.base_url, before)
+    row = store.get_eval(eval_id) or row
+    manifest = row.manifest
     items = store.eval_items(eval_id)
     written: list[Path] = []
     if all(item.status == "done" for item in items):

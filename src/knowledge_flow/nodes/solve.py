@@ -4,6 +4,7 @@ store; the state gets their ids. After a crash, rollouts already stored are reus
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -12,6 +13,7 @@ from knowledge_flow import llm
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import context_of, store_of
 from knowledge_flow.persistence.store import RolloutRow, utcnow
+from knowledge_flow.replicas import get_pool
 from knowledge_flow.state import State
 from knowledge_flow.strategies import get_strategy
 from knowledge_flow.thinkers import spread
@@ -41,15 +43,20 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             logprobs=params["thinkers"] > 1,
             reasoning_effort=params["reasoning_effort"],
         )
-        completions = llm.sample(
-            lambda s: llm.chat_model(
-                ctx.base_url, ctx.api_key, s, timeout=ctx.request_timeout, max_retries=ctx.max_retries
-            ),
-            messages,
-            sampling,
-            [temperatures[index] for index in missing],
-            continue_final_message=messages[-1]["role"] == "assistant",
-        )
+        pool = get_pool(ctx.base_url)
+        # With several replicas, fail over at once instead of retrying a dead one.
+        retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
+        prefilled = messages[-1]["role"] == "assistant"
+
+        def send(s: llm.Sampling) -> list[llm.Completion]:
+            def on(url: str) -> list[llm.Completion]:
+                client = llm.chat_model(url, ctx.api_key, s, timeout=ctx.request_timeout, max_retries=retries)
+                answers = llm.complete(client, messages, continue_final_message=prefilled)
+                return [replace(c, endpoint=url) for c in answers]
+
+            return pool.call(on)
+
+        completions = llm.sample(send, sampling, [temperatures[index] for index in missing])
         prompt_json = json.dumps(messages, ensure_ascii=False)
         for index, completion in zip(missing, completions, strict=True):
             store.add_rollout(
@@ -69,6 +76,7 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                     latency_s=completion.latency_s,
                     temperature=completion.temperature,
                     confidence=completion.confidence,
+                    endpoint=completion.endpoint,
                 )
             )
     return {"pending_rollouts": ids}

@@ -37,7 +37,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S, check_db_path
 
 SCHEMA_VERSION = 2
-"""1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence and rank (thinkers)."""
+"""1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
+endpoint (replicas)."""
 
 
 class SchemaError(RuntimeError):
@@ -104,6 +105,8 @@ class RolloutRow(Base):
     knowledge_added: Mapped[str | None] = mapped_column(Text)
     temperature: Mapped[float | None] = mapped_column(Float)
     confidence: Mapped[float | None] = mapped_column(Float)
+    endpoint: Mapped[str | None] = mapped_column(Text)
+    """The base URL (replica) that produced it."""
     rank: Mapped[int | None] = mapped_column(Integer)
     """Among the thinkers kept in its iteration (0 = the best, whose answer counts); None when not kept."""
 
@@ -329,6 +332,25 @@ class Store:
                 select(RolloutRow).where(RolloutRow.run_id == run_id).order_by(RolloutRow.iteration, RolloutRow.index)
             )
             return session.scalars(statement).all()
+
+    def endpoint_stats(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Rollouts and tokens per endpoint (replica) over the given runs."""
+        stats: dict[str, dict[str, Any]] = {}
+        with self.session() as session:
+            for chunk_start in range(0, len(run_ids), 500):
+                chunk = list(run_ids[chunk_start : chunk_start + 500])
+                statement = select(RolloutRow.endpoint, RolloutRow.prompt_tokens, RolloutRow.completion_tokens).where(
+                    RolloutRow.run_id.in_(chunk)
+                )
+                for endpoint, prompt, completion in session.execute(statement):
+                    entry = stats.setdefault(
+                        endpoint or "",
+                        {"url": endpoint or "", "rollouts": 0, "prompt_tokens": 0, "completion_tokens": 0},
+                    )
+                    entry["rollouts"] += 1
+                    entry["prompt_tokens"] += prompt
+                    entry["completion_tokens"] += completion
+        return sorted(stats.values(), key=lambda e: str(e["url"]))
 
     # evaluations ------------------------------------------------------------------------------------
     def create_eval(self, eval_row: EvalRow, items: Sequence[EvalItemRow]) -> None:

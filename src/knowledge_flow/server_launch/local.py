@@ -20,8 +20,13 @@ def local_base_url(host: str = "127.0.0.1", port: int = DEFAULT_LOCAL_PORT) -> s
     return f"http://{host}:{port}/v1"
 
 
-def pid_file() -> Path:
-    return cache_dir() / "local-server.json"
+def pid_file(port: int = DEFAULT_LOCAL_PORT) -> Path:
+    return servers_dir() / f"local-{port}.json"
+
+
+def servers_dir() -> Path:
+    """Pid files of the servers `kflow serve` started, one per port."""
+    return cache_dir() / "servers"
 
 
 def command(model_path: Path, host: str, port: int, n_ctx: int, alias: str) -> list[str]:
@@ -65,7 +70,7 @@ def start_local(
         raise ServerError(f"model file {path} does not exist")
     say = progress or (lambda _message: None)
     base_url = local_base_url(host, port)
-    log_path = cache_dir() / "local-server.log"
+    log_path = servers_dir() / f"local-{port}.log"
     say(f"starting the local model server on {base_url} (log: {log_path})")
     return start_server(
         command(path, host, port, n_ctx, alias),
@@ -73,15 +78,23 @@ def start_local(
         host=host,
         port=port,
         log_path=log_path,
-        pid_path=pid_file() if write_pid_file else None,
+        pid_path=pid_file(port) if write_pid_file else None,
     )
 
 
-def stop_local() -> bool:
-    """Stop the server recorded in the pid file; False when none was running."""
-    server = read_pid_file(pid_file())
-    if server is None:
-        return False
-    running = server.alive()
-    server.stop()
-    return running
+def stop_servers(port: int | None = None) -> list[ServerProcess]:
+    """Stop the servers `kflow serve` started (those on `port` only, when given); returns those that ran."""
+    stopped = []
+    folder = servers_dir()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        server = read_pid_file(path)
+        if server is None:
+            path.unlink(missing_ok=True)
+            continue
+        if port is not None and not server.base_url.rstrip("/").endswith(f":{port}/v1"):
+            continue
+        running = server.alive()
+        server.stop()
+        if running:
+            stopped.append(server)
+    return stopped

@@ -35,6 +35,14 @@ def models_ready(base_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def health_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -91,8 +99,10 @@ def start_server(
     pid_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 180.0,
+    health_url: str | None = None,
 ) -> ServerProcess:
-    """Start `command`, wait until `base_url` lists models; on failure stop it and raise with the log tail."""
+    """Start `command`, wait until `health_url` (if any) answers 200 and `base_url` lists models; on failure
+    stop it and raise with the log tail. The server runs in its own process group, so it outlives us."""
     if port_in_use(host, port):
         raise ServerError(f"port {port} on {host} is already in use; choose another with --port")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,22 +123,41 @@ def start_server(
                 f"the server exited with code {popen.returncode} during start-up. "
                 f"Last lines of {log_path}:\n{log_tail(log_path)}"
             )
-        if models_ready(base_url):
+        if (health_url is None or health_ok(health_url)) and models_ready(base_url):
             if pid_path is not None:
                 pid_path.parent.mkdir(parents=True, exist_ok=True)
-                pid_path.write_text(json.dumps({"pid": popen.pid, "base_url": base_url, "log": str(log_path)}))
+                record = {"pid": popen.pid, "base_url": base_url, "log": str(log_path), "program": command[0]}
+                pid_path.write_text(json.dumps(record))
             return server
         time.sleep(0.5)
     server.stop()
     raise ServerError(
-        f"the server did not answer {base_url}/models within {ready_timeout_s:.0f}s. "
+        f"the server did not become ready ({base_url}/models) within {ready_timeout_s:.0f}s. "
         f"Last lines of {log_path}:\n{log_tail(log_path)}"
     )
 
 
+def _runs(pid: int, program: str) -> bool:
+    """Whether process `pid` still runs `program` (a recycled pid must never be signalled)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    name = Path(program).name.encode()
+    return any(
+        Path(part.decode(errors="replace")).name.encode() == name or part == program.encode() for part in cmdline
+    )
+
+
 def read_pid_file(pid_path: Path) -> ServerProcess | None:
+    """The server a pid file records, or None when the file is unreadable or its process is gone."""
     try:
         data = json.loads(pid_path.read_text())
-        return ServerProcess(int(data["pid"]), str(data["base_url"]), Path(data["log"]), pid_path)
+        server = ServerProcess(int(data["pid"]), str(data["base_url"]), Path(data["log"]), pid_path)
+        program = str(data.get("program") or "")
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if program and not _runs(server.pid, program):
+        pid_path.unlink(missing_ok=True)
+        return None
+    return server
