@@ -484,6 +484,7 @@ def show(
             "temperature": r.temperature,
             "confidence": r.confidence,
             "rank": r.rank,
+            "error": r.error,
         }
         for r in rows
     ]
@@ -512,7 +513,7 @@ def show(
             Text(clean(describe_item(added), 80) if added else "—"),
             f"{r['prompt_tokens']}+{r['completion_tokens']}",
             f"{r['latency_s']:.1f}s",
-            clean(r["finish_reason"]),
+            Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
         )
     out.print(table)
     out.print(Text(f"final answer: {clean(run.final_answer)}", style="bold"))

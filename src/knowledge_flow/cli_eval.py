@@ -269,8 +269,10 @@ def evaluate(
 def print_report(report: EvalReport) -> None:
     out.print(
         Text(
-            f"{report.eval_id}: {report.dataset}, {report.problems} problems, model {report.model}, "
-            f"strategy {report.strategy}, status {report.status}",
+            clean(
+                f"{report.eval_id}: {report.dataset}, {report.problems} problems, model {report.model}, "
+                f"strategy {report.strategy}, status {report.status}"
+            ),
             style="bold",
         )
     )

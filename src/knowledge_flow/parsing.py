@@ -6,6 +6,7 @@ result in time linear in its length, never an exception.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,37 +55,66 @@ def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[s
     return (reasoning or inline).strip(), text[cut + len(THINK_END) :].strip()
 
 
-def _header_pattern(names: Iterable[str]) -> re.Pattern[str]:
-    alternatives = "|".join(re.escape(n).replace(r"\ ", r"[ \t]+") for n in sorted(set(names), key=len, reverse=True))
-    return re.compile(
-        r"(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?P<open>\[)?[ \t]*"
-        rf"(?P<name>{alternatives})"
-        r"[ \t]*(?P<close>\])?[ \t]*(?:\*\*|__)?[ \t]*(?P<colon>:)?[ \t]*(?:\*\*|__)?",
-        re.IGNORECASE,
-    )
+@functools.lru_cache(maxsize=64)
+def _name_pattern(names: frozenset[str]) -> re.Pattern[str]:
+    """Finds section names; the decoration around a name is checked by `_header_at`, never by backtracking."""
+    alternatives = "|".join(re.escape(n).replace(r"\ ", r"[ \t]+") for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?P<name>{alternatives})(?![\w?])", re.IGNORECASE)
 
 
-_HEADERS = _header_pattern(KNOWN_SECTIONS)
+_DECORATION = " \t>#*_["
+_MAX_PREFIX = 40
 
 
-def _is_header(text: str, match: re.Match[str]) -> bool:
-    """A header is "[Name]" anywhere, or a decorated name that starts a line ("### Summary:",
-    "**Summary**", "Summary:"). Plain words in running text ("in summary, ...") are not headers."""
-    if match.group("open") and match.group("close"):
-        return True
-    line_start = text.rfind("\n", 0, match.start()) + 1
-    if text[line_start : match.start()].strip(" \t>"):
-        return False
-    return bool(match.group("colon")) or match.group(0).lstrip().startswith(("#", "*", "_"))
+def _skip_blanks(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    return i
 
 
-def _spans(text: str, pattern: re.Pattern[str] = _HEADERS) -> list[tuple[int, int, int, str]]:
+def _header_at(text: str, match: re.Match[str]) -> tuple[int, int] | None:
+    """(header start, body start) when the name found by `match` is a header, else None.
+
+    A header is "[Name]" anywhere, or a decorated name that starts a line ("### Summary:", "**Summary**",
+    "Summary:"). Plain words in running text ("in summary, ...") are not headers. Linear in the text looked
+    at: a bounded prefix, then the blanks and marks after the name.
+    """
+    start, i = match.start(), match.end()
+    i = _skip_blanks(text, i)
+    closed = i < len(text) and text[i] == "]"
+    if closed:
+        i = _skip_blanks(text, i + 1)
+    if text.startswith(("**", "__"), i):
+        i = _skip_blanks(text, i + 2)
+    colon = i < len(text) and text[i] == ":"
+    if colon:
+        i = _skip_blanks(text, i + 1)
+    if text.startswith(("**", "__"), i):
+        i += 2
+    line_start = text.rfind("\n", max(0, start - _MAX_PREFIX - 1), start) + 1
+    window = text[max(line_start, start - _MAX_PREFIX) : start]
+    opened = window.rstrip(" \t").endswith("[")
+    if opened and closed:
+        bracket = start - (len(window) - len(window.rstrip(" \t"))) - 1
+        return (line_start if at_line_start(text, line_start, bracket) else bracket), i
+    if start - line_start > _MAX_PREFIX or window.strip(_DECORATION):
+        return None
+    if colon or any(mark in window for mark in "#*_") or text.startswith(("**", "__"), match.end()):
+        return line_start, i
+    return None
+
+
+def at_line_start(text: str, line_start: int, position: int) -> bool:
+    return position - line_start <= _MAX_PREFIX and not text[line_start:position].strip(_DECORATION)
+
+
+def _spans(text: str, names: Iterable[str] = KNOWN_SECTIONS) -> list[tuple[int, int, int, str]]:
     """(header start, body start, body end, lower-case name) of each header, in order."""
-    heads = [
-        (m.start(), m.end(), " ".join(m.group("name").split()).lower())
-        for m in pattern.finditer(text)
-        if _is_header(text, m)
-    ]
+    heads: list[tuple[int, int, str]] = []
+    for match in _name_pattern(frozenset(names)).finditer(text):
+        found = _header_at(text, match)
+        if found is not None and (not heads or found[0] >= heads[-1][1]):
+            heads.append((found[0], found[1], " ".join(match.group("name").split()).lower()))
     return [
         (start, body, heads[i + 1][0] if i + 1 < len(heads) else len(text), name)
         for i, (start, body, name) in enumerate(heads)
@@ -94,10 +124,8 @@ def _spans(text: str, pattern: re.Pattern[str] = _HEADERS) -> list[tuple[int, in
 def find_sections(text: str, names: Iterable[str] = KNOWN_SECTIONS) -> dict[str, str]:
     """Map each section name (as given in `names`) to its text; the last non-empty occurrence wins."""
     wanted = {n.lower(): n for n in names}
-    known = set(KNOWN_SECTIONS)
-    pattern = _HEADERS if set(wanted.values()) <= known else _header_pattern(known | set(wanted.values()))
     sections: dict[str, str] = {}
-    for _, body_start, body_end, name in _spans(text, pattern):
+    for _, body_start, body_end, name in _spans(text, (*KNOWN_SECTIONS, *wanted.values())):
         body = text[body_start:body_end].strip()
         if name in wanted and body:
             sections[wanted[name]] = body
@@ -148,8 +176,8 @@ def normalize_integer(raw: str) -> str | None:
     if not match:
         return None
     sign, digits = match.groups()
-    value = int(digits)
-    return str(-value if sign == "-" else value)
+    digits = digits.lstrip("0") or "0"  # as text: int() refuses numbers of more than 4300 digits
+    return f"-{digits}" if sign == "-" and digits != "0" else digits
 
 
 def last_integer(text: str) -> str | None:

@@ -79,6 +79,8 @@ class CurrentRollout(TypedDict):
     temperature: float
     confidence: float | None
     """Mean token log-probability, when the server returned log-probabilities."""
+    error: str | None
+    """Why the rollout failed (no usable response after retries); None when it succeeded."""
 
 
 class InputState(TypedDict, total=False):
@@ -140,6 +142,8 @@ class State(InputState, total=False):
     status: RunStatus
     final_answer: str | None
     stopped_early: bool
+    failed_streak: int
+    """Consecutive iterations in which every rollout failed."""
 
 
 class OutputState(TypedDict):

@@ -60,7 +60,7 @@ def select(
             base = score(candidate)
             return base - diversity_weight * penalty if math.isfinite(base) else -math.inf
 
-        best = max(pool, key=lambda c: (adjusted(c), c["answer"] is not None, -pool.index(c)))
+        best = max(pool, key=lambda c: (c["error"] is None, adjusted(c), c["answer"] is not None, -pool.index(c)))
         kept.append(best)
         pool.remove(best)
     return kept

@@ -15,6 +15,7 @@ import contextlib
 import json
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ class Reply:
     """When set, the reply waits until the event is set (tests kill the client meanwhile)."""
     logprobs: list[float] | None = None
     """Token log-probabilities to return (when the request asked for them)."""
+    fault: str | None = None
+    """Inject a fault instead of the reply: 500, 503, 429, timeout, reset, truncated or length."""
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Request:
     delivered: bool = False
     aborted: bool = False
     status: int = 200
+    fault: str | None = None
     choice: int = 0
     """Which of the `n` choices a responder call is for."""
 
@@ -79,6 +83,9 @@ class ScriptedServer:
     model: str = "scripted-model"
     honour_n: bool = True
     """Return `n` choices when asked (vLLM does; llama.cpp returns one)."""
+    port: int = 0
+    timeout_fault_s: float = 3.0
+    """How long a `timeout` fault keeps the client waiting (longer than its request timeout)."""
 
     def __post_init__(self) -> None:
         self.dead = False
@@ -121,7 +128,7 @@ class ScriptedServer:
                     return
                 server._complete(self, body, {k.lower(): v for k, v in self.headers.items()})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -153,6 +160,9 @@ class ScriptedServer:
             handler.close_connection = True
             with contextlib.suppress(OSError):
                 handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        request.fault = reply.fault
+        if reply.fault is not None and self._inject(handler, request, reply):
             return
         if _peer_closed(handler.connection):
             request.aborted = True
@@ -202,6 +212,51 @@ class ScriptedServer:
             if ok:
                 self._delivered[key] = self._delivered.get(key, 0) + 1
 
+    def _inject(self, handler: BaseHTTPRequestHandler, request: Request, reply: Reply) -> bool:
+        """Send the fault; True when nothing else is to be sent (`length` goes on as a normal reply)."""
+        fault = reply.fault
+        request.ended = time.monotonic()
+        if fault in ("500", "503"):
+            request.status = int(fault)
+            handler._send(int(fault), {"error": {"message": "injected", "type": "server_error"}})  # type: ignore[attr-defined]
+            return True
+        if fault == "429":
+            request.status = 429
+            data = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
+            handler.send_response(429)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Retry-After", "1")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return True
+        if fault == "timeout":
+            time.sleep(self.timeout_fault_s)
+            request.aborted = True
+            handler.close_connection = True
+            return True
+        if fault == "reset":
+            request.aborted = True
+            handler.close_connection = True
+            with contextlib.suppress(OSError):
+                handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                handler.connection.close()
+            return True
+        if fault == "truncated":
+            data = b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assis'
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return True
+        if fault == "length":
+            reply.content = reply.content[: max(1, len(reply.content) // 3)]
+            reply.finish_reason = "length"
+            reply.fault = None
+            return False
+        raise ValueError(f"unknown fault {fault!r}")
+
     # ------------------------------------------------------------------------------------------------
     def start(self) -> ScriptedServer:
         self._thread.start()
@@ -237,6 +292,26 @@ def _peer_closed(conn: socket.socket) -> bool:
         return conn.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
+
+
+FAULTS = ("500", "503", "429", "timeout", "reset", "truncated", "length")
+
+
+def faulty(responder: Responder, rate: float, seed: int, faults: Sequence[str] = FAULTS) -> Responder:
+    """Wrap `responder`: each request independently gets one of `faults` with probability `rate`."""
+    import random
+
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def respond(request: Request) -> Reply:
+        reply = responder(request)
+        with lock:
+            if rng.random() < rate:
+                reply.fault = rng.choice(list(faults))
+        return reply
+
+    return respond
 
 
 def script_responder(scripts: Mapping[str, Sequence[str]]) -> Responder:

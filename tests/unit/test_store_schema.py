@@ -37,6 +37,8 @@ def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE kf_meta SET value = '99' WHERE key = 'schema_version'")
         conn.execute("DROP TABLE kf_evals")
+    with sqlite3.connect(path) as conn:  # fold the WAL into the file, so its bytes are the whole content
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = path.read_bytes()
     with pytest.raises(SchemaError, match="newer knowledge-flow"):
         Store(path)

@@ -18,6 +18,7 @@ def cand(rid: str, answer: str | None, summary: str, confidence: float | None) -
         completion_tokens=1,
         temperature=0.6,
         confidence=confidence,
+        error=None,
     )
 
 

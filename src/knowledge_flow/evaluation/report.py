@@ -46,6 +46,10 @@ class EvalReport:
     final_answer_rule: str
     replicas: list[dict[str, Any]]
     """Per endpoint: rollouts, prompt and completion tokens, and failed requests (taken out of rotation)."""
+    failed_rollouts: int
+    """Rollouts stored as failed (no usable response after retries)."""
+    truncated_rollouts: int
+    """Rollouts cut off at the token limit (finish_reason length)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +89,7 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
                 cumulative_tokens=cumulative_tokens,
             )
         )
+    replicas = _replicas(store, [item.run_id for item in items if item.run_id], manifest)
     thinkers = int(params.get("thinkers", 1))
     done = sum(len(item.answers) for item in items) * thinkers
     budget = total * iterations * thinkers
@@ -107,7 +112,9 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
         rollouts_budget=budget,
         rollouts_saved=saved,
         tokens_saved_estimate=int(saved * per_rollout),
-        replicas=_replicas(store, [item.run_id for item in items if item.run_id], manifest),
+        replicas=replicas,
+        failed_rollouts=sum(int(e["failed_rollouts"]) for e in replicas),
+        truncated_rollouts=sum(int(e["truncated_rollouts"]) for e in replicas),
         stop_policy=str(params.get("stop_policy", "fixed")),
         final_answer_rule=str(params.get("final_answer_rule", "last")),
     )
@@ -118,7 +125,17 @@ def _replicas(store: Store, run_ids: list[str], manifest: dict[str, Any]) -> lis
     requests: dict[str, int] = manifest.get("replica_requests", {})
     entries = {e["url"]: e for e in store.endpoint_stats(run_ids)}
     for url in set(failures) | set(requests):
-        entries.setdefault(url, {"url": url, "rollouts": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        entries.setdefault(
+            url,
+            {
+                "url": url,
+                "rollouts": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "failed_rollouts": 0,
+                "truncated_rollouts": 0,
+            },
+        )
     for url, entry in entries.items():
         entry["requests"] = int(requests.get(url, entry["rollouts"]))
         entry["failed_requests"] = int(failures.get(url, 0))

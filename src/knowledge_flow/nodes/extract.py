@@ -39,6 +39,7 @@ def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 completion_tokens=row.completion_tokens,
                 temperature=row.temperature if row.temperature is not None else params["temperature"],
                 confidence=row.confidence,
+                error=row.error,
             )
         )
     if not candidates:

@@ -41,6 +41,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "temperature_range": [params["min_temperature"], params["max_temperature"]],
         "reported": [],
         "stopped_early": False,
+        "failed_streak": 0,
         "reference": None,
         "reference_answer": None,
         "answers": [],

@@ -1,12 +1,23 @@
 """`solve`: the rollouts of one iteration (one per thinker). Full prompts and outputs go to the rollout
-store; the state gets their ids. After a crash, rollouts already stored are reused, never requested again."""
+store; the state gets their ids. After a crash, rollouts already stored are reused, never requested again.
+
+Faults: connection errors, timeouts, 5xx and 429 are retried by the client (then fail over to another
+replica); when those retries run out, the endpoint is down and the error stops the run, to be resumed.
+A response that cannot be used (invalid JSON, no choices) is requested again up to `CONTENT_ATTEMPTS` times;
+a request the server refuses as such (400, 422: a prompt longer than the context, say) is not. Either way the
+rollout is then stored as failed, with its reason, and the run goes on: a failed rollout has no answer, so it
+changes neither the knowledge nor the reference. After `MAX_FAILED_STREAK` iterations in a row whose every
+rollout failed, the run stops (the cause is the setup, not the model).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import openai
 from langgraph.runtime import Runtime
 
 from knowledge_flow import llm
@@ -18,9 +29,37 @@ from knowledge_flow.state import State
 from knowledge_flow.strategies import get_strategy
 from knowledge_flow.thinkers import spread
 
+CONTENT_ATTEMPTS = 3
+MAX_FAILED_STREAK = 3
+CONTENT_FAULTS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, openai.APIResponseValidationError)
+REQUEST_FAULTS: tuple[type[Exception], ...] = (openai.BadRequestError, openai.UnprocessableEntityError)
+
+
+class RolloutsFailing(RuntimeError):
+    """Every rollout failed for several iterations in a row."""
+
 
 def rollout_id(run_id: str, iteration: int, index: int = 0) -> str:
     return f"{run_id}:{iteration}:{index}"
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def sample_or_fault(
+    send: Callable[[llm.Sampling], list[llm.Completion]], sampling: llm.Sampling, temperatures: list[float]
+) -> list[llm.Completion] | str:
+    """The completions, or the reason the rollouts failed."""
+    reason = ""
+    for _ in range(CONTENT_ATTEMPTS):
+        try:
+            return llm.sample(send, sampling, temperatures)
+        except REQUEST_FAULTS as exc:
+            return describe(exc)
+        except CONTENT_FAULTS as exc:
+            reason = describe(exc)
+    return reason
 
 
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -31,6 +70,11 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     temperatures = spread(low, high, params["thinkers"])
     ids = [rollout_id(state["run_id"], iteration, index) for index in range(len(temperatures))]
     missing = [index for index, rid in enumerate(ids) if store.get_rollout(rid) is None]
+    if missing and state.get("failed_streak", 0) >= MAX_FAILED_STREAK:
+        raise RolloutsFailing(
+            f"every rollout of the last {MAX_FAILED_STREAK} iterations failed; see `kflow show "
+            f"{state['thread_id']}` for the reasons, fix the cause, then resume"
+        )
     if missing:
         ctx = context_of(runtime)
         strategy = get_strategy(params["strategy"])
@@ -56,8 +100,14 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
             return pool.call(on)
 
-        completions = llm.sample(send, sampling, [temperatures[index] for index in missing])
+        outcome = sample_or_fault(send, sampling, [temperatures[index] for index in missing])
         prompt_json = json.dumps(messages, ensure_ascii=False)
+        error = outcome if isinstance(outcome, str) else None
+        completions = (
+            outcome
+            if not isinstance(outcome, str)
+            else [llm.Completion("", None, "error", 0, 0, 0.0, temperature=temperatures[index]) for index in missing]
+        )
         for index, completion in zip(missing, completions, strict=True):
             store.add_rollout(
                 RolloutRow(
@@ -77,6 +127,7 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                     temperature=completion.temperature,
                     confidence=completion.confidence,
                     endpoint=completion.endpoint,
+                    error=error,
                 )
             )
     return {"pending_rollouts": ids}

@@ -107,6 +107,8 @@ class RolloutRow(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     endpoint: Mapped[str | None] = mapped_column(Text)
     """The base URL (replica) that produced it."""
+    error: Mapped[str | None] = mapped_column(Text)
+    """Why the rollout failed (no usable response after retries); None when it succeeded."""
     rank: Mapped[int | None] = mapped_column(Integer)
     """Among the thinkers kept in its iteration (0 = the best, whose answer counts); None when not kept."""
 
@@ -334,20 +336,33 @@ class Store:
             return session.scalars(statement).all()
 
     def endpoint_stats(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Rollouts and tokens per endpoint (replica) over the given runs."""
+        """Rollouts, tokens, failed and truncated rollouts per endpoint (replica) over the given runs."""
         stats: dict[str, dict[str, Any]] = {}
         with self.session() as session:
             for chunk_start in range(0, len(run_ids), 500):
                 chunk = list(run_ids[chunk_start : chunk_start + 500])
-                statement = select(RolloutRow.endpoint, RolloutRow.prompt_tokens, RolloutRow.completion_tokens).where(
-                    RolloutRow.run_id.in_(chunk)
-                )
-                for endpoint, prompt, completion in session.execute(statement):
+                statement = select(
+                    RolloutRow.endpoint,
+                    RolloutRow.prompt_tokens,
+                    RolloutRow.completion_tokens,
+                    RolloutRow.error,
+                    RolloutRow.finish_reason,
+                ).where(RolloutRow.run_id.in_(chunk))
+                for endpoint, prompt, completion, error, finish in session.execute(statement):
                     entry = stats.setdefault(
                         endpoint or "",
-                        {"url": endpoint or "", "rollouts": 0, "prompt_tokens": 0, "completion_tokens": 0},
+                        {
+                            "url": endpoint or "",
+                            "rollouts": 0,
+                            "prompt_tokens": 0,
+                            "completion_tokens": 0,
+                            "failed_rollouts": 0,
+                            "truncated_rollouts": 0,
+                        },
                     )
                     entry["rollouts"] += 1
+                    entry["failed_rollouts"] += int(error is not None)
+                    entry["truncated_rollouts"] += int(finish == "length")
                     entry["prompt_tokens"] += prompt
                     entry["completion_tokens"] += completion
         return sorted(stats.values(), key=lambda e: str(e["url"]))
