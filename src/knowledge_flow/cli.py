@@ -122,8 +122,8 @@ def endpoint(base_url: str) -> Iterator[str]:
 
 def _print_rollout(store: Store, state: dict[str, Any]) -> None:
     iteration = state["iteration"] - 1
-    rid = state["rollout_ids"][-1]
-    row = store.get_rollout(rid)
+    rid = store.best_rollout_id(state["run_id"], iteration)
+    row = store.get_rollout(rid) if rid else None
     answer = state["answers"][-1]
     tokens = f"{row.prompt_tokens}+{row.completion_tokens} tokens" if row else ""
     latency = f"{row.latency_s:.1f}s" if row else ""

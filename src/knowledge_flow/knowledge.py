@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from knowledge_flow.answers import equivalent, normalize
+from knowledge_flow.prompts import format_wrong_answer_list
 from knowledge_flow.state import AnswerType, KnowledgeItem
 
 PER_ANSWER = 2
@@ -63,7 +64,7 @@ def visible_items(
         key = normalize(wrong, answer_type) or wrong
         if seen.get(key, 0) >= per_answer:
             continue
-        cost = count_tokens(wrong) + count_tokens(item["text"]) + 8
+        cost = count_tokens(format_wrong_answer_list([item]))  # as the prompt renders it
         if used + cost > budget_tokens:
             continue
         seen[key] = seen.get(key, 0) + 1

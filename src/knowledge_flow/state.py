@@ -137,7 +137,6 @@ class State(InputState, total=False):
     """Per iteration: whether the chosen rollout wrote an error report (a changed answer)."""
     knowledge: list[KnowledgeItem]
     """The full knowledge record, oldest first; what the prompt shows is derived from it."""
-    rollout_ids: list[str]
     usage: Usage
     status: RunStatus
     final_answer: str | None

@@ -51,7 +51,6 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         "reference_answer": result.reference_answer,
         "answers": [*state.get("answers", []), best["answer"]],
         "reported": [*state.get("reported", []), bool(result.changed) and best["error_report"] is not None],
-        "rollout_ids": [*state.get("rollout_ids", []), best["rollout_id"]],
         "usage": {
             "prompt_tokens": usage["prompt_tokens"] + sum(c["prompt_tokens"] for c in candidates),
             "completion_tokens": usage["completion_tokens"] + sum(c["completion_tokens"] for c in candidates),

@@ -46,7 +46,6 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "reference_answer": None,
         "answers": [],
         "knowledge": [],
-        "rollout_ids": [],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "status": "running",
         "final_answer": None,

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -66,6 +67,16 @@ class SqliteCheckpointer(SqliteSaver):
     @conn.setter
     def conn(self, value: sqlite3.Connection) -> None:
         self._conn = value
+
+    def get_next_version(self, current: str | int | None, channel: None) -> Any:
+        """Integer channel versions (LangGraph's own default) instead of the saver's 50-character strings.
+
+        Every checkpoint stores the version of every channel; with short versions a checkpoint is about half
+        as big. A thread first written with string versions keeps them, so versions never mix types.
+        """
+        if isinstance(current, str):
+            return super().get_next_version(current, channel)
+        return (current or 0) + 1
 
     def close(self) -> None:
         if self._conn is not None:

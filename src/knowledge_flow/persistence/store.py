@@ -320,6 +320,13 @@ class Store:
         row = self.get_rollout(rollout_id)
         return (row.messages, row.content) if row is not None else None
 
+    def best_rollout_id(self, run_id: str, iteration: int) -> str | None:
+        with self.session() as session:
+            statement = select(RolloutRow.id).where(
+                RolloutRow.run_id == run_id, RolloutRow.iteration == iteration, RolloutRow.rank == 0
+            )
+            return session.scalars(statement).first()
+
     def update_rollout(self, rollout_id: str, **values: Any) -> None:
         with self.session() as session:
             row = session.get(RolloutRow, rollout_id)

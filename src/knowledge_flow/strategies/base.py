@@ -19,6 +19,10 @@ class History(Protocol):
         """The prompt messages and the output text of a stored rollout."""
         ...
 
+    def best_rollout_id(self, run_id: str, iteration: int) -> str | None:
+        """The id of the rollout whose answer counted in `iteration` (the best kept thinker)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Distilled:

@@ -30,8 +30,9 @@ class Markovian(BaseStrategy):
 
     def build_messages(self, state: State, history: History) -> list[Message]:
         user: Message = {"role": "user", "content": prompts.markovian_user(state["problem"])}
-        previous_ids = state.get("rollout_ids", [])
-        stored = history.rollout_text(previous_ids[-1]) if previous_ids else None
+        iteration = state.get("iteration", 0)
+        previous = history.best_rollout_id(state["run_id"], iteration - 1) if iteration else None
+        stored = history.rollout_text(previous) if previous else None
         if stored is None:
             return [user]
         messages, content = stored
