@@ -56,9 +56,7 @@ class EvalReport:
 
 
 def build_report(store: Store, eval_id: str) -> EvalReport:
-    row = store.get_eval(eval_id)
-    if row is None:
-        raise KeyError(f"no evaluation run {eval_id!r}")
+    row = store.require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
     items = store.eval_items(eval_id)

@@ -130,9 +130,7 @@ def execute(
     on_tick: Callable[[], None] = lambda: None,
 ) -> tuple[EvalRow, list[ItemResult], list[Path]]:
     """Run (or continue) an evaluation; write the prediction files once every problem is done."""
-    row = store.get_eval(eval_id)
-    if row is None:
-        raise KeyError(f"no evaluation run {eval_id!r}")
+    row = store.require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
     items = store.eval_items(eval_id)

@@ -387,6 +387,12 @@ class Store:
         with self.session() as session:
             return session.get(EvalRow, eval_id)
 
+    def require_eval(self, eval_id: str) -> EvalRow:
+        row = self.get_eval(eval_id)
+        if row is None:
+            raise KeyError(f"no evaluation run {eval_id!r}")
+        return row
+
     def list_evals(self) -> Sequence[EvalRow]:
         with self.session() as session:
             return session.scalars(select(EvalRow).order_by(EvalRow.created_at)).all()
