@@ -307,3 +307,22 @@ def test_instruct_family_sends_no_reasoning_effort(scripted: type[ScriptedServer
     assert final["params"]["model_family"] == "instruct"
     assert "reasoning_effort" not in server.requests[0].body
     assert json.loads(json.dumps(final["params"]))["thinkers"] == 1
+
+
+def test_positive_knowledge_keeps_long_sections_out_of_state(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    import sqlite3
+
+    long_solution = "WORKED-OUT-SOLUTION " * 300
+    script = [
+        "[Novel Knowledge to Add to the List]: K0\n[Summary]: S\n[Answer]: \\boxed{1}",
+        ek_output("Yes", "K1", "No", "N/A", "1", "S").replace("tried directly.", long_solution),
+    ]
+    server = scripted(script_responder({"default": script})).start()
+    db = tmp_path / "p.db"
+    final, _ = run_recorded(server, db, strategy="positive-knowledge", iterations=2)
+    assert [item["text"] for item in final["knowledge"]] == ["K0", "K1"]
+    conn = sqlite3.connect(db)
+    blobs = [bytes(r[0]) for r in conn.execute("SELECT checkpoint FROM checkpoints")]
+    blobs += [bytes(r[0]) for r in conn.execute("SELECT value FROM writes") if r[0]]
+    assert not any(b"WORKED-OUT-SOLUTION" in blob for blob in blobs)
+    assert any("WORKED-OUT-SOLUTION" in r[0] for r in conn.execute("SELECT content FROM kf_rollouts"))

@@ -33,7 +33,7 @@ def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 answer=parsed.answer,
                 summary=parsed.summary,
                 error_report=parsed.error_report,
-                extras={name: parsed.sections[name] for name in strategy.section_names if name in parsed.sections},
+                extras={name: parsed.sections[name] for name in strategy.state_sections if name in parsed.sections},
                 finish_reason=row.finish_reason,
                 prompt_tokens=row.prompt_tokens,
                 completion_tokens=row.completion_tokens,

@@ -42,6 +42,8 @@ class Strategy(Protocol):
     name: str
     section_names: tuple[str, ...]
     """Output sections the parser must recognise (besides Error Report, Summary, Answer)."""
+    state_sections: tuple[str, ...]
+    """The sections `distill` needs, copied into the state (the others stay in the rollout store only)."""
 
     def build_messages(self, state: State, history: History) -> list[Message]:
         """The chat messages of the next rollout (the same for every thinker of an iteration)."""
@@ -72,6 +74,7 @@ class BaseStrategy:
 
     name = "base"
     section_names: tuple[str, ...] = ()
+    state_sections: tuple[str, ...] = ()
 
     def max_tokens(self, params: RunParams) -> int:
         return params["max_new_tokens"]

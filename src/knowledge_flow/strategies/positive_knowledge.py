@@ -51,6 +51,7 @@ class PositiveKnowledge(BaseStrategy):
         DROP_TARGET,
         "Why that knowledge should be dropped?",
     )
+    state_sections: tuple[str, ...] = (ADDING, NOVEL, DROPPING, DROP_TARGET)
 
     def visible_knowledge(self, state: State) -> list[KnowledgeItem]:
         return list(state.get("knowledge", []))

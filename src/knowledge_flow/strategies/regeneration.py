@@ -17,6 +17,7 @@ from knowledge_flow.strategies.base import BaseStrategy, Distilled, History, Mes
 class Regeneration(BaseStrategy):
     name = "regeneration"
     section_names: tuple[str, ...] = (prompts.THINGS_TO_AVOID,)
+    state_sections: tuple[str, ...] = (prompts.THINGS_TO_AVOID,)
 
     def visible_knowledge(self, state: State) -> list[KnowledgeItem]:
         return list(state.get("knowledge", []))[-1:]
