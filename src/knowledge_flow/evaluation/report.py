@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from knowledge_flow.persistence.store import Store
+from knowledge_flow.persistence.store import Store, endpoint_entry
 
 
 @dataclass(frozen=True)
@@ -123,17 +123,7 @@ def _replicas(store: Store, run_ids: list[str], manifest: dict[str, Any]) -> lis
     requests: dict[str, int] = manifest.get("replica_requests", {})
     entries = {e["url"]: e for e in store.endpoint_stats(run_ids)}
     for url in set(failures) | set(requests):
-        entries.setdefault(
-            url,
-            {
-                "url": url,
-                "rollouts": 0,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "failed_rollouts": 0,
-                "truncated_rollouts": 0,
-            },
-        )
+        entries.setdefault(url, endpoint_entry(url))
     for url, entry in entries.items():
         entry["requests"] = int(requests.get(url, entry["rollouts"]))
         entry["failed_requests"] = int(failures.get(url, 0))

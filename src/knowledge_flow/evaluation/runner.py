@@ -9,6 +9,7 @@ are read back from the rollout store, never requested again.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -128,8 +129,6 @@ def grade_item(
 
 
 def _dumps(value: Any) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -41,6 +41,10 @@ class DatasetSpec:
         )
 
 
+def manifest_json(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, ensure_ascii=False, sort_keys=True)
+
+
 def new_eval_id() -> str:
     return f"eval-{utcnow()[:10]}-{uuid.uuid4().hex[:8]}"
 
@@ -85,7 +89,7 @@ def create_eval(
         status="running",
         dataset=dataset.name,
         dataset_hash=dataset.content_hash,
-        manifest_json=json.dumps(manifest, ensure_ascii=False, sort_keys=True),
+        manifest_json=manifest_json(manifest),
     )
     items = [
         EvalItemRow(
@@ -116,7 +120,7 @@ def _record_replicas(store: Store, eval_id: str, base_url: str, before: dict[str
         sent, failed = before.get(url, (0, 0))
         requests[url] = requests.get(url, 0) + int(entry["requests"]) - sent
         failures[url] = failures.get(url, 0) + int(entry["failures"]) - failed
-    store.update_eval(eval_id, manifest_json=json.dumps(manifest, ensure_ascii=False, sort_keys=True))
+    store.update_eval(eval_id, manifest_json=manifest_json(manifest))
 
 
 def execute(
@@ -172,7 +176,7 @@ def execute(
             eval_id,
             status="done",
             finished_at=finished,
-            manifest_json=json.dumps(manifest, ensure_ascii=False, sort_keys=True),
+            manifest_json=manifest_json(manifest),
         )
         row = store.get_eval(eval_id) or row
         written = write_predictions(store, row, Path(manifest["output_dir"]))

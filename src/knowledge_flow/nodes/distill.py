@@ -60,6 +60,7 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         "failed_streak": state.get("failed_streak", 0) + 1 if all(c["error"] for c in candidates) else 0,
     }
     if params["dynamic_temperature"] and params["thinkers"] > 1:
-        current = state.get("temperature_range") or [params["min_temperature"], params["max_temperature"]]
-        update["temperature_range"] = thinkers.next_range(current, candidates, threshold, params["answer_type"])
+        update["temperature_range"] = thinkers.next_range(
+            state["temperature_range"], candidates, threshold, params["answer_type"]
+        )
     return update

@@ -66,7 +66,7 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     iteration = state.get("iteration", 0)
     store = store_of(runtime)
-    low, high = state.get("temperature_range") or [params["min_temperature"], params["max_temperature"]]
+    low, high = state["temperature_range"]  # set by `prepare`, adapted by `distill_knowledge`
     temperatures = spread(low, high, params["thinkers"])
     ids = [rollout_id(state["run_id"], iteration, index) for index in range(len(temperatures))]
     missing = [index for index, rid in enumerate(ids) if store.get_rollout(rid) is None]

@@ -178,6 +178,18 @@ class EvalItemRow(Base):
         return value
 
 
+def endpoint_entry(url: str) -> dict[str, Any]:
+    """The figures kept per endpoint (replica), all zero."""
+    return {
+        "url": url,
+        "rollouts": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "failed_rollouts": 0,
+        "truncated_rollouts": 0,
+    }
+
+
 def _engine(path: str) -> Engine:
     engine = create_engine(
         f"sqlite:///{path}",
@@ -285,14 +297,19 @@ class Store:
                 )
             )
 
-    def update_run(self, run_id: str, **values: Any) -> None:
+    def _update(self, model: type[Base], key: Any, what: str, values: dict[str, Any]) -> None:
+        """Set `values` on the row of `model` with primary key `key`, in one transaction."""
         with self.session() as session:
-            run = session.get(RunRow, run_id)
-            if run is None:
-                raise KeyError(f"no run {run_id!r}")
-            for key, value in values.items():
-                setattr(run, key, value)
-            run.updated_at = utcnow()
+            row = session.get(model, key)
+            if row is None:
+                raise KeyError(f"no {what}")
+            for name, value in values.items():
+                setattr(row, name, value)
+            if hasattr(row, "updated_at"):
+                row.updated_at = utcnow()
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        self._update(RunRow, run_id, f"run {run_id!r}", values)
 
     def get_run(self, run_id: str) -> RunRow | None:
         with self.session() as session:
@@ -328,12 +345,7 @@ class Store:
             return session.scalars(statement).first()
 
     def update_rollout(self, rollout_id: str, **values: Any) -> None:
-        with self.session() as session:
-            row = session.get(RolloutRow, rollout_id)
-            if row is None:
-                raise KeyError(f"no rollout {rollout_id!r}")
-            for key, value in values.items():
-                setattr(row, key, value)
+        self._update(RolloutRow, rollout_id, f"rollout {rollout_id!r}", values)
 
     def rollouts(self, run_id: str) -> Sequence[RolloutRow]:
         with self.session() as session:
@@ -356,17 +368,7 @@ class Store:
                     RolloutRow.finish_reason,
                 ).where(RolloutRow.run_id.in_(chunk))
                 for endpoint, prompt, completion, error, finish in session.execute(statement):
-                    entry = stats.setdefault(
-                        endpoint or "",
-                        {
-                            "url": endpoint or "",
-                            "rollouts": 0,
-                            "prompt_tokens": 0,
-                            "completion_tokens": 0,
-                            "failed_rollouts": 0,
-                            "truncated_rollouts": 0,
-                        },
-                    )
+                    entry = stats.setdefault(endpoint or "", endpoint_entry(endpoint or ""))
                     entry["rollouts"] += 1
                     entry["failed_rollouts"] += int(error is not None)
                     entry["truncated_rollouts"] += int(finish == "length")
@@ -398,13 +400,7 @@ class Store:
             return session.scalars(select(EvalRow).order_by(EvalRow.created_at)).all()
 
     def update_eval(self, eval_id: str, **values: Any) -> None:
-        with self.session() as session:
-            row = session.get(EvalRow, eval_id)
-            if row is None:
-                raise KeyError(f"no evaluation run {eval_id!r}")
-            for key, value in values.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
+        self._update(EvalRow, eval_id, f"evaluation run {eval_id!r}", values)
 
     def eval_items(self, eval_id: str) -> Sequence[EvalItemRow]:
         with self.session() as session:
@@ -412,12 +408,7 @@ class Store:
             return session.scalars(statement).all()
 
     def update_eval_item(self, eval_id: str, position: int, **values: Any) -> None:
-        with self.session() as session:
-            row = session.get(EvalItemRow, (eval_id, position))
-            if row is None:
-                raise KeyError(f"no item {position} in evaluation run {eval_id!r}")
-            for key, value in values.items():
-                setattr(row, key, value)
+        self._update(EvalItemRow, (eval_id, position), f"item {position} in evaluation run {eval_id!r}", values)
 
 
 _STORES: dict[str, Store] = {}
