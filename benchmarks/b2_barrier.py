@@ -13,6 +13,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,7 +36,13 @@ def barrier_loop(base_url: str, problems: list[str], iterations: int) -> float:
                 else prompts.later_rollout(problems[index], summaries[index], [], "integer")
             )
             body = {"model": "sim", "messages": [{"role": "user", "content": text}], "temperature": 0.6}
-            reply = client.post(f"{base_url}/chat/completions", json=body).json()
+            for attempt in range(3):  # as the OpenAI client the original scripts use: retry a dropped connection
+                try:
+                    reply = client.post(f"{base_url}/chat/completions", json=body).json()
+                    break
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
             summaries[index] = parse_rollout(reply["choices"][0]["message"]["content"], None, "integer").summary
 
         with ThreadPoolExecutor(max_workers=len(problems)) as pool:
@@ -44,15 +51,21 @@ def barrier_loop(base_url: str, problems: list[str], iterations: int) -> float:
     return time.monotonic() - started
 
 
+def drawn_tokens(stats: dict[str, Any]) -> int:
+    """Tokens of the distinct (problem, iteration) draws (a retried request draws the same length again)."""
+    draws = {(r["problem"], r["iteration"]): r["tokens"] for r in stats["requests"]}
+    return sum(draws.values())
+
+
 def compare(problems: int, iterations: int, params: SimParams) -> list[object]:
     with tempfile.TemporaryDirectory() as tmp:
         dataset, texts = write_dataset(Path(tmp), problems)
         with SimServer(params) as server:
             ours, _ = run_product(server.base_url, dataset, iterations, problems, Path(tmp))
-            ours_tokens = sum(r["tokens"] for r in server.stats()["requests"])
+            ours_tokens = drawn_tokens(server.stats())
         with SimServer(params) as server:
             barrier = barrier_loop(server.base_url, texts, iterations)
-            barrier_tokens = sum(r["tokens"] for r in server.stats()["requests"])
+            barrier_tokens = drawn_tokens(server.stats())
     assert ours_tokens == barrier_tokens, "both runs must replay the same draws"
     return [problems, iterations, ours_tokens, barrier * params.time_scale, ours * params.time_scale, barrier / ours]
 

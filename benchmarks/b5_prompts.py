@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -19,16 +18,17 @@ from benchmarks.simserver import SimParams
 def main(argv: list[str] | None = None) -> dict[str, float]:
     from knowledge_flow import Context, compile_graph, prompts
     from knowledge_flow.knowledge import count_tokens
-    from knowledge_flow.persistence import SqliteCheckpointer
+    from knowledge_flow.persistence import SqliteCheckpointer, Store
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=64)
     parser.add_argument("--knowledge-budget", type=int, default=1024)
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
+    words = {"summary_words": 20, "report_words": 10} if args.tiny else {}
     if args.tiny:
         args.iterations, args.knowledge_budget = 6, 60
-    params = SimParams(time_scale=1e6, median_tokens=300, sigma=0.2, s_max=1e9, rate=1e12, change_every=1)
+    params = SimParams(time_scale=1e6, median_tokens=600, sigma=0.2, s_max=1e9, rate=1e12, change_every=1, **words)
     header(
         "B5 bounded prompts",
         {"iterations": args.iterations, "knowledge_budget": args.knowledge_budget, **params.__dict__},
@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             context=Context(base_url=server.base_url, db_path=str(db)),
         )
         checkpointer.close()
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT iteration, prompt_json, summary FROM kf_rollouts ORDER BY iteration").fetchall()
+        store = Store(db)
+        rows = [(row.iteration, row.prompt_json, row.summary) for row in store.rollouts(final["run_id"])]
+        store.close()
     template = count_tokens(prompts.later_rollout("", "", [], "integer"))
     longest_summary = max(count_tokens(summary or "") for _, _, summary in rows)
     # each shown item also carries its numbering and labels: counted in the list's budget by `visible_items`

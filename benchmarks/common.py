@@ -32,7 +32,9 @@ class SimServer:
         args = [sys.executable, "-m", "benchmarks.simserver", "--port-file", str(port_file)]
         for name, value in asdict(params).items():
             args += [f"--{name.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = Path(self.tmp.name) / "server.log"
+        with self.log.open("w") as log:  # handler errors land here; `close` shows them
+            self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 30
         while not port_file.exists() or not port_file.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -48,6 +50,9 @@ class SimServer:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        errors = self.log.read_text(errors="replace").strip()
+        if errors:
+            print(f"simulated server errors:\n{errors[-4000:]}", file=sys.stderr)
         self.tmp.cleanup()
 
     def __enter__(self) -> SimServer:

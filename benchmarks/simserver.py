@@ -16,10 +16,12 @@ carries its own marker). Replies are well-formed Knowledge Flow outputs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
 import re
+import string
 import threading
 import time
 from collections import deque
@@ -42,6 +44,10 @@ class SimParams:
     seed: int = 0
     change_every: int = 1
     """Replies change their answer every this many iterations (B5: often)."""
+    summary_words: int = 250
+    """Words of prose in each reply's summary (a reasoning model's summaries run to a few hundred tokens)."""
+    report_words: int = 90
+    """Words of prose in each error report of a changed answer."""
 
 
 @dataclass
@@ -121,6 +127,44 @@ def draw_tokens(params: SimParams, problem: int, iteration: int) -> int:
     return max(1, int(rng.lognormvariate(mu, params.sigma)))
 
 
+_RESERVED = {"answer", "summary", "error", "report", "boxed", "na", "n", "a"}
+CORPUS_WORDS = 400_000
+
+
+def _corpus(size: int = 2000) -> tuple[str, list[int]]:
+    """A long text of synthetic words (about 3.5 letters) drawn with Zipf weights, and where each word starts.
+
+    Text made of them compresses like model output (zlib about 2.6x; real reasoning text is about 2.8-3.1x),
+    so storage figures are not flattered by filler. Replies are slices of it: cheap to cut, so making a reply
+    takes no time the simulation does not account for.
+    """
+    rng = random.Random("vocabulary")
+    words: list[str] = []
+    while len(words) < size:
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(max(1, round(rng.gauss(3.5, 1.5)))))
+        if word not in _RESERVED:
+            words.append(word)
+    drawn = rng.choices(
+        words, cum_weights=list(itertools.accumulate(1.0 / (rank + 1) for rank in range(size))), k=CORPUS_WORDS
+    )
+    starts = list(itertools.accumulate((len(word) + 1 for word in drawn), initial=0))
+    return " ".join(drawn), starts
+
+
+_CORPUS, _STARTS = _corpus()
+
+
+def prose(words: int, seed: str) -> str:
+    """Deterministic text of `words` words (about one token each)."""
+    parts = []
+    while words > 0:
+        take = min(words, CORPUS_WORDS // 2)
+        first = random.Random(f"{seed}:{words}").randrange(CORPUS_WORDS - take + 1)
+        parts.append(_CORPUS[_STARTS[first] : _STARTS[first + take] - 1])
+        words -= take
+    return " ".join(parts)
+
+
 def reply_text(problem: int, iteration: int, tokens: int, params: SimParams) -> str:
     answer = (problem * 7 + iteration // max(1, params.change_every) * 13) % 1000
     previous = (problem * 7 + (iteration - 1) // max(1, params.change_every) * 13) % 1000
@@ -129,13 +173,15 @@ def reply_text(problem: int, iteration: int, tokens: int, params: SimParams) -> 
         if iteration == 0 or previous == answer
         else (
             f"The Answer cannot be {previous}, because step {iteration} double counts a case. "
+            f"{prose(params.report_words, f'report:{problem}:{iteration}')}. "
             "The correct approach is to count each case once."
         )
     )
-    filler = "tok " * max(0, tokens - 40)
+    filler = prose(max(0, tokens - 40 - params.summary_words - params.report_words), f"trace:{problem}:{iteration}")
+    summary = prose(params.summary_words, f"summary:{problem}:{iteration}")
     return (
         f"{filler}\n[Error Report]: {report}\n"
-        f"[Summary]: ROLLOUT-{iteration}: we count the cases and find {answer}.\n"
+        f"[Summary]: ROLLOUT-{iteration}: {summary}; we count the cases and find {answer}.\n"
         f"[Answer]: Therefore, final answer is \\boxed{{{answer}}}."
     )
 

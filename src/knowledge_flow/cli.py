@@ -459,8 +459,13 @@ def show(
     thread_id: Annotated[str, typer.Argument(help="The thread to show.")],
     db: DbOpt = None,
     as_json: JsonOpt = False,
+    texts: Annotated[
+        bool, typer.Option("--texts", help="Add each rollout's full prompt, output, reasoning and summary.")
+    ] = False,
 ) -> None:
-    """Show a run: per rollout the answer, whether it changed, the knowledge it added, tokens, latency."""
+    """Show a run: per rollout the answer, whether it changed, the knowledge it added, tokens, latency.
+
+    The database stores long texts compressed; `--texts` reads them back."""
     try:
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
@@ -485,6 +490,11 @@ def show(
             "confidence": r.confidence,
             "rank": r.rank,
             "error": r.error,
+            **(
+                {"messages": r.messages, "content": r.content, "reasoning": r.reasoning, "summary": r.summary}
+                if texts
+                else {}
+            ),
         }
         for r in rows
     ]
@@ -516,6 +526,16 @@ def show(
             Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
         )
     out.print(table)
+    for r in rollouts if texts else []:
+        out.rule(Text(f"rollout {r['iteration']}.{r['thinker']}"))
+        for message in r["messages"]:
+            out.print(Text(f"[{message['role']}]", style="bold"))
+            out.print(Text(clean(message["content"])))
+        if r["reasoning"]:
+            out.print(Text("[reasoning]", style="bold"))
+            out.print(Text(clean(r["reasoning"])))
+        out.print(Text("[output]", style="bold"))
+        out.print(Text(clean(r["content"])))
     out.print(Text(f"final answer: {clean(run.final_answer)}", style="bold"))
 
 

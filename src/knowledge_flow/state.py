@@ -2,13 +2,30 @@
 
 The state holds small values only: parameters, answers, the knowledge record, the current reference
 solution and rollout ids. Full prompts and model outputs live in the rollout store
-(:mod:`knowledge_flow.persistence.store`), so each checkpoint stays small and the database grows linearly
-with the number of rollouts.
+(:mod:`knowledge_flow.persistence.store`), so each checkpoint stays small.
+
+The lists that grow with every iteration (answers, reported, the knowledge record) are LangGraph delta
+channels: a node writes only the new items (or an `Overwrite` when it replaces the list), checkpoints do
+not copy them, and LangGraph rebuilds them from the stored writes. Each item is stored once, so the
+database grows linearly with the number of rollouts, not quadratically.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, Required, TypedDict
+from collections.abc import Sequence
+from itertools import chain
+from typing import Annotated, Literal, NotRequired, Required, TypedDict, TypeVar
+
+from langgraph.channels import DeltaChannel, EphemeralValue
+
+T = TypeVar("T")
+
+
+def append(current: list[T], batches: Sequence[list[T]]) -> list[T]:
+    """Reducer of the append-only lists: each write is a list of new items (batching-invariant, as delta
+    channels require: applying two batches one after the other equals applying them together)."""
+    return [*current, *chain.from_iterable(batches)]
+
 
 AnswerType = Literal["integer", "latex", "text"]
 RunStatus = Literal["running", "done", "failed"]
@@ -86,32 +103,33 @@ class CurrentRollout(TypedDict):
 class InputState(TypedDict, total=False):
     """What a caller passes to start a run. Only `problem` is required; the rest default sensibly.
 
-    The optional fields are consumed by the `prepare` node (it resets them), so a later run on the same
+    The optional fields are read once, by the `prepare` node (it validates them into `params`): they are
+    ephemeral channels, empty after that step, so checkpoints do not carry them and a later run on the same
     thread never inherits them by accident.
     """
 
     problem: Required[str]
-    model: str | None
-    iterations: int | None
-    temperature: float | None
-    top_p: float | None
-    max_new_tokens: int | None
-    strategy: str | None
-    answer_type: AnswerType | None
-    knowledge_budget_tokens: int | None
-    prefill: str | None
-    model_family: ModelFamily | None
-    reasoning_effort: str | None
-    stop_policy: str | None
-    final_answer_rule: str | None
-    thinkers: int | None
-    topk_thinkers: int | None
-    min_temperature: float | None
-    max_temperature: float | None
-    diversity_weight: float | None
-    dynamic_temperature: bool | None
-    uncertainty_threshold: float | None
-    avoid_budget_tokens: int | None
+    model: Annotated[str | None, EphemeralValue]
+    iterations: Annotated[int | None, EphemeralValue]
+    temperature: Annotated[float | None, EphemeralValue]
+    top_p: Annotated[float | None, EphemeralValue]
+    max_new_tokens: Annotated[int | None, EphemeralValue]
+    strategy: Annotated[str | None, EphemeralValue]
+    answer_type: Annotated[AnswerType | None, EphemeralValue]
+    knowledge_budget_tokens: Annotated[int | None, EphemeralValue]
+    prefill: Annotated[str | None, EphemeralValue]
+    model_family: Annotated[ModelFamily | None, EphemeralValue]
+    reasoning_effort: Annotated[str | None, EphemeralValue]
+    stop_policy: Annotated[str | None, EphemeralValue]
+    final_answer_rule: Annotated[str | None, EphemeralValue]
+    thinkers: Annotated[int | None, EphemeralValue]
+    topk_thinkers: Annotated[int | None, EphemeralValue]
+    min_temperature: Annotated[float | None, EphemeralValue]
+    max_temperature: Annotated[float | None, EphemeralValue]
+    diversity_weight: Annotated[float | None, EphemeralValue]
+    dynamic_temperature: Annotated[bool | None, EphemeralValue]
+    uncertainty_threshold: Annotated[float | None, EphemeralValue]
+    avoid_budget_tokens: Annotated[int | None, EphemeralValue]
 
 
 class State(InputState, total=False):
@@ -131,12 +149,14 @@ class State(InputState, total=False):
     reference: str | None
     """The latest rollout's summary, shown as the reference solution."""
     reference_answer: str | None
-    answers: list[str | None]
-    """One answer per completed iteration, in order (None where none was found)."""
-    reported: list[bool]
-    """Per iteration: whether the chosen rollout wrote an error report (a changed answer)."""
-    knowledge: list[KnowledgeItem]
-    """The full knowledge record, oldest first; what the prompt shows is derived from it."""
+    answers: Annotated[list[str | None], DeltaChannel(append)]
+    """One answer per completed iteration, in order (None where none was found). Write new items only."""
+    reported: Annotated[list[bool], DeltaChannel(append)]
+    """Per iteration: whether the chosen rollout wrote an error report (a changed answer). Write new items
+    only."""
+    knowledge: Annotated[list[KnowledgeItem], DeltaChannel(append)]
+    """The full knowledge record, oldest first; what the prompt shows is derived from it. Write new items,
+    or an `Overwrite` with the whole record when a strategy replaces or drops items."""
     usage: Usage
     status: RunStatus
     final_answer: str | None

@@ -27,6 +27,8 @@ def test_b3_storage_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert "file / generated" in capsys.readouterr().out
     assert 0 < figures["worst_ratio"] < 100
     assert figures["bytes_per_rollout_last"] > 0
+    # storage claim (sizes, not timings): each 8k-token rollout adds less than 1.5x its text to the file
+    assert 0 < figures["worst_growth_ratio"] < 1.5
 
 
 def test_b4_overhead_tiny(capsys: pytest.CaptureFixture[str]) -> None:

@@ -62,8 +62,18 @@ def test_solve_json_show_threads(scripted: type[ScriptedServer], tmp_path: Path)
     assert [r["changed"] for r in detail["rollouts"]] == [None, True, False, True, True, True, True, False]
     assert detail["rollouts"][1]["knowledge_added"]["wrong_answer"] == "5"
     assert detail["params"]["iterations"] == 8
+    assert "content" not in detail["rollouts"][0]
     table = run_kflow(["show", "cli-1", "--db", str(db)])
     assert table.returncode == 0 and "final answer: 7" in table.stdout
+
+    # the full texts, stored compressed, read back
+    full = json.loads(run_kflow(["show", "cli-1", "--db", str(db), "--json", "--texts"]).stdout)
+    assert [r["content"] for r in full["rollouts"]] == SCRIPT
+    assert [r["messages"][0]["content"] for r in full["rollouts"]] == EXPECTED_PROMPTS
+    assert full["rollouts"][1]["summary"] == "S1: counted 7."
+    texts = run_kflow(["show", "cli-1", "--db", str(db), "--texts"])
+    assert texts.returncode == 0 and "[user]" in texts.stdout and "[output]" in texts.stdout
+    assert "S6: seven." in texts.stdout
 
     listing = run_kflow(["threads", "--db", str(db), "--json"])
     assert listing.returncode == 0

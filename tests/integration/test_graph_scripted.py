@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langgraph.types import Overwrite
 
 from knowledge_flow import Context, compile_graph
 from knowledge_flow.persistence import SqliteCheckpointer, get_store
 from tests.conftest import REPO, kflow_env
 from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, RECORD, SCRIPT
 from tests.support.scripted_server import Reply, Request, ScriptedServer, script_responder
+from tests.support.stored import checkpoint_payloads, checkpoints_and_writes
 
 
 def run(server: ScriptedServer, db: Path, thread: str, **inputs: Any) -> dict[str, Any]:
@@ -71,6 +73,22 @@ def test_exact_prompts_knowledge_and_answers(scripted: type[ScriptedServer], tmp
     assert all(r.completion_tokens > 0 and r.prompt_tokens > 0 for r in rows)
     assert sum(r.prompt_tokens for r in rows) == result["usage"]["prompt_tokens"]
 
+    # Storage grows linearly: the append-only lists are never copied into checkpoints (prepare's reset leaves
+    # an empty snapshot), and each knowledge item and answer is written once.
+    checkpoints, writes = checkpoints_and_writes(db)
+    assert len(checkpoints) >= 4 * 8  # one per step: solve, extract, distill, stop-check
+    for channel in ("knowledge", "answers", "reported"):
+        stored = [checkpoint["channel_values"].get(channel) for checkpoint in checkpoints]
+        assert all(value is None or getattr(value, "value", value) == [] for value in stored)
+    written = [value for channel, value in writes if channel == "knowledge"]
+    assert isinstance(written[0], Overwrite) and written[0].value == []
+    assert [item for batch in written[1:] for item in batch] == RECORD
+    answers = [batch for channel, batch in writes if channel == "answers" and isinstance(batch, list)]
+    assert [answer for batch in answers for answer in batch] == ANSWERS
+    # The run parameters given as input are read once and do not stay in the state.
+    assert checkpoints[1]["channel_values"]["temperature"] == 0.7  # the input, before `prepare`
+    assert all("temperature" not in checkpoint["channel_values"] for checkpoint in checkpoints[2:])
+
 
 def test_state_holds_no_full_texts(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     marker = "UNIQUE-TRACE-MARKER " * 200
@@ -78,13 +96,13 @@ def test_state_holds_no_full_texts(scripted: type[ScriptedServer], tmp_path: Pat
     server = scripted(script_responder({"default": outputs})).start()
     db = tmp_path / "kf.db"
     run(server, db, "t1", iterations=3)
-    conn = sqlite3.connect(db)
-    blobs = [row[0] for row in conn.execute("SELECT checkpoint FROM checkpoints")]
-    writes = [row[0] for row in conn.execute("SELECT value FROM writes")]
-    assert blobs
-    assert not any(b"UNIQUE-TRACE-MARKER" in bytes(b) for b in blobs + writes if b)
-    stored = conn.execute("SELECT content FROM kf_rollouts").fetchall()
-    assert all("UNIQUE-TRACE-MARKER" in row[0] for row in stored)
+    payloads = checkpoint_payloads(db)
+    assert any(PROBLEM.encode() in payload for payload in payloads)  # the payloads are readable
+    assert not any(b"UNIQUE-TRACE-MARKER" in payload for payload in payloads)
+    stored = get_store(db).rollouts(get_store(db).list_runs()[0].run_id)
+    assert len(stored) == 3 and all("UNIQUE-TRACE-MARKER" in row.content for row in stored)
+    with sqlite3.connect(db) as conn:  # the long texts are stored compressed
+        assert all(isinstance(row[0], bytes) for row in conn.execute("SELECT content FROM kf_rollouts"))
 
 
 def test_reasoning_field_is_kept(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from knowledge_flow.persistence import get_store
 from knowledge_flow.sentences import tail_sentences
 from tests.integration.strategy_support import PROBLEM, run_recorded
 from tests.support.scripted_server import Reply, Request, ScriptedServer, kf_output, script_responder
+from tests.support.stored import checkpoint_payloads
 
 
 def avoid_output(avoid: str, answer: str, summary: str) -> str:
@@ -310,8 +311,6 @@ def test_instruct_family_sends_no_reasoning_effort(scripted: type[ScriptedServer
 
 
 def test_positive_knowledge_keeps_long_sections_out_of_state(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    import sqlite3
-
     long_solution = "WORKED-OUT-SOLUTION " * 300
     script = [
         "[Novel Knowledge to Add to the List]: K0\n[Summary]: S\n[Answer]: \\boxed{1}",
@@ -321,8 +320,7 @@ def test_positive_knowledge_keeps_long_sections_out_of_state(scripted: type[Scri
     db = tmp_path / "p.db"
     final, _ = run_recorded(server, db, strategy="positive-knowledge", iterations=2)
     assert [item["text"] for item in final["knowledge"]] == ["K0", "K1"]
-    conn = sqlite3.connect(db)
-    blobs = [bytes(r[0]) for r in conn.execute("SELECT checkpoint FROM checkpoints")]
-    blobs += [bytes(r[0]) for r in conn.execute("SELECT value FROM writes") if r[0]]
-    assert not any(b"WORKED-OUT-SOLUTION" in blob for blob in blobs)
-    assert any("WORKED-OUT-SOLUTION" in r[0] for r in conn.execute("SELECT content FROM kf_rollouts"))
+    payloads = checkpoint_payloads(db)
+    assert any(b"K1" in payload for payload in payloads)  # the knowledge is in the state
+    assert not any(b"WORKED-OUT-SOLUTION" in payload for payload in payloads)
+    assert any("WORKED-OUT-SOLUTION" in row.content for row in get_store(db).rollouts(final["run_id"]))

@@ -59,3 +59,20 @@ def test_item_too_large_is_skipped_but_smaller_older_fit() -> None:
 def test_count_tokens() -> None:
     assert count_tokens("") == 0
     assert count_tokens("The Answer cannot be 5, because x.") == 9
+
+
+def test_knowledge_writes_are_deltas_unless_items_go() -> None:
+    from langgraph.types import Overwrite
+
+    from knowledge_flow.nodes.distill import knowledge_update
+
+    a = KnowledgeItem(wrong_answer="5", text="A", iteration=1)
+    b = KnowledgeItem(wrong_answer="7", text="B", iteration=2)
+    c = KnowledgeItem(wrong_answer=None, text="C", iteration=3)
+    assert knowledge_update([a], [a, b]) == [b]  # grown: only the new item is written
+    assert knowledge_update([a, b], [a, b]) == []  # unchanged: nothing
+    assert knowledge_update([], [a]) == [a]
+    replaced = knowledge_update([a], [c])  # regeneration replaces the list
+    assert isinstance(replaced, Overwrite) and replaced.value == [c]
+    dropped = knowledge_update([a, b], [b, c])  # positive knowledge drops an item
+    assert isinstance(dropped, Overwrite) and dropped.value == [b, c]

@@ -78,3 +78,17 @@ def test_strategy_defaults() -> None:
 def test_bad_strategy_params(given: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_params(given)
+
+
+def test_every_run_option_is_an_ephemeral_input() -> None:
+    """Options given as input are read once by `prepare`; no later checkpoint or run carries them."""
+    from typing import get_type_hints
+
+    from langgraph.channels import EphemeralValue
+
+    from knowledge_flow.graph import builder
+    from knowledge_flow.params import PARAM_KEYS
+    from knowledge_flow.state import InputState
+
+    assert set(get_type_hints(InputState)) - {"problem"} == set(PARAM_KEYS)
+    assert all(isinstance(builder.channels[key], EphemeralValue) for key in PARAM_KEYS)

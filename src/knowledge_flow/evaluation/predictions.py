@@ -33,10 +33,8 @@ def write_predictions(store: Store, eval_row: EvalRow, root: Path) -> list[Path]
     manifest = eval_row.manifest
     iterations = int(manifest["params"]["iterations"])
     items = store.eval_items(eval_row.eval_id)
-    solutions: dict[int, list[str]] = {}
-    for item in items:
-        rows = store.rollouts(item.run_id) if item.run_id else []
-        solutions[item.position] = [row.content for row in rows if row.rank == 0]
+    outputs = store.chosen_outputs([item.run_id for item in items if item.run_id])
+    solutions = {item.position: outputs[item.run_id] for item in items if item.run_id}
     folder = predictions_dir(root, manifest)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -6,12 +6,21 @@ import json
 from typing import Any
 
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 
 from knowledge_flow import thinkers
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import store_of
-from knowledge_flow.state import State
+from knowledge_flow.state import KnowledgeItem, State
 from knowledge_flow.strategies import get_strategy
+
+
+def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list[KnowledgeItem] | Overwrite:
+    """The write that turns the record `old` into `new`: only the new items when the record grew, so each
+    item is stored once; the whole record when a strategy replaced or dropped items."""
+    if new[: len(old)] == old:
+        return new[len(old) :]
+    return Overwrite(new)
 
 
 def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -46,11 +55,10 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
 
     usage = state.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0}
     update: dict[str, Any] = {
-        "knowledge": result.knowledge,
         "reference": result.reference,
         "reference_answer": result.reference_answer,
-        "answers": [*state.get("answers", []), best["answer"]],
-        "reported": [*state.get("reported", []), bool(result.changed) and best["error_report"] is not None],
+        "answers": [best["answer"]],
+        "reported": [bool(result.changed) and best["error_report"] is not None],
         "usage": {
             "prompt_tokens": usage["prompt_tokens"] + sum(c["prompt_tokens"] for c in candidates),
             "completion_tokens": usage["completion_tokens"] + sum(c["completion_tokens"] for c in candidates),
@@ -59,6 +67,9 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         "candidates": [],
         "failed_streak": state.get("failed_streak", 0) + 1 if all(c["error"] for c in candidates) else 0,
     }
+    knowledge = knowledge_update(state.get("knowledge", []), result.knowledge)
+    if knowledge:  # an unchanged record is not written again
+        update["knowledge"] = knowledge
     if params["dynamic_temperature"] and params["thinkers"] > 1:
         update["temperature_range"] = thinkers.next_range(
             state["temperature_range"], candidates, threshold, params["answer_type"]

@@ -7,10 +7,11 @@ from typing import Any
 
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import context_of, package_version, store_of
-from knowledge_flow.params import PARAM_KEYS, resolve_params
+from knowledge_flow.params import resolve_params
 from knowledge_flow.state import State
 
 
@@ -29,9 +30,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         base_url=context_of(runtime).base_url,
         package_version=package_version(),
     )
-    consumed: dict[str, Any] = {key: None for key in PARAM_KEYS}
     return {
-        **consumed,
         "run_id": run_id,
         "thread_id": thread_id,
         "params": params,
@@ -39,13 +38,13 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "pending_rollouts": [],
         "candidates": [],
         "temperature_range": [params["min_temperature"], params["max_temperature"]],
-        "reported": [],
+        "reported": Overwrite([]),
         "stopped_early": False,
         "failed_streak": 0,
         "reference": None,
         "reference_answer": None,
-        "answers": [],
-        "knowledge": [],
+        "answers": Overwrite([]),
+        "knowledge": Overwrite([]),
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "status": "running",
         "final_answer": None,

@@ -69,7 +69,8 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     low, high = state["temperature_range"]  # set by `prepare`, adapted by `distill_knowledge`
     temperatures = spread(low, high, params["thinkers"])
     ids = [rollout_id(state["run_id"], iteration, index) for index in range(len(temperatures))]
-    missing = [index for index, rid in enumerate(ids) if store.get_rollout(rid) is None]
+    stored = store.stored_rollouts(ids)
+    missing = [index for index, rid in enumerate(ids) if rid not in stored]
     if missing and state.get("failed_streak", 0) >= MAX_FAILED_STREAK:
         raise RolloutsFailing(
             f"every rollout of the last {MAX_FAILED_STREAK} iterations failed; see `kflow show "

@@ -12,6 +12,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from knowledge_flow.persistence.compression import CompressingSerializer
+
 BUSY_TIMEOUT_S = 60.0
 
 
@@ -37,11 +39,12 @@ class SqliteCheckpointer(SqliteSaver):
     """A `SqliteSaver` that opens its file on first use.
 
     The path is given, or read from ``KFLOW_DB`` at first use, so importing the package never creates a
-    file. Safe for many threads of one process (the saver serialises access with its lock).
+    file. Checkpoints and writes are stored compressed (`CompressingSerializer`). Safe for many threads of
+    one process (the saver serialises access with its lock).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float = BUSY_TIMEOUT_S) -> None:
-        BaseCheckpointSaver.__init__(self)
+        BaseCheckpointSaver.__init__(self, serde=CompressingSerializer())
         self.jsonplus_serde = JsonPlusSerializer()
         self.is_setup = False
         self.lock = threading.Lock()

@@ -5,7 +5,8 @@ Tables (in the same SQLite file as the LangGraph checkpoints):
 - ``kf_meta``: key/value, holds ``schema_version``.
 - ``kf_runs``: one row per run (a thread can hold several runs, one after another).
 - ``kf_rollouts``: one row per rollout: the full prompt, the full output and reasoning text, parsed fields,
-  token usage, latency and finish reason. Its id is ``{run_id}:{iteration}:{index}``, so a rollout whose
+  token usage, latency and finish reason. Long texts are stored compressed (read them through the store).
+  Its id is ``{run_id}:{iteration}:{index}``, so a rollout whose
   response was received is found again after a crash and never requested twice.
 """
 
@@ -31,14 +32,18 @@ from sqlalchemy import (
     event,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S, check_db_path
+from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
-endpoint (replicas)."""
+endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
+and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
+before stay readable."""
 
 
 class SchemaError(RuntimeError):
@@ -90,15 +95,15 @@ class RolloutRow(Base):
     iteration: Mapped[int] = mapped_column(Integer)
     index: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[str] = mapped_column(String(40))
-    prompt_json: Mapped[str] = mapped_column(Text)
-    content: Mapped[str] = mapped_column(Text)
-    reasoning: Mapped[str | None] = mapped_column(Text)
+    prompt_json: Mapped[str] = mapped_column(CompressedText)
+    content: Mapped[str] = mapped_column(CompressedText)
+    reasoning: Mapped[str | None] = mapped_column(CompressedText)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     answer: Mapped[str | None] = mapped_column(Text)
-    summary: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(CompressedText)
     error_report: Mapped[str | None] = mapped_column(Text)
     parsed: Mapped[bool] = mapped_column(Boolean, default=False)
     changed: Mapped[bool | None] = mapped_column(Boolean)
@@ -298,15 +303,18 @@ class Store:
             )
 
     def _update(self, model: type[Base], key: Any, what: str, values: dict[str, Any]) -> None:
-        """Set `values` on the row of `model` with primary key `key`, in one transaction."""
+        """Set `values` on the row of `model` with primary key `key`, in one UPDATE (the row's long texts
+        are neither read nor decompressed)."""
+        mapper = inspect(model)
+        if "updated_at" in mapper.columns:
+            values = {**values, "updated_at": utcnow()}
+        keys = key if isinstance(key, tuple) else (key,)
+        match = [column == value for column, value in zip(mapper.primary_key, keys, strict=True)]
         with self.session() as session:
-            row = session.get(model, key)
-            if row is None:
+            statement = update(model).where(*match).values(**values).execution_options(synchronize_session=False)
+            result = session.execute(statement)
+            if not result.rowcount:  # type: ignore[attr-defined]
                 raise KeyError(f"no {what}")
-            for name, value in values.items():
-                setattr(row, name, value)
-            if hasattr(row, "updated_at"):
-                row.updated_at = utcnow()
 
     def update_run(self, run_id: str, **values: Any) -> None:
         self._update(RunRow, run_id, f"run {run_id!r}", values)
@@ -328,6 +336,11 @@ class Store:
     def get_rollout(self, rollout_id: str) -> RolloutRow | None:
         with self.session() as session:
             return session.get(RolloutRow, rollout_id)
+
+    def stored_rollouts(self, rollout_ids: Sequence[str]) -> set[str]:
+        """Which of `rollout_ids` are stored (their texts are not read)."""
+        with self.session() as session:
+            return set(session.scalars(select(RolloutRow.id).where(RolloutRow.id.in_(rollout_ids))))
 
     def add_rollout(self, row: RolloutRow) -> None:
         with self.session() as session:
@@ -353,6 +366,22 @@ class Store:
                 select(RolloutRow).where(RolloutRow.run_id == run_id).order_by(RolloutRow.iteration, RolloutRow.index)
             )
             return session.scalars(statement).all()
+
+    def chosen_outputs(self, run_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Per run, the output text of each iteration's chosen rollout (rank 0), in order; only that column
+        is read."""
+        outputs: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
+        ordered = list(outputs)
+        with self.session() as session:
+            for start in range(0, len(ordered), 500):  # within SQLite's limit on bound parameters
+                statement = (
+                    select(RolloutRow.run_id, RolloutRow.content)
+                    .where(RolloutRow.run_id.in_(ordered[start : start + 500]), RolloutRow.rank == 0)
+                    .order_by(RolloutRow.run_id, RolloutRow.iteration, RolloutRow.index)
+                )
+                for run_id, content in session.execute(statement):
+                    outputs[run_id].append(content)
+        return outputs
 
     def endpoint_stats(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Rollouts, tokens, failed and truncated rollouts per endpoint (replica) over the given runs."""
