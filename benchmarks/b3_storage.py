@@ -128,8 +128,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "worst_ratio": worst,
         "worst_growth_ratio": worst_growth,
         "bytes_per_rollout_last": float(rows[-1][5]),  # type: ignore[arg-type]
-        "growth_per_rollout_first": growth[0],
-        "growth_per_rollout_last": growth[-1],
     }
 
 

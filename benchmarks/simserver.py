@@ -16,6 +16,7 @@ carries its own marker). Replies are well-formed Knowledge Flow outputs.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -131,12 +132,14 @@ _RESERVED = {"answer", "summary", "error", "report", "boxed", "na", "n", "a"}
 CORPUS_WORDS = 400_000
 
 
+@functools.cache
 def _corpus(size: int = 2000) -> tuple[str, list[int]]:
     """A long text of synthetic words (about 3.5 letters) drawn with Zipf weights, and where each word starts.
 
     Text made of them compresses like model output (zlib about 2.6x; real reasoning text is about 2.8-3.1x),
     so storage figures are not flattered by filler. Replies are slices of it: cheap to cut, so making a reply
-    takes no time the simulation does not account for.
+    takes no time the simulation does not account for. Built once, when the server starts (not on import:
+    the benchmark's client process never needs it).
     """
     rng = random.Random("vocabulary")
     words: list[str] = []
@@ -151,16 +154,14 @@ def _corpus(size: int = 2000) -> tuple[str, list[int]]:
     return " ".join(drawn), starts
 
 
-_CORPUS, _STARTS = _corpus()
-
-
 def prose(words: int, seed: str) -> str:
     """Deterministic text of `words` words (about one token each)."""
+    corpus, starts = _corpus()
     parts = []
     while words > 0:
         take = min(words, CORPUS_WORDS // 2)
         first = random.Random(f"{seed}:{words}").randrange(CORPUS_WORDS - take + 1)
-        parts.append(_CORPUS[_STARTS[first] : _STARTS[first + take] - 1])
+        parts.append(corpus[starts[first] : starts[first + take] - 1])
         words -= take
     return " ".join(parts)
 
@@ -187,6 +188,7 @@ def reply_text(problem: int, iteration: int, tokens: int, params: SimParams) -> 
 
 
 def make_server(params: SimParams, port: int = 0) -> tuple[ThreadingHTTPServer, Scheduler]:
+    _corpus()  # before the first request, so no reply waits for it
     scheduler = Scheduler(params)
 
     class Handler(BaseHTTPRequestHandler):

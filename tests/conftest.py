@@ -49,6 +49,21 @@ def kflow_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def start_kflow(
+    args: Sequence[str], *, output: int = subprocess.PIPE, new_session: bool = False
+) -> subprocess.Popen[str]:
+    """`kflow ARGS` in the background (to kill it, or to run several at once)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "knowledge_flow", *args],
+        env=kflow_env(),
+        cwd=REPO,
+        stdout=output,
+        stderr=output,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
 def run_kflow(
     args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 300, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, kflow_env, run_kflow
+from tests.conftest import run_kflow, start_kflow
 from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, SCRIPT
 from tests.support.scripted_server import Reply, Request, ScriptedServer, script_responder
 
@@ -51,14 +49,7 @@ def test_sigkill_in_flight_then_resume(scripted: type[ScriptedServer], tmp_path:
 
     server = scripted(respond).start()
     db = tmp_path / "crash.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "knowledge_flow", *solve_args(server, db, "t")],
-        env=kflow_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = start_kflow(solve_args(server, db, "t"), new_session=True)
     deadline = time.monotonic() + 120
     while not any(r.index == KILL_AT for r in server.requests):
         assert proc.poll() is None, proc.communicate()

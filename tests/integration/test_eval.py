@@ -6,15 +6,13 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATASETS, kflow_env, run_kflow
+from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import ScriptedServer, word_count
 
@@ -141,19 +139,7 @@ def test_sigkill_eval_then_resume(scripted: type[ScriptedServer], tmp_path: Path
     assert reference.returncode == 0, reference.stderr
 
     server = scripted(eval_responder(aime_answer(golds, order), {p: 0.15 for p in order}), keys=order).start()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "knowledge_flow",
-            *eval_args(server, tmp_path, dataset, iterations, "six", "--concurrency", "3"),
-        ],
-        env=kflow_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = start_kflow(eval_args(server, tmp_path, dataset, iterations, "six", "--concurrency", "3"), new_session=True)
     deadline = time.monotonic() + 120
     while len(server.delivered()) < 9:
         assert proc.poll() is None, proc.communicate()

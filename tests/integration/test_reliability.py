@@ -9,13 +9,12 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, SHARED_DATASETS, kflow_env, run_kflow
+from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer, faulty
 
@@ -104,14 +103,7 @@ def test_crash_fuzz_random_sigkills_then_resume(scripted: type[ScriptedServer], 
             if exists
             else eval_cmd(server.base_url, dataset, db, tmp_path / "out", "fuzz", iterations)
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "knowledge_flow", *args],
-            env=kflow_env(),
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        proc = start_kflow(args, output=subprocess.DEVNULL, new_session=True)
         time.sleep(rng.uniform(1.5, 4.5))  # start-up takes ~2 s: the kills land anywhere in the run
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -273,19 +265,7 @@ def test_two_evaluations_write_one_database_at_once(scripted: type[ScriptedServe
     server = scripted(eval_responder(changing_answer(order)), keys=order).start()
     db = tmp_path / "shared.db"
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "knowledge_flow",
-                *eval_cmd(server.base_url, dataset, db, tmp_path / f"out{i}", f"run{i}", 6, "--concurrency", "8"),
-            ],
-            env=kflow_env(),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        start_kflow(eval_cmd(server.base_url, dataset, db, tmp_path / f"out{i}", f"run{i}", 6, "--concurrency", "8"))
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]

@@ -101,13 +101,8 @@ class ScriptedServer:
                 pass
 
             def _send(self, status: int, payload: Mapping[str, Any]) -> bool:
-                data = json.dumps(payload).encode()
                 try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    write_response(self, status, json.dumps(payload).encode())
                     self.wfile.flush()
                     return True
                 except OSError:
@@ -224,12 +219,7 @@ class ScriptedServer:
         if fault == "429":
             request.status = 429
             data = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
-            handler.send_response(429)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Retry-After", "1")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
+            write_response(handler, 429, data, {"Retry-After": "1"})
             return True
         if fault == "timeout":
             time.sleep(self.timeout_fault_s)
@@ -245,11 +235,7 @@ class ScriptedServer:
             return True
         if fault == "truncated":
             data = b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assis'
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
+            write_response(handler, 200, data)
             return True
         if fault == "length":
             reply.content = reply.content[: max(1, len(reply.content) // 3)]
@@ -313,6 +299,19 @@ def faulty(responder: Responder, rate: float, seed: int, faults: Sequence[str] =
         return reply
 
     return respond
+
+
+def write_response(
+    handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: Mapping[str, str] | None = None
+) -> None:
+    """A JSON response with these exact body bytes (well-formed or not)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 def script_responder(scripts: Mapping[str, Sequence[str]]) -> Responder:
