@@ -19,21 +19,26 @@ import httpx
 
 from benchmarks.common import SimServer, header, run_product, table, write_dataset
 from benchmarks.simserver import SimParams
-from knowledge_flow import prompts
 from knowledge_flow.parsing import parse_rollout
+from knowledge_flow.prompts import load_prompt_set
+from knowledge_flow.strategies.knowledge_flow import SPEC
 
 
 def barrier_loop(base_url: str, problems: list[str], iterations: int) -> float:
     """The original scripts' loop; returns wall seconds."""
     summaries: list[str | None] = [None] * len(problems)
+    table = load_prompt_set("kf-instruct").table(SPEC)  # the product's default wording
     started = time.monotonic()
     with httpx.Client(timeout=None, limits=httpx.Limits(max_connections=len(problems) + 8)) as client:
 
         def one(index: int, k: int) -> None:
-            text = (
-                prompts.first_rollout(problems[index], "integer")
-                if k == 0
-                else prompts.later_rollout(problems[index], summaries[index], [], "integer")
+            text = table.render(
+                "first" if k == 0 else "later",
+                problem=problems[index],
+                answer_slot="<integer>",
+                iteration=k,
+                reference=summaries[index],
+                knowledge=[],
             )
             body = {"model": "sim", "messages": [{"role": "user", "content": text}], "temperature": 0.6}
             for attempt in range(3):  # as the OpenAI client the original scripts use: retry a dropped connection

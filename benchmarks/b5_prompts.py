@@ -16,9 +16,11 @@ from benchmarks.simserver import SimParams
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from knowledge_flow import Context, compile_graph, prompts
-    from knowledge_flow.knowledge import count_tokens
+    from knowledge_flow import Context, compile_graph
     from knowledge_flow.persistence import SqliteCheckpointer, Store
+    from knowledge_flow.prompts import load_prompt_set
+    from knowledge_flow.strategies.knowledge_flow import SPEC
+    from knowledge_flow.tokens import estimate_tokens as count_tokens
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=64)
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         store = Store(db)
         rows = [(row.iteration, row.prompt_json, row.summary) for row in store.rollouts(final["run_id"])]
         store.close()
-    template = count_tokens(prompts.later_rollout("", "", [], "integer"))
+    empty = {"problem": "", "answer_slot": "<integer>", "iteration": 1, "reference": "", "knowledge": []}
+    template = count_tokens(load_prompt_set("kf-instruct").table(SPEC).render("later", **empty))
     longest_summary = max(count_tokens(summary or "") for _, _, summary in rows)
     # each shown item also carries its numbering and labels: counted in the list's budget by `visible_items`
     bound = count_tokens(problem) + longest_summary + args.knowledge_budget + template

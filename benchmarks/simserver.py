@@ -187,6 +187,10 @@ def reply_text(problem: int, iteration: int, tokens: int, params: SimParams) -> 
     )
 
 
+#: The served context the simulated server reports (gpt-oss-120b's in the original runs).
+CONTEXT = 131072
+
+
 def make_server(params: SimParams, port: int = 0) -> tuple[ThreadingHTTPServer, Scheduler]:
     _corpus()  # before the first request, so no reply waits for it
     scheduler = Scheduler(params)
@@ -208,7 +212,7 @@ def make_server(params: SimParams, port: int = 0) -> tuple[ThreadingHTTPServer, 
 
         def do_GET(self) -> None:
             if self.path.rstrip("/").endswith("/models"):
-                self._send({"object": "list", "data": [{"id": "sim", "object": "model"}]})
+                self._send({"object": "list", "data": [{"id": "sim", "object": "model", "max_model_len": CONTEXT}]})
             elif self.path == "/stats":
                 with scheduler.cond:
                     done = [
@@ -228,6 +232,10 @@ def make_server(params: SimParams, port: int = 0) -> tuple[ThreadingHTTPServer, 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+            if self.path.rstrip("/").endswith("/tokenize"):  # as vLLM's: the prompt's length (4 characters a token)
+                count = max(1, len(prompt or str(body.get("prompt", ""))) // 4)
+                self._send({"count": count, "max_model_len": CONTEXT, "tokens": list(range(count))})
+                return
             found = _PROBLEM.search(prompt)
             problem = int(found.group(1)) if found else -1
             reference = prompt.split("## Reference Solution", 1)[1] if "## Reference Solution" in prompt else ""

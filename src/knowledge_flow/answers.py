@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import threading
 
-from knowledge_flow.parsing import normalize_integer
+from knowledge_flow.parsing import UNICODE_MINUS, normalize_integer
 from knowledge_flow.state import AnswerType
 
 
 def normalize(answer: str | None, answer_type: AnswerType) -> str | None:
     if answer is None:
         return None
-    text = answer.strip()
+    text = answer.strip().replace(UNICODE_MINUS, "-")
     if not text:
         return None
     if answer_type == "integer":
         return normalize_integer(text) or text
-    return text
+    text = text.replace("\\$", "")  # an escaped dollar is a currency sign, not part of the value
+    if text.startswith("$") and text.count("$") == 1:
+        text = text[1:]
+    return text.strip() or None
 
 
 def _math_verify_equal(a: str, b: str) -> bool:

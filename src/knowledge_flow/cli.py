@@ -22,15 +22,15 @@ from rich.table import Table
 from rich.text import Text
 
 from knowledge_flow.context import DEFAULT_DB, DEFAULT_LOCAL_BASE_URL, Context
+from knowledge_flow.endpoint.replicas import check_urls
 from knowledge_flow.graph import compile_graph
 from knowledge_flow.params import recursion_limit, resolve_params
 from knowledge_flow.persistence.checkpointer import SqliteCheckpointer, check_db_path
 from knowledge_flow.persistence.store import SchemaError, Store, get_store
-from knowledge_flow.replicas import check_urls
 from knowledge_flow.server_launch.model_files import ModelError
 from knowledge_flow.server_launch.process import ServerError, ServerProcess, models_ready
 from knowledge_flow.state import InputState, KnowledgeItem, State
-from knowledge_flow.strategies import get_strategy
+from knowledge_flow.strategies import shown_knowledge
 
 app = typer.Typer(
     help="Knowledge Flow: solve hard problems in many rollouts that pass knowledge, not context.",
@@ -40,6 +40,8 @@ app = typer.Typer(
 )
 serve_app = typer.Typer(help="Start and stop model servers.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
+prompts_app = typer.Typer(help="Prompt sets: list, show and export the built-in ones.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -173,7 +175,7 @@ def run_graph(*, graph_input: dict[str, Any] | None, thread_id: str, db: str, co
             if "distill_knowledge" in updated:
                 _print_rollout(store, values)
                 params = values["params"]
-                visible = get_strategy(params["strategy"]).visible_knowledge(cast(State, values))
+                visible = shown_knowledge(cast(State, values), store.prompt_set(params["prompt_hash"]))
                 if visible != last_knowledge:
                     _print_knowledge(visible)
                     last_knowledge = visible
@@ -184,7 +186,7 @@ def run_graph(*, graph_input: dict[str, Any] | None, thread_id: str, db: str, co
 
 def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]:
     params = values.get("params") or {}
-    knowledge = get_strategy(params["strategy"]).visible_knowledge(cast(State, values)) if params else []
+    knowledge = shown_knowledge(cast(State, values), get_store(db).prompt_set(params["prompt_hash"])) if params else []
     return {
         "thread_id": thread_id,
         "run_id": values.get("run_id"),
@@ -278,7 +280,20 @@ AvoidBudgetOpt = Annotated[
     int | None, typer.Option("--avoid-budget", help="regeneration: tokens of the Things to Avoid list.")
 ]
 PrefillOpt = Annotated[
-    str | None, typer.Option(help="Assistant prefill, continued by the server (vLLM continue_final_message).")
+    str | None,
+    typer.Option(help="Assistant prefill for every rollout, overriding the prompt set's (continued by the server)."),
+]
+PromptsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompts",
+        help="Prompt set: a built-in name (kflow prompts list) or a .toml file; default: the model family's.",
+    ),
+]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Top-k sampling; -1 for none (always sent).")]
+MinPOpt = Annotated[float, typer.Option("--min-p", help="Min-p sampling; 0 for none (always sent).")]
+RepetitionOpt = Annotated[
+    float, typer.Option("--repetition-penalty", help="Repetition penalty; 1 for none (always sent).")
 ]
 
 
@@ -297,8 +312,16 @@ def strategy_params(
     uncertainty_threshold: float | None,
     avoid_budget: int | None,
     prefill: str | None,
+    prompts: str | None,
+    top_k: int,
+    min_p: float,
+    repetition_penalty: float,
 ) -> dict[str, Any]:
     return {
+        "prompts": prompts,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
         "stop_policy": stop_policy,
         "final_answer_rule": final_answer,
         "model_family": model_family,
@@ -356,6 +379,10 @@ def solve(
     dynamic_temperature: DynamicTempOpt = False,
     uncertainty_threshold: UncertaintyOpt = None,
     avoid_budget: AvoidBudgetOpt = None,
+    prompts: PromptsOpt = None,
+    top_k: TopKOpt = -1,
+    min_p: MinPOpt = 0.0,
+    repetition_penalty: RepetitionOpt = 1.0,
     as_json: JsonOpt = False,
     max_retries: MaxRetriesOpt = 6,
     request_timeout: TimeoutOpt = 3600.0,
@@ -391,6 +418,10 @@ def solve(
                 uncertainty_threshold=uncertainty_threshold,
                 avoid_budget=avoid_budget,
                 prefill=prefill,
+                prompts=prompts,
+                top_k=top_k,
+                min_p=min_p,
+                repetition_penalty=repetition_penalty,
             ),
         },
     )
@@ -679,6 +710,69 @@ def serve_stop(
         out.print(f"stopped {server.base_url} (pid {server.pid})")
     if not stopped:
         out.print("no server was running")
+
+
+@prompts_app.command("list")
+def prompts_list(as_json: JsonOpt = False) -> None:
+    """The built-in prompt sets, the model families they are the default for, and what they follow."""
+    from knowledge_flow.prompts import DEFAULT_SETS, builtin_names, load_prompt_set
+
+    listing = []
+    for name in builtin_names():
+        loaded = load_prompt_set(name)
+        families = sorted(family for family, default in DEFAULT_SETS.items() if default == name)
+        listing.append(
+            {
+                "name": name,
+                "sha256": loaded.digest,
+                "default_for": families,
+                "description": loaded.data.get("description", ""),
+                "follows": loaded.data.get("follows", ""),
+            }
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        return
+    for entry in listing:
+        default = f" (default for {', '.join(entry['default_for'])})" if entry["default_for"] else ""
+        out.print(Text(f"{entry['name']}{default}  sha256 {entry['sha256'][:12]}", style="bold"))
+        out.print(Text(f"  {entry['description']}"))
+        out.print(Text(f"  follows: {entry['follows']}"))
+
+
+@prompts_app.command("show")
+def prompts_show(name: Annotated[str, typer.Argument(help="A built-in set or a .toml file.")]) -> None:
+    """Print a prompt set's file (after checking it against every strategy it has a table for)."""
+    sys.stdout.write(_checked_prompt_set(name).source)
+
+
+@prompts_app.command("export")
+def prompts_export(
+    name: Annotated[str, typer.Argument(help="A built-in set.")],
+    to: Annotated[Path, typer.Option("--to", help="The file to write (refused if it exists).")],
+) -> None:
+    """Write a built-in set to a file, to start a set of your own from it (`--prompts FILE`)."""
+    loaded = _checked_prompt_set(name)
+    if to.exists():
+        raise fail(f"{to} already exists; choose another --to")
+    if not to.parent.is_dir():
+        raise fail(f"the folder of {to} does not exist")
+    to.write_text(loaded.source, encoding="utf-8")
+    out.print(f"wrote {to} ({loaded.name}, sha256 {loaded.digest[:12]}); use it with --prompts {to}")
+
+
+def _checked_prompt_set(name: str) -> Any:
+    from knowledge_flow.prompts import PromptSetError, load_prompt_set
+    from knowledge_flow.strategies import STRATEGIES
+
+    try:
+        loaded = load_prompt_set(name)
+        for strategy in STRATEGIES.values():
+            if loaded.has_table(strategy.spec):
+                loaded.table(strategy.spec)
+    except PromptSetError as exc:
+        raise fail(str(exc)) from None
+    return loaded
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
+from knowledge_flow.answer_rules import ANSWER_RULES, check_rule
 from knowledge_flow.cli import (
     AvoidBudgetOpt,
     BaseUrlOpt,
@@ -24,14 +25,18 @@ from knowledge_flow.cli import (
     JsonOpt,
     MaxRetriesOpt,
     MaxTempOpt,
+    MinPOpt,
     MinTempOpt,
     ModelFamilyOpt,
     PrefillOpt,
+    PromptsOpt,
     ReasoningEffortOpt,
+    RepetitionOpt,
     StopPolicyOpt,
     StrategyOpt,
     ThinkersOpt,
     TimeoutOpt,
+    TopKOpt,
     TopkOpt,
     UncertaintyOpt,
     UsageError,
@@ -130,6 +135,10 @@ def evaluate(
     uncertainty_threshold: UncertaintyOpt = None,
     avoid_budget: AvoidBudgetOpt = None,
     prefill: PrefillOpt = None,
+    prompts: PromptsOpt = None,
+    top_k: TopKOpt = -1,
+    min_p: MinPOpt = 0.0,
+    repetition_penalty: RepetitionOpt = 1.0,
     answer_type: Annotated[
         str | None, typer.Option("--answer-type", help="integer, latex or text (default: from the dataset).")
     ] = None,
@@ -201,6 +210,10 @@ def evaluate(
                             uncertainty_threshold=uncertainty_threshold,
                             avoid_budget=avoid_budget,
                             prefill=prefill,
+                            prompts=prompts,
+                            top_k=top_k,
+                            min_p=min_p,
+                            repetition_penalty=repetition_penalty,
                         ),
                     }
                 )
@@ -272,6 +285,7 @@ def print_report(report: EvalReport) -> None:
             clean(
                 f"{report.eval_id}: {report.dataset}, {report.problems} problems, model {report.model}, "
                 f"strategy {report.strategy}, status {report.status}"
+                + (f", answers re-read by rule {report.answer_rule}" if report.answer_rule != "default" else "")
             ),
             style="bold",
         )
@@ -315,18 +329,27 @@ def report(
     db: DbOpt = None,
     out_dir: Annotated[str, typer.Option("--out", help="Folder for the plot.")] = "results",
     compare: Annotated[list[str] | None, typer.Option("--compare", help="Other runs to overlay.")] = None,
+    answer_rule: Annotated[
+        str,
+        typer.Option(
+            "--answer-rule",
+            help=f"Re-grade the stored outputs, without a request: {', '.join(ANSWER_RULES)} "
+            "(paper: the original scripts' rule for the model family).",
+        ),
+    ] = "default",
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; a PNG plot."""
     try:
+        check_rule(answer_rule)
         db_path = resolve_db(db)
         store: Store = open_store(db_path, must_exist=True)
         reports = []
         for name in [run_id, *(compare or [])]:
             if store.get_eval(name) is None:
                 raise UsageError(f"no evaluation run {name!r} in {db_path}")
-            reports.append(build_report(store, name))
-    except UsageError as exc:
+            reports.append(build_report(store, name, answer_rule))
+    except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None
     plot = plot_reports(reports, Path(out_dir) / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
     if as_json:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, get_args
 
 from knowledge_flow.policies import parse_final_answer_rule, parse_stop_policy
-from knowledge_flow.prompts import PROMPT_VERSION
+from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, load_prompt_set
 from knowledge_flow.state import AnswerType, ModelFamily, RunParams
 
 LOCAL_MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
@@ -16,6 +16,10 @@ LOCAL_MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_ITERATIONS = 64
 DEFAULT_TEMPERATURE = 0.6
 DEFAULT_TOP_P = 1.0
+#: No top-k, no min-p, no repetition penalty: the original scripts' sampling (vLLM's SamplingParams defaults).
+DEFAULT_TOP_K = -1
+DEFAULT_MIN_P = 0.0
+DEFAULT_REPETITION_PENALTY = 1.0
 #: Small enough for the embedded CPU model; raise it for reasoning models (131072 for gpt-oss).
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_STRATEGY = "knowledge-flow"
@@ -27,11 +31,15 @@ PARAM_KEYS: tuple[str, ...] = (
     "iterations",
     "temperature",
     "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
     "max_new_tokens",
     "strategy",
     "answer_type",
     "knowledge_budget_tokens",
     "prefill",
+    "prompts",
     "model_family",
     "reasoning_effort",
     "stop_policy",
@@ -75,6 +83,12 @@ def _number(name: str, value: Any, kind: type[int] | type[float], low: float, hi
 
 def resolve_params(given: Mapping[str, Any]) -> RunParams:
     """Fill defaults and validate. Raises ValueError with a message meant for the user."""
+    return resolve_run(given)[0]
+
+
+def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
+    """The run's parameters and its prompt set (checked against the strategy's table). Raises ValueError
+    with a message meant for the user."""
     from knowledge_flow.strategies import get_strategy
 
     def pick(key: str, default: Any) -> Any:
@@ -85,7 +99,7 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
     if answer_type not in get_args(AnswerType):
         raise ValueError(f"answer_type must be one of {', '.join(get_args(AnswerType))}, got {answer_type!r}")
     strategy = str(pick("strategy", DEFAULT_STRATEGY))
-    get_strategy(strategy)
+    chosen = get_strategy(strategy)
     model = str(pick("model", default_model())).strip()
     if not model:
         raise ValueError("model must not be empty")
@@ -102,8 +116,16 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
         raise ValueError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
     stop_policy = str(pick("stop_policy", "fixed"))
     parse_stop_policy(stop_policy)
-    final_rule = str(pick("final_answer_rule", "majority:all" if strategy == "self-consistency" else "last"))
+    final_rule = str(pick("final_answer_rule", chosen.final_answer_rule))
     parse_final_answer_rule(final_rule)
+    prompts_given = pick("prompts", DEFAULT_SETS[family])
+    if not isinstance(prompts_given, str) or not prompts_given.strip():
+        raise ValueError("prompts must be a built-in prompt set name or a .toml file")
+    prompt_set = load_prompt_set(prompts_given.strip())
+    prompt_set.table(chosen.spec)  # the strategy's table must be there and valid
+    avoid_budget = given.get("avoid_budget_tokens")
+    if avoid_budget is not None:
+        avoid_budget = _number("avoid_budget_tokens", avoid_budget, int, 1, 10**7)
     temperature = _number("temperature", pick("temperature", DEFAULT_TEMPERATURE), float, 0.0, 2.0)
     thinkers = _number("thinkers", pick("thinkers", 1), int, 1, MAX_THINKERS)
     topk = _number("topk_thinkers", pick("topk_thinkers", thinkers), int, 1, MAX_THINKERS)
@@ -117,11 +139,17 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
     if threshold is not None:
         threshold = _number("uncertainty_threshold", threshold, float, -1e9, 0.0)
     max_new_tokens = _number("max_new_tokens", pick("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), int, 1, 10**7)
-    return RunParams(
+    top_k = _number("top_k", pick("top_k", DEFAULT_TOP_K), int, -1, 10**6)
+    params = RunParams(
         model=model,
         iterations=_number("iterations", pick("iterations", DEFAULT_ITERATIONS), int, 1, MAX_ITERATIONS),
         temperature=temperature,
         top_p=_number("top_p", pick("top_p", DEFAULT_TOP_P), float, 0.0, 1.0),
+        top_k=-1 if top_k == 0 else top_k,
+        min_p=_number("min_p", pick("min_p", DEFAULT_MIN_P), float, 0.0, 1.0),
+        repetition_penalty=_number(
+            "repetition_penalty", pick("repetition_penalty", DEFAULT_REPETITION_PENALTY), float, 0.01, 10.0
+        ),
         max_new_tokens=max_new_tokens,
         strategy=strategy,
         answer_type=answer_type,
@@ -129,7 +157,9 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
             "knowledge_budget_tokens", pick("knowledge_budget_tokens", DEFAULT_KNOWLEDGE_BUDGET), int, 0, 10**7
         ),
         prefill=prefill or None,
-        prompt_version=PROMPT_VERSION,
+        prompts=prompts_given.strip(),
+        prompt_set=prompt_set.name,
+        prompt_hash=prompt_set.digest,
         model_family=family,
         reasoning_effort=effort,
         stop_policy=stop_policy,
@@ -141,10 +171,9 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
         diversity_weight=_number("diversity_weight", pick("diversity_weight", 0.0), float, 0.0, 100.0),
         dynamic_temperature=bool(pick("dynamic_temperature", False)),
         uncertainty_threshold=threshold,
-        avoid_budget_tokens=_number(
-            "avoid_budget_tokens", pick("avoid_budget_tokens", max(1, max_new_tokens // 10)), int, 1, 10**7
-        ),
+        avoid_budget_tokens=avoid_budget,
     )
+    return params, prompt_set
 
 
 def recursion_limit(iterations: int) -> int:

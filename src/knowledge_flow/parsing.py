@@ -14,28 +14,49 @@ from dataclasses import dataclass, field
 from knowledge_flow.state import AnswerType
 
 THINK_END = "</think>"
+UNICODE_MINUS = "\u2212"
 THINK_START = "<think>"
 
+REPORT = "Error Report"
+SUMMARY = "Summary"
+ANSWER = "Answer"
 #: Section names the parsers know. A section runs from its header to the next known header.
-KNOWN_SECTIONS: tuple[str, ...] = ("Error Report", "Summary", "Answer")
+KNOWN_SECTIONS: tuple[str, ...] = (REPORT, SUMMARY, ANSWER)
 
 _NA = re.compile(r"^\s*(?:\*\*)?\s*(?:n\s*/\s*a|none|na|not applicable)\s*\.?\s*(?:\*\*)?\s*$", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_INTEGER = re.compile(r"(?<![\w.])[-+]?\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\w.])[-+]?\d+(?:\.0+)?(?![\d.]*\d)")
+_INTEGER = re.compile(r"(?<![\w.])[-+\u2212]?\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\w.])[-+\u2212]?\d+(?:\.0+)?(?![\d.]*\d)")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 _NOT_AN_INTEGER = re.compile(r"\\frac|\\sqrt|\\pi|\^|/|\\cdot|\\times")
 
 
 @dataclass(frozen=True)
 class ParsedRollout:
-    """What one rollout said, as the graph needs it."""
+    """What one rollout said, as the graph needs it.
+
+    `sections` hold each section's text without its header and colon; `raw` holds the section's raw text,
+    from just after the header (its closing bracket, for ``[Name]`` headers) to the next header, stripped:
+    a leading ``:`` is still there. Prompt sets see the raw texts (see `knowledge_flow.prompts`).
+    """
 
     thinking: str
     final: str
     answer: str | None
     summary: str | None
+    """The summary section's text (or the fallback, see `summary_fallback`)."""
+    summary_raw: str | None
+    """The summary section's raw text (or the fallback): what a prompt set shows as the reference."""
     error_report: str | None
+    """The clean text of the error report; None when absent or N/A."""
     sections: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, str] = field(default_factory=dict)
+    parsed_from: str = "content"
+    """``content``, or ``reasoning`` when the final text was empty and the reasoning was parsed instead (a
+    thinking block that was never closed: the whole output is in the reasoning field)."""
+
+    def after_header(self, name: str) -> str | None:
+        """Everything after the last `name` header of the final text (raw, stripped), or None."""
+        return text_after_header(self.final, name)
 
 
 def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[str, str]:
@@ -72,8 +93,11 @@ def _skip_blanks(text: str, i: int) -> int:
     return i
 
 
-def _header_at(text: str, match: re.Match[str]) -> tuple[int, int] | None:
-    """(header start, body start) when the name found by `match` is a header, else None.
+def _header_at(text: str, match: re.Match[str]) -> tuple[int, int, int] | None:
+    """(header start, raw start, body start) when the name found by `match` is a header, else None.
+
+    The raw text starts right after the name and its closing bracket or bold marker (before any colon);
+    the body starts after the colon and decoration.
 
     A header is "[Name]" anywhere, or a decorated name that starts a line ("### Summary:", "**Summary**",
     "Summary:"). Plain words in running text ("in summary, ...") are not headers. Linear in the text looked
@@ -84,8 +108,10 @@ def _header_at(text: str, match: re.Match[str]) -> tuple[int, int] | None:
     closed = i < len(text) and text[i] == "]"
     if closed:
         i = _skip_blanks(text, i + 1)
+    raw = i if closed else match.end()
     if text.startswith(("**", "__"), i):
         i = _skip_blanks(text, i + 2)
+        raw = raw if closed else i
     colon = i < len(text) and text[i] == ":"
     if colon:
         i = _skip_blanks(text, i + 1)
@@ -96,11 +122,11 @@ def _header_at(text: str, match: re.Match[str]) -> tuple[int, int] | None:
     opened = window.rstrip(" \t").endswith("[")
     if opened and closed:
         bracket = start - (len(window) - len(window.rstrip(" \t"))) - 1
-        return (line_start if at_line_start(text, line_start, bracket) else bracket), i
+        return (line_start if at_line_start(text, line_start, bracket) else bracket), raw, i
     if start - line_start > _MAX_PREFIX or window.strip(_DECORATION):
         return None
     if colon or any(mark in window for mark in "#*_") or text.startswith(("**", "__"), match.end()):
-        return line_start, i
+        return line_start, raw, i
     return None
 
 
@@ -108,28 +134,52 @@ def at_line_start(text: str, line_start: int, position: int) -> bool:
     return position - line_start <= _MAX_PREFIX and not text[line_start:position].strip(_DECORATION)
 
 
-def _spans(text: str, names: Iterable[str] = KNOWN_SECTIONS) -> list[tuple[int, int, int, str]]:
-    """(header start, body start, body end, lower-case name) of each header, in order."""
-    heads: list[tuple[int, int, str]] = []
+@dataclass(frozen=True)
+class _Span:
+    start: int
+    raw: int
+    body: int
+    end: int
+    name: str
+    """Lower-case, single-spaced."""
+
+
+def _spans(text: str, names: Iterable[str] = KNOWN_SECTIONS) -> list[_Span]:
+    """Each header with its body, in order; a body runs to the next header."""
+    heads: list[tuple[int, int, int, str]] = []
     for match in _name_pattern(frozenset(names)).finditer(text):
         found = _header_at(text, match)
-        if found is not None and (not heads or found[0] >= heads[-1][1]):
-            heads.append((found[0], found[1], " ".join(match.group("name").split()).lower()))
+        if found is not None and (not heads or found[0] >= heads[-1][2]):
+            heads.append((*found, " ".join(match.group("name").split()).lower()))
     return [
-        (start, body, heads[i + 1][0] if i + 1 < len(heads) else len(text), name)
-        for i, (start, body, name) in enumerate(heads)
+        _Span(start, raw, body, heads[i + 1][0] if i + 1 < len(heads) else len(text), name)
+        for i, (start, raw, body, name) in enumerate(heads)
     ]
+
+
+def sections_of(text: str, names: Iterable[str] = KNOWN_SECTIONS) -> tuple[dict[str, str], dict[str, str]]:
+    """(clean, raw) texts of each section named in `names` (keys as given there); the last non-empty
+    occurrence wins. Clean texts start after the header's colon; raw texts right after the header."""
+    wanted = {n.lower(): n for n in names}
+    clean: dict[str, str] = {}
+    raw: dict[str, str] = {}
+    for span in _spans(text, (*KNOWN_SECTIONS, *wanted.values())):
+        body = text[span.body : span.end].strip()
+        if span.name in wanted and body:
+            clean[wanted[span.name]] = body
+            raw[wanted[span.name]] = text[span.raw : span.end].strip()
+    return clean, raw
 
 
 def find_sections(text: str, names: Iterable[str] = KNOWN_SECTIONS) -> dict[str, str]:
     """Map each section name (as given in `names`) to its text; the last non-empty occurrence wins."""
-    wanted = {n.lower(): n for n in names}
-    sections: dict[str, str] = {}
-    for _, body_start, body_end, name in _spans(text, (*KNOWN_SECTIONS, *wanted.values())):
-        body = text[body_start:body_end].strip()
-        if name in wanted and body:
-            sections[wanted[name]] = body
-    return sections
+    return sections_of(text, names)[0]
+
+
+def text_after_header(text: str, name: str) -> str | None:
+    """Everything after the last `name` header in `text` (raw: from right after the header), or None."""
+    spans = [span for span in _spans(text, (*KNOWN_SECTIONS, name)) if span.name == " ".join(name.split()).lower()]
+    return text[spans[-1].raw :].strip() if spans else None
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -165,8 +215,8 @@ def last_boxed(text: str) -> str | None:
 
 
 def normalize_integer(raw: str) -> str | None:
-    """'1,234' -> '1234', '$70$' -> '70', '\\text{70}' -> '70', '70.0' -> '70'; otherwise None."""
-    text = _TEXT_WRAPPER.sub(r"\1", raw)
+    """'1,234' -> '1234', '$70$' -> '70', '\\text{70}' -> '70', '70.0' -> '70', '−2' -> '-2'; otherwise None."""
+    text = _TEXT_WRAPPER.sub(r"\1", raw).replace(UNICODE_MINUS, "-")
     for junk in ("$", "\\!", "\\,", "\\;", "\\ ", "{", "}", " ", "^\\circ", "\\circ", "\\%", "%"):
         text = text.replace(junk, "")
     text = text.strip().rstrip(".")
@@ -178,6 +228,11 @@ def normalize_integer(raw: str) -> str | None:
     sign, digits = match.groups()
     digits = digits.lstrip("0") or "0"  # as text: int() refuses numbers of more than 4300 digits
     return f"-{digits}" if sign == "-" and digits != "0" else digits
+
+
+def not_an_answer(boxed: str, answer_type: AnswerType) -> bool:
+    """A boxed text that is no answer: N/A and the like; for integer problems, any text without a digit."""
+    return is_na(boxed) or (answer_type == "integer" and not any(ch.isdigit() for ch in boxed))
 
 
 def last_integer(text: str) -> str | None:
@@ -194,6 +249,8 @@ def extract_answer(final: str, answer_type: AnswerType) -> str | None:
     ``[Answer]`` section is taken, else the last integer of the final text.
     """
     boxed = last_boxed(final)
+    if boxed is not None and not_an_answer(boxed, answer_type):
+        return None  # "\\boxed{N/A}": no answer, whatever else the text says
     if answer_type != "integer":
         return boxed
     if boxed is not None:
@@ -219,25 +276,26 @@ def is_na(text: str | None) -> bool:
     return bool(_NA.match(text.strip().splitlines()[0]))
 
 
-def summary_fallback(final: str) -> str | None:
-    """The whole final text up to the last ``[Answer]`` header, without any ``[Error Report]`` section.
+def summary_fallback(final: str, report_section: str = REPORT) -> str | None:
+    """The whole final text up to the last ``[Answer]`` header, without any error report section.
 
     An error report whose first line says N/A keeps what follows that line (models often go on with
     their summary there, without a header).
     """
-    spans = _spans(final)
-    answer_starts = [start for start, _, _, name in spans if name == "answer"]
+    spans = _spans(final, (*KNOWN_SECTIONS, report_section))
+    report = " ".join(report_section.split()).lower()
+    answer_starts = [span.start for span in spans if span.name == "answer"]
     end = answer_starts[-1] if answer_starts else len(final)
     pieces, cursor = [], 0
-    for start, body_start, body_end, name in spans:
-        if name != "error report" or start >= end:
+    for span in spans:
+        if span.name != report or span.start >= end:
             continue
-        pieces.append(final[cursor:start])
-        body = final[body_start:body_end]
-        cut = body_end
+        pieces.append(final[cursor : span.start])
+        body = final[span.body : span.end]
+        cut = span.end
         if body.strip() and is_na(body):
             first = body.strip().splitlines()[0]
-            cut = body_start + body.index(first) + len(first)
+            cut = span.body + body.index(first) + len(first)
         cursor = min(cut, end)
     pieces.append(final[cursor:end])
     return "".join(pieces).strip() or None
@@ -248,20 +306,31 @@ def parse_rollout(
     reasoning: str | None,
     answer_type: AnswerType,
     section_names: Iterable[str] = KNOWN_SECTIONS,
+    report_section: str = REPORT,
 ) -> ParsedRollout:
     """Parse one rollout into its sections (`section_names`, plus the Knowledge Flow ones).
 
     When no summary header is found, the whole final text up to ``[Answer]`` is the summary, as in the
-    original method. An ``[Error Report]`` of "N/A" (or empty) is reported as None.
+    original method. An error report (section `report_section`) of "N/A" (or empty) is reported as None.
+    When the final text is empty but there is reasoning (a thinking block never closed, e.g. cut at the token
+    limit), the reasoning is parsed instead, as the original scripts parse the whole text.
     """
     thinking, final = split_thinking(content, reasoning)
-    sections = find_sections(final, tuple(dict.fromkeys((*KNOWN_SECTIONS, *section_names))))
-    report = sections.get("Error Report")
+    parsed_from = "content"
+    if not final and thinking:
+        final, parsed_from = thinking, "reasoning"
+    names = tuple(dict.fromkeys((*KNOWN_SECTIONS, report_section, *section_names)))
+    sections, raw = sections_of(final, names)
+    report = sections.get(report_section)
+    fallback = summary_fallback(final, report_section)
     return ParsedRollout(
         thinking=thinking,
         final=final,
         answer=extract_answer(final, answer_type),
-        summary=sections.get("Summary") or summary_fallback(final),
+        summary=sections.get(SUMMARY) or fallback,
+        summary_raw=raw.get(SUMMARY) or fallback,
         error_report=None if is_na(report) else report,
         sections=sections,
+        raw=raw,
+        parsed_from=parsed_from,
     )

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
-from typing import Annotated, Literal, NotRequired, Required, TypedDict, TypeVar
+from typing import Annotated, Literal, NotRequired, Required, TypeVar
 
 from langgraph.channels import DeltaChannel, EphemeralValue
+
+# pydantic (which LangGraph uses for the input and output JSON schemas) needs typing_extensions' TypedDict
+# before Python 3.12.
+from typing_extensions import TypedDict
 
 T = TypeVar("T")
 
@@ -41,12 +45,21 @@ class RunParams(TypedDict):
     iterations: int
     temperature: float
     top_p: float
+    top_k: int
+    """-1: no top-k (sent as such; servers fill omitted sampling parameters from their own defaults)."""
+    min_p: float
+    repetition_penalty: float
     max_new_tokens: int
     strategy: str
     answer_type: AnswerType
     knowledge_budget_tokens: int
     prefill: str | None
-    prompt_version: str
+    prompts: str
+    """The prompt set as given (a built-in name or a file)."""
+    prompt_set: str
+    """Its name."""
+    prompt_hash: str
+    """SHA-256 of its text; the text is kept in the database (``kf_prompt_sets``)."""
     model_family: ModelFamily
     reasoning_effort: str | None
     stop_policy: str
@@ -60,8 +73,8 @@ class RunParams(TypedDict):
     diversity_weight: float
     dynamic_temperature: bool
     uncertainty_threshold: float | None
-    avoid_budget_tokens: int
-    """Regeneration: token budget of the Things to Avoid list."""
+    avoid_budget_tokens: int | None
+    """Regeneration: token budget of the Things to Avoid list (None: the prompt set's rule)."""
 
 
 class KnowledgeItem(TypedDict):
@@ -74,6 +87,8 @@ class KnowledgeItem(TypedDict):
     wrong_answer: str | None
     text: str
     iteration: int
+    tokens: NotRequired[int]
+    """Its cost in a prompt, counted when it was made (the served tokenizer where there is one)."""
 
 
 class Usage(TypedDict):
@@ -87,9 +102,11 @@ class CurrentRollout(TypedDict):
     rollout_id: str
     answer: str | None
     summary: str | None
+    """The summary's raw text: the next reference solution."""
     error_report: str | None
+    """The error report (None when absent or N/A)."""
     extras: dict[str, str]
-    """Strategy-specific sections (e.g. Things to Avoid, Adding?), small texts."""
+    """What the strategy needs from the output (e.g. the item text, the Things to Avoid list), small texts."""
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
@@ -113,11 +130,15 @@ class InputState(TypedDict, total=False):
     iterations: Annotated[int | None, EphemeralValue]
     temperature: Annotated[float | None, EphemeralValue]
     top_p: Annotated[float | None, EphemeralValue]
+    top_k: Annotated[int | None, EphemeralValue]
+    min_p: Annotated[float | None, EphemeralValue]
+    repetition_penalty: Annotated[float | None, EphemeralValue]
     max_new_tokens: Annotated[int | None, EphemeralValue]
     strategy: Annotated[str | None, EphemeralValue]
     answer_type: Annotated[AnswerType | None, EphemeralValue]
     knowledge_budget_tokens: Annotated[int | None, EphemeralValue]
     prefill: Annotated[str | None, EphemeralValue]
+    prompts: Annotated[str | None, EphemeralValue]
     model_family: Annotated[ModelFamily | None, EphemeralValue]
     reasoning_effort: Annotated[str | None, EphemeralValue]
     stop_policy: Annotated[str | None, EphemeralValue]

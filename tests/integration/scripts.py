@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from knowledge_flow import prompts
 from knowledge_flow.state import KnowledgeItem
+from knowledge_flow.strategies.base import ITEM_OVERHEAD
+from knowledge_flow.tokens import estimate_tokens
+from tests.support import legacy_prompts as prompts
 from tests.support.scripted_server import kf_output
 
 PROBLEM = "How many positive divisors does 36 have?"
@@ -28,7 +30,19 @@ ANSWERS = ["5", "7", "7", "5", "9", "5", "7", "7"]
 
 
 def item(wrong: str, why: str, iteration: int) -> KnowledgeItem:
-    return KnowledgeItem(wrong_answer=wrong, text=report(wrong, why), iteration=iteration)
+    """An item as the record holds it: the report section's raw text (from just after ``[Error Report]``) and
+    its token cost (the scripted server has no tokenize endpoint: the offline estimate)."""
+    text = ": " + report(wrong, why)
+    return KnowledgeItem(
+        wrong_answer=wrong, text=text, iteration=iteration, tokens=estimate_tokens(text) + ITEM_OVERHEAD
+    )
+
+
+def shown(item: KnowledgeItem) -> KnowledgeItem:
+    """The item as the legacy prompt functions took it (the clean report text)."""
+    return KnowledgeItem(
+        wrong_answer=item["wrong_answer"], text=item["text"].removeprefix(": "), iteration=item["iteration"]
+    )
 
 
 R1, R3, R4, R5, R6 = item("5", "R1", 1), item("7", "R3", 3), item("5", "R4", 4), item("9", "R5", 5), item("5", "R6", 6)
@@ -37,12 +51,12 @@ R1, R3, R4, R5, R6 = item("5", "R1", 1), item("7", "R3", 3), item("5", "R4", 4),
 EXPECTED_PROMPTS = [
     prompts.first_rollout(PROBLEM, "integer"),
     prompts.later_rollout(PROBLEM, "S0: counted 5 divisors.", [], "integer"),
-    prompts.later_rollout(PROBLEM, "S1: counted 7.", [R1], "integer"),
-    prompts.later_rollout(PROBLEM, "S2: counted 7 again.", [R1], "integer"),
-    prompts.later_rollout(PROBLEM, "S3: back to 5.", [R3, R1], "integer"),
-    prompts.later_rollout(PROBLEM, "S4: 36 = 2^2 3^2 so (2+1)(2+1) = 9.", [R4, R3, R1], "integer"),
-    prompts.later_rollout(PROBLEM, "S5: 5 once more.", [R5, R4, R3, R1], "integer"),
-    prompts.later_rollout(PROBLEM, "S6: seven.", [R6, R5, R4, R3], "integer"),
+    prompts.later_rollout(PROBLEM, "S1: counted 7.", [shown(R1)], "integer"),
+    prompts.later_rollout(PROBLEM, "S2: counted 7 again.", [shown(R1)], "integer"),
+    prompts.later_rollout(PROBLEM, "S3: back to 5.", [shown(R3), shown(R1)], "integer"),
+    prompts.later_rollout(PROBLEM, "S4: 36 = 2^2 3^2 so (2+1)(2+1) = 9.", [shown(i) for i in (R4, R3, R1)], "integer"),
+    prompts.later_rollout(PROBLEM, "S5: 5 once more.", [shown(i) for i in (R5, R4, R3, R1)], "integer"),
+    prompts.later_rollout(PROBLEM, "S6: seven.", [shown(i) for i in (R6, R5, R4, R3)], "integer"),
 ]
 RECORD = [R1, R3, R4, R5, R6]
 VISIBLE_AT_END = [R6, R5, R4, R3]

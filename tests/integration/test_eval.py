@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from knowledge_flow.prompts import load_prompt_set
 from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
 from tests.support.eval_script import eval_responder, iteration_of
-from tests.support.scripted_server import ScriptedServer, word_count
+from tests.support.scripted_server import Reply, Request, ScriptedServer, word_count
 
 AIME25 = SHARED_DATASETS / "aime_2025.jsonl"
 
@@ -98,9 +99,11 @@ def test_aime25_run_matches_the_script(scripted: type[ScriptedServer], tmp_path:
             "correct": correct,
             "average_prompt_length": pytest.approx(expected_prompt_length),
         }
-        assert [e["question"] for e in entries] == order
+        sent = {r.key: r.prompt for r in prompts_k}  # the prompt as the server received it
+        assert [e["question"] for e in entries] == [sent[p] for p in order]
+        assert all(e["question"].startswith(p) or p in e["question"] for p, e in zip(order, entries, strict=True))
         assert [e["gold"] for e in entries] == [str(golds[p]) for p in order]
-        assert [e["predicted"] for e in entries] == [answer(p, k) for p in order]
+        assert [e["predicted"] for e in entries] == [int(answer(p, k)) for p in order]  # integers, as the scripts
         assert all(
             f"ITER-{k}: the answer is {answer(p, k)}." in e["pred_solution"]
             for p, e in zip(order, entries, strict=True)
@@ -112,7 +115,8 @@ def test_aime25_run_matches_the_script(scripted: type[ScriptedServer], tmp_path:
     assert manifest["model"] == "org/Scripted-Model-7B"
     assert manifest["endpoint"] == server.base_url
     assert manifest["params"]["temperature"] == 0.6 and manifest["params"]["iterations"] == iterations
-    assert manifest["strategy"] == "knowledge-flow" and manifest["prompt_version"]
+    assert manifest["strategy"] == "knowledge-flow" and manifest["prompt_set"] == "kf-instruct"
+    assert manifest["prompt_hash"] == load_prompt_set("kf-instruct").digest
     assert len(manifest["dataset_hash"]) == 64 and manifest["problems"] == 30
     assert manifest["started_at"] and manifest["finished_at"] and manifest["package_version"]
 
@@ -276,3 +280,45 @@ def test_early_stopping_saves_rollouts_and_carries_answers(scripted: type[Script
     assert [f["accuracy"] for f in result["per_iteration"]] == pytest.approx([1.0, 1 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3])
     last = json.loads((tmp_path / "results/vllm_4096_kftest/Scripted-Model-7B/predictions_5.json").read_text())
     assert last[1]["predicted"] == str(golds[order[0]]) and last[1]["pred_solution"] == ""
+
+
+def test_report_regrades_stored_outputs_by_answer_rule(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    """`kflow report --answer-rule` reads answers again from the stored outputs; no request is sent."""
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"problem": "P-one", "answer": "12"}\n{"problem": "P-two", "answer": "−4"}\n')
+
+    def respond(request: Request) -> Reply:
+        if "P-one" in request.prompt:  # the reasoning boxes a wrong value first; the final text is right
+            return Reply(
+                content="[Summary]: s\n[Answer]: \\boxed{12}", reasoning="try \\boxed{3}", reasoning_key="reasoning"
+            )
+        return Reply(content="[Summary]: the value is 7 then\n[Answer]: \\boxed{−4} (checked 9 times)")
+
+    server = scripted(respond, keys=["P-one", "P-two"]).start()
+    db = tmp_path / "r.db"
+    args = ["eval", "--dataset", str(data), "--iterations", "2", "--base-url", server.base_url, "--db", str(db)]
+    proc = run_kflow([*args, "--model", "openai/gpt-oss-120b", "--run-id", "rg", "--output-dir", str(tmp_path / "res")])
+    assert proc.returncode == 0, proc.stderr
+    sent = len(server.requests)
+
+    def accuracy(rule: str) -> tuple[list[float], float]:
+        report = run_kflow(
+            ["report", "rg", "--db", str(db), "--out", str(tmp_path / "rep"), "--answer-rule", rule, "--json"]
+        )
+        assert report.returncode == 0, report.stderr
+        payload = json.loads(report.stdout)
+        assert payload["answer_rule"] == rule
+        return [f["accuracy"] for f in payload["per_iteration"]], payload["final_accuracy"]
+
+    assert accuracy("default") == ([1.0, 1.0], 1.0)  # −4 is -4
+    assert accuracy("paper") == ([0.5, 0.5], 0.5)  # gpt-oss: the first boxed integer, reasoning included
+    assert accuracy("first-boxed") == ([0.5, 0.5], 0.5)
+    assert accuracy("last-integer") == ([0.5, 0.5], 0.5)  # P-two's last integer is 9
+    assert accuracy("last-boxed") == ([1.0, 1.0], 1.0)
+    assert len(server.requests) == sent  # re-grading sent nothing
+    bad = run_kflow(["report", "rg", "--db", str(db), "--answer-rule", "best"])
+    assert bad.returncode == 2 and "unknown answer rule 'best'" in bad.stderr
+    predictions = json.loads(
+        (tmp_path / "res" / "vllm_512_knowledge-flow" / "gpt-oss-120b" / "predictions_0.json").read_text()
+    )
+    assert [entry["predicted"] for entry in predictions[1:]] == [12, -4]  # integers, as the original scripts write

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from knowledge_flow import prompts
 from knowledge_flow.persistence import get_store
 from knowledge_flow.sentences import tail_sentences
 from tests.integration.strategy_support import PROBLEM, run_recorded
+from tests.support import legacy_prompts as prompts
 from tests.support.scripted_server import Reply, Request, ScriptedServer, kf_output, script_responder
 from tests.support.stored import checkpoint_payloads
 
@@ -34,10 +34,10 @@ def test_regeneration_replaces_and_trims_the_list(scripted: type[ScriptedServer]
         server, tmp_path / "r.db", strategy="regeneration", iterations=4, avoid_budget_tokens=60
     )
     texts = [[item["text"] for item in step["knowledge"]] for step in steps]
-    assert texts[0] == ["Answer 4 is wrong. It misses negatives."]
-    assert texts[1] == ["Answer 8 is wrong. It misses the axes."]
+    assert texts[0] == [": Answer 4 is wrong. It misses negatives."]  # the section's raw text
+    assert texts[1] == [": Answer 8 is wrong. It misses the axes."]
     assert texts[2] == texts[1]
-    trimmed = tail_sentences(long_avoid, 60)
+    trimmed = tail_sentences(": " + long_avoid, 60)
     assert texts[3] == [trimmed]
     assert trimmed.startswith("Answer ") and trimmed.endswith("counted twice.") and len(trimmed) < len(long_avoid)
     assert all(item["wrong_answer"] is None for step in steps for item in step["knowledge"])
@@ -110,7 +110,8 @@ def test_markovian_continues_the_tail(scripted: type[ScriptedServer], tmp_path: 
         {"role": "user", "content": prompts.markovian_user(PROBLEM)},
         {"role": "assistant", "content": f"{tail}\n\nWait, just keep thinking."},
     ]
-    assert bodies[1]["continue_final_message"] is True and bodies[1]["add_generation_prompt"] is False
+    # the model answers in a new assistant turn after the kept text, as in the original scripts
+    assert "continue_final_message" not in bodies[1] and "add_generation_prompt" not in bodies[1]
     trace = f"{tail}\n\nWait, just keep thinking." + script[1]
     assert bodies[2]["messages"][1]["content"] == f"{tail_sentences(trace, 90)}\n\nWait, just keep thinking."
     # answers come from the new continuation only: the third has none, although its prefix has a box
@@ -172,9 +173,9 @@ def test_thinkers_spread_score_select_and_feed_knowledge(scripted: type[Scripted
     assert all(r.body.get("logprobs") is True for r in server.requests)
     # iteration 1: best is t=0.6 (answer 9); second kept is t=1.0 (-0.5 beats -0.9), which kept answer 5
     assert final["answers"] == ["5", "9"]
-    assert final["reference"] == "summary at t=0.6 k=1"
+    assert final["reference"] == ": summary at t=0.6 k=1"  # the summary's raw text
     assert [(i["wrong_answer"], i["text"]) for i in final["knowledge"]] == [
-        ("5", "The Answer cannot be 5, because t=0.6.")
+        ("5", ": The Answer cannot be 5, because t=0.6.")
     ]
     store = get_store(db)
     rows = store.rollouts(final["run_id"])
@@ -200,8 +201,8 @@ def test_diversity_weight_prefers_a_different_answer(scripted: type[ScriptedServ
     )
     # kept: t=0.6 (best), then t=1.0 beats t=0.2 (same answer 9, penalised): both reports feed the list
     assert [i["text"] for i in final["knowledge"]] == [
-        "The Answer cannot be 5, because t=0.6.",
-        "The Answer cannot be 5, because t=1.0.",
+        ": The Answer cannot be 5, because t=0.6.",
+        ": The Answer cannot be 5, because t=1.0.",
     ]
 
 
@@ -219,7 +220,7 @@ def test_uncertainty_threshold_keeps_the_reference(scripted: type[ScriptedServer
         uncertainty_threshold=-1.0,
     )
     assert final["answers"] == ["5", "9"]
-    assert steps[0]["reference"] == "summary at t=0.6 k=0"
+    assert steps[0]["reference"] == ": summary at t=0.6 k=0"
     assert final["reference"] == steps[0]["reference"]  # iteration 1 too uncertain to replace it
     assert final["reference_answer"] == "5"
 
@@ -286,7 +287,7 @@ def test_qwen3_thinking_inline_think_and_reasoning_parser(scripted: type[Scripte
     assert "reasoning_effort" not in server.requests[0].body
     assert server.requests[0].body["messages"][-1] == {"role": "assistant", "content": "<think>\n"}
     assert server.requests[0].body["continue_final_message"] is True
-    assert final["answers"] == ["12"] and final["reference"] == "clean"
+    assert final["answers"] == ["12"] and final["reference"] == ": clean"
 
     def parsed(request: Request) -> Reply:  # vLLM with --reasoning-parser qwen3: reasoning in its own field
         return Reply(

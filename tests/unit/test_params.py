@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from knowledge_flow.params import resolve_params
-from knowledge_flow.prompts import PROMPT_VERSION
+from knowledge_flow.prompts import load_prompt_set
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,7 +14,25 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert params["strategy"] == "knowledge-flow"
     assert params["answer_type"] == "integer"
     assert params["model"] == "qwen2.5-coder-0.5b-instruct"
-    assert params["prompt_version"] == PROMPT_VERSION
+    assert params["prompts"] == "kf-instruct" and params["prompt_set"] == "kf-instruct"
+    assert params["prompt_hash"] == load_prompt_set("kf-instruct").digest
+    # every sampling parameter is explicit: servers fill omitted ones with their own defaults
+    assert (params["top_p"], params["top_k"], params["min_p"], params["repetition_penalty"]) == (1.0, -1, 0.0, 1.0)
+    assert params["avoid_budget_tokens"] is None  # the prompt set's rule
+
+
+@pytest.mark.parametrize(
+    ("model", "family", "prompt_set", "effort"),
+    [
+        ("openai/gpt-oss-120b", "gpt-oss", "kf-gpt-oss", "high"),
+        ("Qwen/Qwen3-235B-A22B-Thinking-2507", "qwen3-thinking", "kf-qwen", None),
+        ("Qwen/Qwen2.5-7B-Instruct", "instruct", "kf-instruct", None),
+    ],
+)
+def test_family_picks_the_prompt_set(model: str, family: str, prompt_set: str, effort: str | None) -> None:
+    params = resolve_params({"model": model})
+    assert (params["model_family"], params["prompt_set"], params["reasoning_effort"]) == (family, prompt_set, effort)
+    assert resolve_params({"model": model, "prompts": "kf-instruct"})["prompt_set"] == "kf-instruct"
 
 
 def test_model_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,6 +52,10 @@ def test_model_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"answer_type": "float"}, "answer_type must be one of"),
         ({"model": "  "}, "model must not be empty"),
         ({"max_new_tokens": 0}, "max_new_tokens must be between"),
+        ({"top_k": -2}, "top_k must be between"),
+        ({"min_p": 1.5}, "min_p must be between"),
+        ({"repetition_penalty": 0}, "repetition_penalty must be between"),
+        ({"prompts": "kf-nope"}, "unknown prompt set 'kf-nope'"),
     ],
 )
 def test_bad_params(given: dict[str, object], message: str) -> None:
@@ -56,7 +78,7 @@ def test_strategy_defaults() -> None:
     assert params["reasoning_effort"] == "high"
     assert params["thinkers"] == 1 and params["topk_thinkers"] == 1
     assert params["min_temperature"] == params["max_temperature"] == 0.7
-    assert params["avoid_budget_tokens"] == 100
+    assert params["avoid_budget_tokens"] is None  # the prompt set trims (kf-gpt-oss: 0.1 x max_new_tokens)
     assert params["stop_policy"] == "fixed" and params["final_answer_rule"] == "last"
     assert resolve_params({"strategy": "self-consistency"})["final_answer_rule"] == "majority:all"
     assert resolve_params({"thinkers": 4})["topk_thinkers"] == 4

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from knowledge_flow.parsing import boxed_contents, find_sections, parse_rollout, split_thinking
+from knowledge_flow.prompts import load_prompt_set
 from knowledge_flow.strategies import STRATEGIES
 
 PIECES = st.sampled_from(
@@ -46,7 +47,11 @@ PIECES = st.sampled_from(
     ]
 )
 HOSTILE = st.one_of(st.text(max_size=3000), st.lists(PIECES, max_size=400).map("".join))
-SECTION_SETS = [tuple(s.section_names) for s in STRATEGIES.values()]
+SECTION_SETS = [
+    tuple(s.section_names(load_prompt_set(name).table(s.spec).rules))
+    for s in STRATEGIES.values()
+    for name in ("kf-instruct", "kf-gpt-oss")
+]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

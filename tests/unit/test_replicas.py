@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from knowledge_flow.replicas import ReplicaPool, check_urls, split_urls
+from knowledge_flow.endpoint.replicas import ReplicaPool, check_urls, split_urls
 
 REQUEST = httpx.Request("POST", "http://x/v1/chat/completions")
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from knowledge_flow.knowledge import count_tokens
 from knowledge_flow.sentences import sentences, tail_sentences
+from knowledge_flow.tokens import estimate_tokens as count_tokens
 
 
 def test_sentences_round_trip() -> None:
@@ -34,3 +34,25 @@ def test_tail_without_boundary_falls_back_to_the_cut() -> None:
     text = "word " * 100
     tail = tail_sentences(text, 10)
     assert count_tokens(tail) == 10
+
+
+class CharTokens:
+    """A served tokenizer stand-in: one token per character (counts differ a lot from the estimate)."""
+
+    exact = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def count(self, text: str) -> int:
+        self.calls += 1
+        return len(text)
+
+
+def test_tail_fits_the_served_count_with_few_counts() -> None:
+    text = " ".join(f"Sentence number {n} is here." for n in range(400))
+    counter = CharTokens()
+    tail = tail_sentences(text, 300, counter)
+    assert len(tail) <= 300 and len(tail) > 250  # near the budget, in served tokens, not estimated ones
+    assert tail.startswith("Sentence number") and text.endswith(tail)
+    assert counter.calls <= 8  # a few exact counts, never one request per sentence

@@ -1,8 +1,10 @@
 """Per-iteration prediction files in the layout of the original Knowledge Flow scripts.
 
 ``{out}/vllm_{max_new_tokens}_{output_postfix}/{model_basename}/predictions_{k}.json``: element 0 is
-``{"accuracy", "total", "correct", "average_prompt_length"}`` (accuracy as a fraction of the problems),
-then one ``{"question", "gold", "predicted", "pred_solution"}`` per problem, in dataset order.
+``{"accuracy", "total", "correct", "average_prompt_length"}`` (accuracy as a fraction of the problems; the
+prompt length in tokens, as the server counted them), then one ``{"question", "gold", "predicted",
+"pred_solution"}`` per problem, in dataset order: ``question`` is the prompt as sent (the messages' texts,
+then the prefill), ``predicted`` an integer (or null) for integer sets.
 
 With parallel thinkers, a problem's prediction at iteration k is the best thinker's. A problem that stopped
 early (``stable:K``) keeps its final answer for the later iterations, with an empty solution.
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from knowledge_flow.parsing import normalize_integer
 from knowledge_flow.persistence.store import EvalRow, Store
 
 
@@ -28,13 +31,25 @@ def predictions_dir(root: Path, manifest: dict[str, Any]) -> Path:
     return root / folder / model_basename(str(params["model"]))
 
 
+def as_integer(answer: str | None) -> int | None:
+    """An integer set's prediction as the original scripts wrote it: an integer, or null."""
+    value = normalize_integer(answer) if answer is not None else None
+    return int(value) if value is not None and len(value) < 4000 else None
+
+
+def prompt_as_sent(messages: list[dict[str, str]], prefill: str | None) -> str:
+    """The prompt's texts as sent: each message's text, then the prefill the generation continued."""
+    return "\n\n".join([*(m["content"] for m in messages), *([prefill] if prefill else [])])
+
+
 def write_predictions(store: Store, eval_row: EvalRow, root: Path) -> list[Path]:
     """Write one file per iteration; returns their paths. Each file is written atomically."""
     manifest = eval_row.manifest
     iterations = int(manifest["params"]["iterations"])
     items = store.eval_items(eval_row.eval_id)
-    outputs = store.chosen_outputs([item.run_id for item in items if item.run_id])
-    solutions = {item.position: outputs[item.run_id] for item in items if item.run_id}
+    chosen = store.chosen_rows([item.run_id for item in items if item.run_id])
+    rows = {item.position: chosen[item.run_id] for item in items if item.run_id}
+    integer = manifest["params"]["answer_type"] == "integer"
     folder = predictions_dir(root, manifest)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -51,13 +66,14 @@ def write_predictions(store: Store, eval_row: EvalRow, root: Path) -> list[Path]
             correct += int(is_correct)
             if k < len(prompts):
                 prompt_lengths.append(prompts[k])
-            texts = solutions.get(item.position, [])
+            chosen_rows = rows.get(item.position, [])
+            row = chosen_rows[k] if k < len(chosen_rows) else None
             entries.append(
                 {
-                    "question": item.problem,
+                    "question": prompt_as_sent(row.messages, row.prefill) if row is not None else item.problem,
                     "gold": item.gold,
-                    "predicted": predicted,
-                    "pred_solution": texts[k] if k < len(texts) else "",
+                    "predicted": as_integer(predicted) if integer else predicted,
+                    "pred_solution": row.content if row is not None else "",
                 }
             )
         total = len(items)

@@ -6,7 +6,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from knowledge_flow.persistence.store import Store, endpoint_entry
+from knowledge_flow.answer_rules import check_rule, regrade_answer
+from knowledge_flow.answers import equivalent
+from knowledge_flow.persistence.store import EvalItemRow, Store, endpoint_entry
+from knowledge_flow.policies import final_answer
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,54 @@ class EvalReport:
     """Rollouts stored as failed (no usable response after retries)."""
     truncated_rollouts: int
     """Rollouts cut off at the token limit (finish_reason length)."""
+    answer_rule: str = "default"
+    """How answers were read from the outputs (see `knowledge_flow.answer_rules`)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def build_report(store: Store, eval_id: str) -> EvalReport:
+@dataclass(frozen=True)
+class Grades:
+    """One problem's grades: per iteration, and for its label-free final answer."""
+
+    correct: list[bool]
+    final_correct: bool
+
+
+def stored_grades(items: list[EvalItemRow]) -> list[Grades]:
+    """The grades the run recorded (its own answer parser)."""
+    return [Grades(list(item.correct), bool(item.final_correct)) for item in items]
+
+
+def regraded(store: Store, items: list[EvalItemRow], params: dict[str, Any], rule: str) -> list[Grades]:
+    """Grades with answers read again from the stored outputs by `rule`; no request is sent."""
+    answer_type = params["answer_type"]
+    family = str(params.get("model_family", "instruct"))
+    chosen = store.chosen_rows([item.run_id for item in items if item.run_id])
+    grades = []
+    for item in items:
+        rows = chosen.get(item.run_id or "", [])
+        answers = [regrade_answer(rule, row.text_to_parse(), row.reasoning, answer_type, family) for row in rows]
+        final = final_answer(str(params.get("final_answer_rule", "last")), answers, answer_type) if answers else None
+        grades.append(
+            Grades(
+                [equivalent(item.gold, answer, answer_type) for answer in answers],
+                item.status == "done" and equivalent(item.gold, final, answer_type),
+            )
+        )
+    return grades
+
+
+def build_report(store: Store, eval_id: str, answer_rule: str = "default") -> EvalReport:
     row = store.require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
-    items = store.eval_items(eval_id)
+    items = list(store.eval_items(eval_id))
     total = len(items)
     iterations = int(params["iterations"])
+    check_rule(answer_rule)
+    grades = stored_grades(items) if answer_rule == "default" else regraded(store, items, params, answer_rule)
     figures: list[IterationFigures] = []
     solved = [False] * total
     cumulative_tokens = 0
@@ -69,8 +108,8 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
         correct = 0
         prompt = completion = 0
         for index, item in enumerate(items):
-            grades = item.correct
-            hit = bool(grades[k]) if k < len(grades) else bool(item.final_correct) and item.status == "done"
+            graded = grades[index]
+            hit = graded.correct[k] if k < len(graded.correct) else graded.final_correct and item.status == "done"
             if hit:
                 correct += 1
                 solved[index] = True
@@ -103,7 +142,7 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
         finished=sum(1 for item in items if item.status == "done"),
         failed=sum(1 for item in items if item.status == "failed"),
         iterations=iterations,
-        final_accuracy=sum(1 for item in items if item.final_correct) / total if total else 0.0,
+        final_accuracy=sum(1 for graded in grades if graded.final_correct) / total if total else 0.0,
         total_tokens=cumulative_tokens,
         per_iteration=figures,
         rollouts_done=done,
@@ -115,6 +154,7 @@ def build_report(store: Store, eval_id: str) -> EvalReport:
         truncated_rollouts=sum(int(e["truncated_rollouts"]) for e in replicas),
         stop_policy=str(params.get("stop_policy", "fixed")),
         final_answer_rule=str(params.get("final_answer_rule", "last")),
+        answer_rule=answer_rule,
     )
 
 

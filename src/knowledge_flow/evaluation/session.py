@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from knowledge_flow.context import Context
+from knowledge_flow.endpoint.replicas import get_pool
 from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
 from knowledge_flow.evaluation.predictions import write_predictions
 from knowledge_flow.evaluation.runner import Graph, ItemResult, Progress, run_items, thread_id_for
 from knowledge_flow.nodes.common import package_version
 from knowledge_flow.persistence.store import EvalItemRow, EvalRow, Store, utcnow
-from knowledge_flow.replicas import get_pool
 from knowledge_flow.state import AnswerType
 
 
@@ -72,7 +72,8 @@ def create_eval(
         "model": params["model"],
         "endpoint": base_url,
         "strategy": params["strategy"],
-        "prompt_version": params["prompt_version"],
+        "prompt_set": params["prompt_set"],
+        "prompt_hash": params["prompt_hash"],
         "package_version": package_version(),
         "params": params,
         "concurrency": concurrency,

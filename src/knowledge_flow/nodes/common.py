@@ -7,7 +7,10 @@ from importlib.metadata import PackageNotFoundError, version
 from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
+from knowledge_flow.endpoint import Served, get_served
 from knowledge_flow.persistence.store import Store, get_store
+from knowledge_flow.state import State
+from knowledge_flow.strategies import Step, Strategy, get_strategy
 
 
 def context_of(runtime: Runtime[Context]) -> Context:
@@ -17,6 +20,23 @@ def context_of(runtime: Runtime[Context]) -> Context:
 
 def store_of(runtime: Runtime[Context]) -> Store:
     return get_store(context_of(runtime).db_path)
+
+
+def served_of(runtime: Runtime[Context], model: str) -> Served:
+    """The served model's extras (context, tokenizer) on the run's endpoint."""
+    ctx = context_of(runtime)
+    return get_served(ctx.base_url, ctx.api_key, model, timeout=ctx.request_timeout, max_retries=ctx.max_retries)
+
+
+def step_of(state: State, runtime: Runtime[Context]) -> tuple[Strategy, Step, Served]:
+    """The run's strategy; what it sees (the state, its prompt-set table from the text the run stored, the
+    served tokenizer, the stored rollouts); the served model."""
+    params = state["params"]
+    strategy = get_strategy(params["strategy"])
+    store = store_of(runtime)
+    table = store.prompt_set(params["prompt_hash"]).table(strategy.spec)
+    served = served_of(runtime, params["model"])
+    return strategy, Step(state, table, served, store), served
 
 
 def package_version() -> str:

@@ -10,9 +10,8 @@ from langgraph.types import Overwrite
 
 from knowledge_flow import thinkers
 from knowledge_flow.context import Context
-from knowledge_flow.nodes.common import store_of
+from knowledge_flow.nodes.common import step_of, store_of
 from knowledge_flow.state import KnowledgeItem, State
-from knowledge_flow.strategies import get_strategy
 
 
 def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list[KnowledgeItem] | Overwrite:
@@ -38,7 +37,8 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         or best["confidence"] >= threshold
         or state.get("reference_answer") is None
     )
-    result = get_strategy(params["strategy"]).distill(state, best, kept, update_reference)
+    strategy, step, _ = step_of(state, runtime)
+    result = strategy.distill(step, best, kept, update_reference)
 
     store = store_of(runtime)
     added = dict(result.added)

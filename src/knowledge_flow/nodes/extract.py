@@ -7,33 +7,43 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
-from knowledge_flow.nodes.common import store_of
+from knowledge_flow.nodes.common import step_of, store_of
 from knowledge_flow.parsing import parse_rollout
 from knowledge_flow.state import CurrentRollout, State
-from knowledge_flow.strategies import get_strategy
 
 
 def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
-    strategy = get_strategy(params["strategy"])
+    strategy, step, _ = step_of(state, runtime)
+    rules = step.rules
     store = store_of(runtime)
     candidates: list[CurrentRollout] = []
     for rid in state.get("pending_rollouts") or []:
         row = store.get_rollout(rid)
         if row is None:
             raise RuntimeError(f"rollout {rid!r} is missing from the rollout store {store.path}")
-        text = strategy.text_to_parse(row.messages, row.content)
-        parsed = parse_rollout(text, row.reasoning, params["answer_type"], strategy.section_names)
+        parsed = parse_rollout(
+            row.text_to_parse(),
+            row.reasoning,
+            params["answer_type"],
+            strategy.section_names(rules),
+            strategy.report_section(rules),
+        )
         store.update_rollout(
-            row.id, answer=parsed.answer, summary=parsed.summary, error_report=parsed.error_report, parsed=True
+            row.id,
+            answer=parsed.answer,
+            summary=parsed.summary,
+            error_report=parsed.error_report,
+            parsed=True,
+            parsed_from=parsed.parsed_from if row.error is None else None,
         )
         candidates.append(
             CurrentRollout(
                 rollout_id=row.id,
                 answer=parsed.answer,
-                summary=parsed.summary,
+                summary=parsed.summary_raw,
                 error_report=parsed.error_report,
-                extras={name: parsed.sections[name] for name in strategy.state_sections if name in parsed.sections},
+                extras=strategy.extras(parsed, rules),
                 finish_reason=row.finish_reason,
                 prompt_tokens=row.prompt_tokens,
                 completion_tokens=row.completion_tokens,

@@ -11,7 +11,7 @@ from langgraph.types import Overwrite
 
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import context_of, package_version, store_of
-from knowledge_flow.params import resolve_params
+from knowledge_flow.params import resolve_run
 from knowledge_flow.state import State
 
 
@@ -19,10 +19,12 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     problem = state.get("problem")
     if not isinstance(problem, str) or not problem.strip():
         raise ValueError("problem must be a non-empty string")
-    params = resolve_params(state)
+    params, prompt_set = resolve_run(state)
     run_id = uuid.uuid4().hex
     thread_id = str((get_config().get("configurable") or {}).get("thread_id") or run_id)
-    store_of(runtime).create_run(
+    store = store_of(runtime)
+    store.save_prompt_set(prompt_set)
+    store.create_run(
         run_id=run_id,
         thread_id=thread_id,
         problem=problem,

@@ -1,32 +1,33 @@
 """`solve`: the rollouts of one iteration (one per thinker). Full prompts and outputs go to the rollout
 store; the state gets their ids. After a crash, rollouts already stored are reused, never requested again.
 
+The strategy builds the prompt; the endpoint layer counts its tokens with the served tokenizer, fits the
+generation budget to the served context and picks the request path (see `knowledge_flow.endpoint.requests`).
+
 Faults: connection errors, timeouts, 5xx and 429 are retried by the client (then fail over to another
 replica); when those retries run out, the endpoint is down and the error stops the run, to be resumed.
 A response that cannot be used (invalid JSON, no choices) is requested again up to `CONTENT_ATTEMPTS` times;
-a request the server refuses as such (400, 422: a prompt longer than the context, say) is not. Either way the
-rollout is then stored as failed, with its reason, and the run goes on: a failed rollout has no answer, so it
-changes neither the knowledge nor the reference. After `MAX_FAILED_STREAK` iterations in a row whose every
-rollout failed, the run stops (the cause is the setup, not the model).
+a request the server refuses as such (400, 422), or a prompt that leaves no room in the served context, is
+not. Either way the rollout is then stored as failed, with its reason, and the run goes on: a failed rollout
+has no answer, so it changes neither the knowledge nor the reference. After `MAX_FAILED_STREAK` iterations in
+a row whose every rollout failed, the run stops (the cause is the setup, not the model).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import openai
 from langgraph.runtime import Runtime
 
-from knowledge_flow import llm
 from knowledge_flow.context import Context
-from knowledge_flow.nodes.common import context_of, store_of
+from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, describe, prepare, sample, send
+from knowledge_flow.endpoint.replicas import get_pool
+from knowledge_flow.nodes.common import context_of, step_of, store_of
 from knowledge_flow.persistence.store import RolloutRow, utcnow
-from knowledge_flow.replicas import get_pool
 from knowledge_flow.state import State
-from knowledge_flow.strategies import get_strategy
 from knowledge_flow.thinkers import spread
 
 CONTENT_ATTEMPTS = 3
@@ -43,22 +44,21 @@ def rollout_id(run_id: str, iteration: int, index: int = 0) -> str:
     return f"{run_id}:{iteration}:{index}"
 
 
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]
-
-
 def sample_or_fault(
-    send: Callable[[llm.Sampling], list[llm.Completion]], sampling: llm.Sampling, temperatures: list[float]
-) -> list[llm.Completion] | str:
+    send_one: Callable[[Sampling], list[Completion]],
+    sampling: Sampling,
+    temperatures: list[float],
+    secrets: tuple[str, ...],
+) -> list[Completion] | str:
     """The completions, or the reason the rollouts failed."""
     reason = ""
     for _ in range(CONTENT_ATTEMPTS):
         try:
-            return llm.sample(send, sampling, temperatures)
+            return sample(send_one, sampling, temperatures)
         except REQUEST_FAULTS as exc:
-            return describe(exc)
+            return describe(exc, secrets)
         except CONTENT_FAULTS as exc:
-            reason = describe(exc)
+            reason = describe(exc, secrets)
     return reason
 
 
@@ -76,59 +76,72 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             f"every rollout of the last {MAX_FAILED_STREAK} iterations failed; see `kflow show "
             f"{state['thread_id']}` for the reasons, fix the cause, then resume"
         )
-    if missing:
-        ctx = context_of(runtime)
-        strategy = get_strategy(params["strategy"])
-        messages = strategy.build_messages(state, store)
-        sampling = llm.Sampling(
-            model=params["model"],
-            temperature=params["temperature"],
-            top_p=params["top_p"],
-            max_tokens=strategy.max_tokens(params),
-            logprobs=params["thinkers"] > 1,
-            reasoning_effort=params["reasoning_effort"],
-        )
-        pool = get_pool(ctx.base_url)
-        # With several replicas, fail over at once instead of retrying a dead one.
-        retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
-        prefilled = messages[-1]["role"] == "assistant"
+    if not missing:
+        return {"pending_rollouts": ids}
+    ctx = context_of(runtime)
+    strategy, step, served = step_of(state, runtime)
+    if iteration == 0:
+        store.update_run(state["run_id"], served_json=json.dumps(served.info().as_dict()))
+    prompt = strategy.build_prompt(step)
+    sampling = Sampling(
+        model=params["model"],
+        temperature=params["temperature"],
+        top_p=params["top_p"],
+        top_k=params["top_k"],
+        min_p=params["min_p"],
+        repetition_penalty=params["repetition_penalty"],
+        max_tokens=prompt.max_tokens,
+        logprobs=params["thinkers"] > 1,
+        reasoning_effort=params["reasoning_effort"],
+    )
+    pool = get_pool(ctx.base_url)
+    # With several replicas, fail over at once instead of retrying a dead one.
+    retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
+    secrets = (ctx.api_key,)
+    prepared: Prepared | None = None
+    try:
+        prepared = prepare(served, prompt.messages, prompt.prefill, prompt.max_tokens)
+    except PromptTooLong as exc:
+        outcome: list[Completion] | str = str(exc)
+    if prepared is not None:
+        ready = prepared
 
-        def send(s: llm.Sampling) -> list[llm.Completion]:
-            def on(url: str) -> list[llm.Completion]:
-                client = llm.chat_model(url, ctx.api_key, s, timeout=ctx.request_timeout, max_retries=retries)
-                answers = llm.complete(client, messages, continue_final_message=prefilled)
-                return [replace(c, endpoint=url) for c in answers]
+        def send_one(s: Sampling) -> list[Completion]:
+            return pool.call(lambda url: send(served, ready, s, url, timeout=ctx.request_timeout, max_retries=retries))
 
-            return pool.call(on)
-
-        outcome = sample_or_fault(send, sampling, [temperatures[index] for index in missing])
-        prompt_json = json.dumps(messages, ensure_ascii=False)
-        error = outcome if isinstance(outcome, str) else None
-        completions = (
-            outcome
-            if not isinstance(outcome, str)
-            else [llm.Completion("", None, "error", 0, 0, 0.0, temperature=temperatures[index]) for index in missing]
-        )
-        for index, completion in zip(missing, completions, strict=True):
-            store.add_rollout(
-                RolloutRow(
-                    id=ids[index],
-                    run_id=state["run_id"],
-                    thread_id=state["thread_id"],
-                    iteration=iteration,
-                    index=index,
-                    created_at=utcnow(),
-                    prompt_json=prompt_json,
-                    content=completion.content,
-                    reasoning=completion.reasoning,
-                    finish_reason=completion.finish_reason,
-                    prompt_tokens=completion.prompt_tokens,
-                    completion_tokens=completion.completion_tokens,
-                    latency_s=completion.latency_s,
-                    temperature=completion.temperature,
-                    confidence=completion.confidence,
-                    endpoint=completion.endpoint,
-                    error=error,
-                )
+        outcome = sample_or_fault(send_one, sampling, [temperatures[index] for index in missing], secrets)
+    error = outcome if isinstance(outcome, str) else None
+    completions = (
+        outcome
+        if not isinstance(outcome, str)
+        else [Completion("", None, "error", 0, 0, 0.0, temperature=temperatures[index]) for index in missing]
+    )
+    prompt_json = json.dumps(prompt.messages, ensure_ascii=False)
+    for index, completion in zip(missing, completions, strict=True):
+        store.add_rollout(
+            RolloutRow(
+                id=ids[index],
+                run_id=state["run_id"],
+                thread_id=state["thread_id"],
+                iteration=iteration,
+                index=index,
+                created_at=utcnow(),
+                prompt_json=prompt_json,
+                prefill=prompt.prefill,
+                request_path=prepared.path if prepared is not None else None,
+                max_tokens_requested=prompt.max_tokens,
+                max_tokens_sent=prepared.max_tokens if prepared is not None else None,
+                prompt_tokens_counted=prepared.prompt_tokens if prepared is not None else None,
+                content=completion.content,
+                reasoning=completion.reasoning,
+                finish_reason=completion.finish_reason,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                latency_s=completion.latency_s,
+                temperature=completion.temperature,
+                confidence=completion.confidence,
+                endpoint=completion.endpoint,
+                error=error,
             )
+        )
     return {"pending_rollouts": ids}

@@ -38,12 +38,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S, check_db_path
 from knowledge_flow.persistence.compression import CompressedText
+from knowledge_flow.prompts import PromptSet, from_source
+from knowledge_flow.strategies.base import StoredRollout
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
-before stay readable."""
+before stay readable. 4: prompt sets (``kf_prompt_sets``); rollouts gain the request path, prefill, budgets
+(requested and sent), counted prompt tokens and what was parsed; runs gain what the endpoint served."""
 
 
 class SchemaError(RuntimeError):
@@ -80,11 +83,28 @@ class RunRow(Base):
     package_version: Mapped[str] = mapped_column(String(64))
     iterations_done: Mapped[int] = mapped_column(Integer, default=0)
     final_answer: Mapped[str | None] = mapped_column(Text)
+    served_json: Mapped[str | None] = mapped_column(Text)
+    """What the endpoint served: model name, context length, server kind, how tokens were counted."""
 
     @property
     def params(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self.params_json)
         return value
+
+    @property
+    def served(self) -> dict[str, Any] | None:
+        return json.loads(self.served_json) if self.served_json else None
+
+
+class PromptSetRow(Base):
+    """The text of each prompt set a run used, by its SHA-256 (a resumed run renders exactly the same)."""
+
+    __tablename__ = "kf_prompt_sets"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(CompressedText)
+    origin: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(40))
 
 
 class RolloutRow(Base):
@@ -116,11 +136,31 @@ class RolloutRow(Base):
     """Why the rollout failed (no usable response after retries); None when it succeeded."""
     rank: Mapped[int | None] = mapped_column(Integer)
     """Among the thinkers kept in its iteration (0 = the best, whose answer counts); None when not kept."""
+    request_path: Mapped[str | None] = mapped_column(String(16))
+    """chat, chat-continue (a prefill continued as the assistant's message) or completion (token ids)."""
+    prefill: Mapped[str | None] = mapped_column(CompressedText)
+    max_tokens_requested: Mapped[int | None] = mapped_column(Integer)
+    max_tokens_sent: Mapped[int | None] = mapped_column(Integer)
+    """The budget sent: the requested one fitted to the served context."""
+    prompt_tokens_counted: Mapped[int | None] = mapped_column(Integer)
+    """The prompt's length as counted before sending (the server's own count is `prompt_tokens`)."""
+    parsed_from: Mapped[str | None] = mapped_column(String(16))
+    """content, or reasoning when the final text was empty (a thinking block never closed)."""
 
     @property
     def messages(self) -> list[dict[str, str]]:
         value: list[dict[str, str]] = json.loads(self.prompt_json)
         return value
+
+    def text_to_parse(self) -> str:
+        """The output as the answer is read from it: a prefill continued as the assistant's message comes
+        first (rows written before the request path was recorded kept that prefill in the messages)."""
+        if self.request_path == "chat-continue":
+            return (self.prefill or "") + self.content
+        messages = self.messages
+        if self.request_path is None and messages and messages[-1]["role"] == "assistant":
+            return messages[-1]["content"] + self.content
+        return self.content
 
 
 class EvalRow(Base):
@@ -295,7 +335,7 @@ class Store:
                     base_url=base_url,
                     model=str(params.get("model", "")),
                     strategy=str(params.get("strategy", "")),
-                    prompt_version=str(params.get("prompt_version", "")),
+                    prompt_version=f"{params.get('prompt_set', '')}@{str(params.get('prompt_hash', ''))[:12]}",
                     package_version=package_version,
                     iterations_done=0,
                     final_answer=None,
@@ -332,6 +372,28 @@ class Store:
         with self.session() as session:
             return session.scalars(select(RunRow).order_by(RunRow.created_at)).all()
 
+    # prompt sets ------------------------------------------------------------------------------------
+    def save_prompt_set(self, prompt_set: PromptSet) -> None:
+        with self.session() as session:
+            if session.get(PromptSetRow, prompt_set.digest) is None:
+                session.add(
+                    PromptSetRow(
+                        digest=prompt_set.digest,
+                        name=prompt_set.name,
+                        source=prompt_set.source,
+                        origin=prompt_set.origin,
+                        created_at=utcnow(),
+                    )
+                )
+
+    def prompt_set(self, digest: str) -> PromptSet:
+        """The prompt set a run used, from its stored text."""
+        with self.session() as session:
+            row = session.get(PromptSetRow, digest)
+            if row is None:
+                raise KeyError(f"prompt set {digest[:12]} is not in {self.path}")
+            return from_source(row.source, row.name)
+
     # rollouts ---------------------------------------------------------------------------------------
     def get_rollout(self, rollout_id: str) -> RolloutRow | None:
         with self.session() as session:
@@ -346,9 +408,11 @@ class Store:
         with self.session() as session:
             session.add(row)
 
-    def rollout_text(self, rollout_id: str) -> tuple[list[dict[str, str]], str] | None:
+    def stored_texts(self, rollout_id: str) -> StoredRollout | None:
         row = self.get_rollout(rollout_id)
-        return (row.messages, row.content) if row is not None else None
+        if row is None:
+            return None
+        return StoredRollout(row.messages, row.prefill, row.content, row.reasoning)
 
     def best_rollout_id(self, run_id: str, iteration: int) -> str | None:
         with self.session() as session:
@@ -367,21 +431,20 @@ class Store:
             )
             return session.scalars(statement).all()
 
-    def chosen_outputs(self, run_ids: Sequence[str]) -> dict[str, list[str]]:
-        """Per run, the output text of each iteration's chosen rollout (rank 0), in order; only that column
-        is read."""
-        outputs: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
-        ordered = list(outputs)
+    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
+        """Per run, each iteration's chosen rollout (rank 0), in order, texts included."""
+        rows: dict[str, list[RolloutRow]] = {run_id: [] for run_id in run_ids}
+        ordered = list(rows)
         with self.session() as session:
             for start in range(0, len(ordered), 500):  # within SQLite's limit on bound parameters
                 statement = (
-                    select(RolloutRow.run_id, RolloutRow.content)
+                    select(RolloutRow)
                     .where(RolloutRow.run_id.in_(ordered[start : start + 500]), RolloutRow.rank == 0)
                     .order_by(RolloutRow.run_id, RolloutRow.iteration, RolloutRow.index)
                 )
-                for run_id, content in session.execute(statement):
-                    outputs[run_id].append(content)
-        return outputs
+                for row in session.scalars(statement):
+                    rows[row.run_id].append(row)
+        return rows
 
     def endpoint_stats(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Rollouts, tokens, failed and truncated rollouts per endpoint (replica) over the given runs."""

@@ -1,13 +1,15 @@
 """Strategies: data and small functions plugged into the one graph.
 
-A strategy builds the messages of a rollout from the state, names the sections to parse, and says how the
-best rollout of an iteration updates the knowledge record and the reference solution. The loop itself
-(solve -> extract_answer -> distill_knowledge -> stop_check) never changes.
+A strategy builds the prompt of a rollout from the state and its prompt-set table, names the sections to
+parse, and says how the best rollout of an iteration updates the knowledge record and the reference
+solution. The loop itself (solve -> extract_answer -> distill_knowledge -> stop_check) never changes.
 """
 
 from __future__ import annotations
 
-from knowledge_flow.strategies.base import Distilled, History, Strategy
+from knowledge_flow.prompts import PromptSet
+from knowledge_flow.state import KnowledgeItem, State
+from knowledge_flow.strategies.base import Distilled, History, RolloutPrompt, Step, Strategy
 from knowledge_flow.strategies.knowledge_flow import KnowledgeFlow
 from knowledge_flow.strategies.markovian import Markovian
 from knowledge_flow.strategies.positive_knowledge import PositiveKnowledge
@@ -18,6 +20,12 @@ _ALL: tuple[Strategy, ...] = (KnowledgeFlow(), Regeneration(), PositiveKnowledge
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in _ALL}
 
 
+def shown_knowledge(state: State, prompt_set: PromptSet) -> list[KnowledgeItem]:
+    """The knowledge the run's next prompt shows, in display order."""
+    strategy = get_strategy(state["params"]["strategy"])
+    return strategy.visible_knowledge(state, prompt_set.table(strategy.spec).rules)
+
+
 def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
@@ -25,4 +33,13 @@ def get_strategy(name: str) -> Strategy:
         raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}") from None
 
 
-__all__ = ["STRATEGIES", "Distilled", "History", "Strategy", "get_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "Distilled",
+    "History",
+    "RolloutPrompt",
+    "Step",
+    "Strategy",
+    "get_strategy",
+    "shown_knowledge",
+]

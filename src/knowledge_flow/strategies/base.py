@@ -1,27 +1,93 @@
-"""What every strategy provides, and the defaults most of them share."""
+"""What every strategy provides, and the defaults most of them share.
+
+A strategy owns its prompt-set table (`spec`: keys, template variables, rules with their defaults), the
+output sections it reads, how a rollout's prompt is built from the state, and how the best rollouts of an
+iteration change the knowledge record and the reference solution. The graph's loop never changes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from knowledge_flow.answers import equivalent
-from knowledge_flow.state import CurrentRollout, KnowledgeItem, RunParams, State
+from knowledge_flow.parsing import ParsedRollout
+from knowledge_flow.prompts import PromptSpec, PromptTable
+from knowledge_flow.state import AnswerType, CurrentRollout, KnowledgeItem, RunParams, State
+from knowledge_flow.tokens import TokenCounter
 
 Message = dict[str, str]
+
+#: What a prompt set's templates see in every strategy.
+COMMON_VARIABLES = frozenset({"problem", "answer_slot", "iteration", "reference"})
+#: The optional keys every strategy reads.
+COMMON_OPTIONAL = ("system", "prefill_first", "prefill_later")
+
+ANSWER_SLOTS: dict[AnswerType, str] = {"integer": "<integer>", "latex": "<answer in LaTeX>", "text": "<answer>"}
+
+
+class Rules(BaseModel):
+    """Rules every strategy has; strategies extend this model with their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_tokens_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="Share of max_new_tokens a rollout may generate (the paper: 0.9)."
+    )
+
+
+@dataclass(frozen=True)
+class StoredRollout:
+    """A stored rollout's texts, as later prompts need them."""
+
+    messages: list[Message]
+    prefill: str | None
+    content: str
+    reasoning: str | None
 
 
 class History(Protocol):
     """Read access to stored rollouts (the rollout store)."""
 
-    def rollout_text(self, rollout_id: str) -> tuple[list[Message], str] | None:
-        """The prompt messages and the output text of a stored rollout."""
-        ...
+    def stored_texts(self, rollout_id: str) -> StoredRollout | None: ...
 
     def best_rollout_id(self, run_id: str, iteration: int) -> str | None:
         """The id of the rollout whose answer counted in `iteration` (the best kept thinker)."""
         ...
+
+
+@dataclass(frozen=True)
+class RolloutPrompt:
+    """What one rollout sends: chat messages, optionally a prefill the generation continues, and the
+    requested generation budget (before it is fitted to the served context)."""
+
+    messages: list[Message]
+    max_tokens: int
+    prefill: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a strategy sees when it builds a prompt or distills an iteration."""
+
+    state: State
+    table: PromptTable
+    tokens: TokenCounter
+    history: History
+
+    @property
+    def params(self) -> RunParams:
+        return self.state["params"]
+
+    @property
+    def iteration(self) -> int:
+        return self.state.get("iteration", 0)
+
+    @property
+    def rules(self) -> Any:
+        return self.table.rules
 
 
 @dataclass(frozen=True)
@@ -40,58 +106,85 @@ class Distilled:
 
 class Strategy(Protocol):
     name: str
-    section_names: tuple[str, ...]
-    """Output sections the parser must recognise (besides Error Report, Summary, Answer)."""
-    state_sections: tuple[str, ...]
-    """The sections `distill` needs, copied into the state (the others stay in the rollout store only)."""
+    spec: PromptSpec
+    final_answer_rule: str
+    """The default label-free final-answer rule (see `knowledge_flow.policies`)."""
 
-    def build_messages(self, state: State, history: History) -> list[Message]:
-        """The chat messages of the next rollout (the same for every thinker of an iteration)."""
+    def section_names(self, rules: Any) -> tuple[str, ...]:
+        """Output sections the parser must recognise (besides the summary and answer)."""
         ...
 
-    def max_tokens(self, params: RunParams) -> int:
-        """Tokens a rollout may generate."""
+    def report_section(self, rules: Any) -> str:
+        """The section whose N/A-or-not says whether a rollout reported an error."""
         ...
 
-    def text_to_parse(self, messages: Sequence[Message], content: str) -> str:
-        """The text the answer and sections are read from."""
+    def extras(self, parsed: ParsedRollout, rules: Any) -> dict[str, str]:
+        """The small texts of a parsed rollout that `distill` needs (they go into the state)."""
         ...
 
-    def visible_knowledge(self, state: State) -> list[KnowledgeItem]:
+    def build_prompt(self, step: Step) -> RolloutPrompt:
+        """The prompt of the next rollout (the same for every thinker of an iteration)."""
+        ...
+
+    def visible_knowledge(self, state: State, rules: Any) -> list[KnowledgeItem]:
         """The knowledge items the next prompt shows, in display order."""
         ...
 
     def distill(
-        self, state: State, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
+        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
     ) -> Distilled:
         """The knowledge record and reference after an iteration whose best rollout is `best`."""
         ...
 
 
 class BaseStrategy:
-    """Defaults: the full generation budget, prefill + output parsed together, no knowledge shown, and the
-    reference solution following the best rollout's summary and answer."""
+    """Defaults: the prompt set's `first`/`later` templates with the common variables, no knowledge shown, and
+    the reference solution following the best rollout's summary and answer."""
 
     name = "base"
-    section_names: tuple[str, ...] = ()
-    state_sections: tuple[str, ...] = ()
+    final_answer_rule = "last"
+    spec: PromptSpec
 
-    def max_tokens(self, params: RunParams) -> int:
-        return params["max_new_tokens"]
+    def section_names(self, rules: Any) -> tuple[str, ...]:
+        return ()
 
-    def text_to_parse(self, messages: Sequence[Message], content: str) -> str:
-        if messages and messages[-1]["role"] == "assistant":
-            return messages[-1]["content"] + content
-        return content
+    def report_section(self, rules: Any) -> str:
+        return "Error Report"
 
-    def visible_knowledge(self, state: State) -> list[KnowledgeItem]:
+    def extras(self, parsed: ParsedRollout, rules: Any) -> dict[str, str]:
+        return {}
+
+    def visible_knowledge(self, state: State, rules: Any) -> list[KnowledgeItem]:
         return []
 
-    def with_prefill(self, state: State, messages: list[Message]) -> list[Message]:
-        prefill = state["params"].get("prefill")
-        if prefill:
-            messages.append({"role": "assistant", "content": prefill})
-        return messages
+    def variables(self, step: Step) -> dict[str, Any]:
+        return {
+            "problem": step.state["problem"],
+            "answer_slot": ANSWER_SLOTS[step.params["answer_type"]],
+            "iteration": step.iteration,
+            "reference": step.state.get("reference"),
+        }
+
+    def budget(self, step: Step, fraction: float) -> int:
+        return max(1, int(step.params["max_new_tokens"] * fraction))
+
+    def render(self, step: Step, key: str, variables: dict[str, Any], fraction: float) -> RolloutPrompt:
+        """The user message `key`, after the set's optional system message; the prefill is the run's own
+        (`prefill` option) or the set's `prefill_first` / `prefill_later`."""
+        table = step.table
+        messages: list[Message] = []
+        system = table.render_optional("system", **variables)
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": table.render(key, **variables)})
+        prefill = step.params.get("prefill") or table.render_optional(
+            "prefill_first" if key == "first" else "prefill_later", **variables
+        )
+        return RolloutPrompt(messages, self.budget(step, fraction), prefill)
+
+    def build_prompt(self, step: Step) -> RolloutPrompt:
+        key = "first" if step.iteration == 0 else "later"
+        return self.render(step, key, self.variables(step), step.rules.max_tokens_fraction)
 
     def reference_update(
         self, state: State, best: CurrentRollout, update_reference: bool
@@ -109,7 +202,22 @@ class BaseStrategy:
         return (best["summary"] or reference), best["answer"], changed
 
     def distill(
-        self, state: State, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
+        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
     ) -> Distilled:
-        reference, answer, changed = self.reference_update(state, best, update_reference)
-        return Distilled(list(state.get("knowledge", [])), reference, answer, changed)
+        reference, answer, changed = self.reference_update(step.state, best, update_reference)
+        return Distilled(list(step.state.get("knowledge", [])), reference, answer, changed)
+
+
+def item_tokens(item: KnowledgeItem, counter: TokenCounter | None = None) -> int:
+    """An item's cost in a prompt: its text counted when it was made (the served tokenizer where there is
+    one), or estimated for records written before counts were kept."""
+    stored = item.get("tokens")
+    if stored is not None:
+        return stored
+    from knowledge_flow.tokens import estimate_tokens
+
+    return (counter.count(item["text"]) if counter is not None else estimate_tokens(item["text"])) + ITEM_OVERHEAD
+
+
+#: Tokens a list item takes besides its text (number, wrong answer, markup), added to its counted text.
+ITEM_OVERHEAD = 12

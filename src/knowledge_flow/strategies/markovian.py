@@ -1,48 +1,78 @@
 """`markovian`: keep only the tail of the trace and continue it (the Markovian thinking baseline).
 
-No knowledge list and no output format. Rollout k > 0 sends the problem, then as the assistant's message the
-tail of the trace so far (within 45% of max new tokens, cut at a sentence boundary) followed by "Wait, just
-keep thinking."; the server continues that message (vLLM `continue_final_message`) for at most half of max
-new tokens. The answer is read from the new continuation only.
+No knowledge list and no output format. The trace accumulates: rollout 0's generation (reasoning included),
+then at each later rollout the kept text, the nudge and the new generation. Rollout k > 0 sends the problem,
+then as an assistant turn the prompt set's `continuation` template (the kept tail of the trace, at most
+`tail_fraction` of max_new_tokens in the served model's tokens, cut at a sentence boundary, and a nudge to
+keep thinking); the model answers in a new assistant turn. Budgets: `first_max_tokens_fraction` of
+max_new_tokens for rollout 0, `later_max_tokens_fraction` after. The answer is read from the new generation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from knowledge_flow import prompts
+from pydantic import Field
+
+from knowledge_flow.prompts import PromptSpec
 from knowledge_flow.sentences import tail_sentences
-from knowledge_flow.state import CurrentRollout, RunParams, State
-from knowledge_flow.strategies.base import BaseStrategy, Distilled, History, Message
+from knowledge_flow.state import CurrentRollout
+from knowledge_flow.strategies.base import BaseStrategy, Distilled, RolloutPrompt, Rules, Step, StoredRollout
 
-TAIL_FRACTION = 0.45
-CONTINUATION_FRACTION = 0.5
+
+class MarkovianRules(Rules):
+    tail_fraction: float = Field(0.45, gt=0.0, le=1.0, description="Kept tail, as a share of max_new_tokens.")
+    first_max_tokens_fraction: float = Field(0.9, gt=0.0, le=1.0, description="Rollout 0's budget share.")
+    later_max_tokens_fraction: float = Field(0.5, gt=0.0, le=1.0, description="Later rollouts' budget share.")
+
+
+SPEC = PromptSpec(
+    table="markovian",
+    required=("first", "continuation"),
+    optional=("system",),
+    variables=frozenset({"problem", "answer_slot", "iteration", "tail"}),
+    rules=MarkovianRules,
+)
+
+
+def trace_of(stored: StoredRollout) -> str:
+    """The trace up to and including a rollout: the assistant text it continued, then its generation."""
+    before = stored.messages[-1]["content"] if stored.messages and stored.messages[-1]["role"] == "assistant" else ""
+    generation = "\n\n".join(part for part in (stored.reasoning, stored.content) if part)
+    return before + generation
 
 
 class Markovian(BaseStrategy):
     name = "markovian"
+    spec = SPEC
 
-    def max_tokens(self, params: RunParams) -> int:
-        return max(1, int(params["max_new_tokens"] * CONTINUATION_FRACTION))
+    def variables(self, step: Step) -> dict[str, Any]:
+        return {
+            "problem": step.state["problem"],
+            "answer_slot": super().variables(step)["answer_slot"],
+            "iteration": step.iteration,
+        }
 
-    def text_to_parse(self, messages: Sequence[Message], content: str) -> str:
-        return content
-
-    def build_messages(self, state: State, history: History) -> list[Message]:
-        user: Message = {"role": "user", "content": prompts.markovian_user(state["problem"])}
-        iteration = state.get("iteration", 0)
-        previous = history.best_rollout_id(state["run_id"], iteration - 1) if iteration else None
-        stored = history.rollout_text(previous) if previous else None
+    def build_prompt(self, step: Step) -> RolloutPrompt:
+        rules = step.rules
+        variables = self.variables(step)
+        first = self.render(step, "first", {**variables, "tail": ""}, rules.first_max_tokens_fraction)
+        iteration = step.iteration
+        previous = step.history.best_rollout_id(step.state["run_id"], iteration - 1) if iteration else None
+        stored = step.history.stored_texts(previous) if previous else None
         if stored is None:
-            return [user]
-        messages, content = stored
-        prefix = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-        trace = prefix + content
-        budget = int(state["params"]["max_new_tokens"] * TAIL_FRACTION)
-        return [user, {"role": "assistant", "content": prompts.markovian_prefix(tail_sentences(trace, budget))}]
+            return RolloutPrompt(first.messages, first.max_tokens)
+        budget = int(step.params["max_new_tokens"] * rules.tail_fraction)
+        tail = tail_sentences(trace_of(stored), budget, step.tokens)
+        continuation = step.table.render("continuation", **variables, tail=tail)
+        return RolloutPrompt(
+            [*first.messages, {"role": "assistant", "content": continuation}],
+            self.budget(step, rules.later_max_tokens_fraction),
+        )
 
     def distill(
-        self, state: State, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
+        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
     ) -> Distilled:
-        _, answer, changed = self.reference_update(state, best, update_reference)
+        _, answer, changed = self.reference_update(step.state, best, update_reference)
         return Distilled([], None, answer, changed)

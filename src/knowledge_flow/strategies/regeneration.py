@@ -1,45 +1,77 @@
 """`regeneration`: each rollout rewrites a `[Things to Avoid]` list that replaces the previous one.
 
-The new list is trimmed to `avoid_budget_tokens` (default 10% of max new tokens) by keeping its last whole
-sentences that fit (pysbd, offline). No deduplication. A rollout that writes no list keeps the old one.
+Rules (the prompt set's ``[regeneration.rules]``): the list is read from `list_section` (rollout 0 writes
+one too); with `trim_fraction`, it is trimmed to that share of max_new_tokens, counted in the served model's
+tokens, by keeping its last whole sentences (the original gpt-oss script trims to 0.1; the Qwen one does not
+trim). The run option `avoid_budget_tokens` overrides the trim budget. No deduplication. A rollout that
+writes no list keeps the old one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from knowledge_flow import prompts
+from pydantic import Field
+
+from knowledge_flow.parsing import ParsedRollout
+from knowledge_flow.prompts import PromptSpec
 from knowledge_flow.sentences import tail_sentences
 from knowledge_flow.state import CurrentRollout, KnowledgeItem, State
-from knowledge_flow.strategies.base import BaseStrategy, Distilled, History, Message
+from knowledge_flow.strategies.base import COMMON_OPTIONAL, COMMON_VARIABLES, BaseStrategy, Distilled, Rules, Step
+
+LIST = "list"
+
+
+class RegenerationRules(Rules):
+    list_section: str = Field("Things to Avoid", min_length=1, description="The output section holding the list.")
+    trim_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="Trim the list to this share of max_new_tokens (whole sentences)."
+    )
+
+
+SPEC = PromptSpec(
+    table="regeneration",
+    required=("first", "later"),
+    optional=COMMON_OPTIONAL,
+    variables=COMMON_VARIABLES | {"avoid"},
+    rules=RegenerationRules,
+)
 
 
 class Regeneration(BaseStrategy):
     name = "regeneration"
-    section_names: tuple[str, ...] = (prompts.THINGS_TO_AVOID,)
-    state_sections: tuple[str, ...] = (prompts.THINGS_TO_AVOID,)
+    spec = SPEC
 
-    def visible_knowledge(self, state: State) -> list[KnowledgeItem]:
+    def section_names(self, rules: Any) -> tuple[str, ...]:
+        return (rules.list_section,)
+
+    def extras(self, parsed: ParsedRollout, rules: Any) -> dict[str, str]:
+        text = parsed.raw.get(rules.list_section)
+        return {LIST: text} if text else {}
+
+    def visible_knowledge(self, state: State, rules: Any) -> list[KnowledgeItem]:
         return list(state.get("knowledge", []))[-1:]
 
-    def build_messages(self, state: State, history: History) -> list[Message]:
-        current = self.visible_knowledge(state)
-        text = prompts.regeneration_rollout(
-            state["problem"],
-            state.get("iteration", 0),
-            state.get("reference"),
-            current[0]["text"] if current else None,
-            state["params"]["answer_type"],
-        )
-        return self.with_prefill(state, [{"role": "user", "content": text}])
+    def variables(self, step: Step) -> dict[str, Any]:
+        current = self.visible_knowledge(step.state, step.rules)
+        return {**super().variables(step), "avoid": current[0]["text"] if current else None}
+
+    def trim_budget(self, step: Step) -> int | None:
+        override = step.params.get("avoid_budget_tokens")
+        if override is not None:
+            return int(override)
+        fraction = step.rules.trim_fraction
+        return None if fraction is None else max(1, int(step.params["max_new_tokens"] * fraction))
 
     def distill(
-        self, state: State, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
+        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
     ) -> Distilled:
-        reference, answer, changed = self.reference_update(state, best, update_reference)
-        written = best["extras"].get(prompts.THINGS_TO_AVOID)
+        reference, answer, changed = self.reference_update(step.state, best, update_reference)
+        written = best["extras"].get(LIST)
         if not written:
-            return Distilled(list(state.get("knowledge", [])), reference, answer, changed)
-        text = tail_sentences(written, state["params"]["avoid_budget_tokens"])
-        item = KnowledgeItem(wrong_answer=None, text=text, iteration=state.get("iteration", 0))
+            return Distilled(list(step.state.get("knowledge", [])), reference, answer, changed)
+        budget = self.trim_budget(step)
+        text = written.strip() if budget is None else tail_sentences(written, budget, step.tokens)
+        item = KnowledgeItem(wrong_answer=None, text=text, iteration=step.iteration, tokens=step.tokens.count(text))
         return Distilled([item], reference, answer, changed, [(best["rollout_id"], item)])

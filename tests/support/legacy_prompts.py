@@ -1,9 +1,5 @@
-"""Every prompt text, versioned. Change PROMPT_VERSION whenever a text here changes.
-
-The Knowledge Flow texts follow the original method: rollout 0 solves the problem and writes a
-`[Summary]` and an `[Answer]`; each later rollout sees the previous rollout's summary as a reference
-solution and a Wrong Answer List, and writes an `[Error Report]` when it changes the answer.
-"""
+"""The prompt texts of knowledge-flow before prompts became data: the oracle for the `kf-instruct` set, which
+must reproduce them byte for byte."""
 
 from __future__ import annotations
 

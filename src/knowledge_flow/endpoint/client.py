@@ -1,0 +1,235 @@
+"""Requests to an OpenAI-compatible endpoint through the OpenAI SDK (its retries, timeouts and backoff).
+
+Three request shapes:
+
+- `chat`: ``POST /v1/chat/completions``; with `continue_final` the last (assistant) message is continued
+  (vLLM's ``continue_final_message``), otherwise the model answers in a new assistant turn;
+- `complete_ids`: ``POST /v1/completions`` with a list of token ids as the prompt (a prefill that must continue
+  inside a thinking block the chat template opened; see `knowledge_flow.endpoint.served`);
+- the served model's extras (``/tokenize``, ``/detokenize``, ``/v1/models``) in `served`.
+
+Every sampling parameter a run defines is sent (temperature, top_p, top_k, min_p, repetition_penalty): vLLM
+fills omitted ones from the model's generation_config, which differs per model. Fields read: the reasoning
+text is ``message.reasoning`` (vLLM >= 0.11) or ``reasoning_content`` (older vLLM and other servers); chat
+log-probabilities are ``logprobs.content[j]`` with ``top_logprobs``, completion ones the older ``{tokens,
+token_logprobs, top_logprobs}``; ``usage.completion_tokens`` sums over the ``n`` choices.
+
+Error texts are redacted (`redact`): an endpoint that echoes the API key or an Authorization header in an
+error body never gets it stored, logged or shown.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+Message = Mapping[str, str]
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',}]+")
+_KEY_FIELD = re.compile(r"(?i)((?:api[_-]?key|authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
+REDACTED = "[REDACTED]"
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` without the given secrets, bearer tokens and api-key fields."""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret != "EMPTY":
+            text = text.replace(secret, REDACTED)
+    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    return _KEY_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def describe(exc: BaseException, secrets: Sequence[str] = ()) -> str:
+    """A one-line account of an exception, redacted and bounded."""
+    return redact(f"{type(exc).__name__}: {exc}", secrets)[:2000]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    model: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    top_k: int = -1
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    reasoning_effort: str | None = None
+
+    def extra_body(self, server: str = "vllm") -> dict[str, Any]:
+        """The sampling parameters outside the OpenAI schema, as the server names them. llama.cpp's server
+        calls the penalty ``repeat_penalty``, disables top-k with 0 (it refuses -1) and has its own
+        non-neutral defaults (top_k 40, min_p 0.05, repeat_penalty 1.1), so every value is always sent."""
+        if server == "llama.cpp":
+            return {"top_k": max(self.top_k, 0), "min_p": self.min_p, "repeat_penalty": self.repetition_penalty}
+        return {"top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One choice, with what the rollout store keeps."""
+
+    content: str
+    reasoning: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    temperature: float = 0.0
+    token_logprobs: list[float] | None = field(default=None, repr=False)
+    """The sampled tokens' log-probabilities, when requested and returned."""
+    top_logprobs: list[list[float]] | None = field(default=None, repr=False)
+    """Per position, the log-probabilities of the top candidates, when requested and returned."""
+    endpoint: str | None = None
+    """The base URL that answered."""
+
+    @property
+    def confidence(self) -> float | None:
+        """Mean token log-probability (None without log-probabilities)."""
+        values = self.token_logprobs
+        return sum(values) / len(values) if values else None
+
+
+_CLIENTS: dict[tuple[Any, ...], openai.OpenAI] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client_for(base_url: str, api_key: str, *, timeout: float, max_retries: int) -> openai.OpenAI:
+    """A cached client per endpoint and settings (a client holds a connection pool)."""
+    key = (base_url, api_key, timeout, max_retries)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+            _CLIENTS[key] = client
+    return client
+
+
+def _split_usage(total: int, counts: Sequence[int | None]) -> list[int]:
+    """Per-choice completion tokens: exact where the choice's log-probabilities give its length, the rest of
+    `total` shared out evenly (the sum stays `total`)."""
+    known = sum(c for c in counts if c is not None)
+    unknown = [i for i, c in enumerate(counts) if c is None]
+    rest = max(0, total - known)
+    shares = [c or 0 for c in counts]
+    for position, index in enumerate(unknown):
+        shares[index] = rest // len(unknown) + (1 if position < rest % len(unknown) else 0)
+    return shares
+
+
+def _chat_logprobs(choice: Mapping[str, Any]) -> tuple[list[float] | None, list[list[float]] | None]:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None, None
+    tokens = [float(t["logprob"]) for t in content if isinstance(t, dict) and t.get("logprob") is not None]
+    tops = [[float(c["logprob"]) for c in (t.get("top_logprobs") or [])] for t in content if isinstance(t, dict)]
+    return tokens or None, tops if any(tops) else None
+
+
+def _completion_logprobs(choice: Mapping[str, Any]) -> tuple[list[float] | None, list[list[float]] | None]:
+    logprobs = choice.get("logprobs") or {}
+    values = logprobs.get("token_logprobs")
+    if not values:
+        return None, None
+    tokens = [float(v) for v in values if v is not None]
+    tops = [[float(v) for v in (entry or {}).values()] for entry in (logprobs.get("top_logprobs") or [])]
+    return tokens or None, tops if any(tops) else None
+
+
+def _completions(raw: Mapping[str, Any], latency: float, temperature: float, chat: bool) -> list[Completion]:
+    choices = sorted(raw.get("choices") or [], key=lambda c: int(c.get("index") or 0))
+    if not choices:
+        raise ValueError("the endpoint returned no choices")
+    usage = raw.get("usage") or {}
+    parsed = []
+    for choice in choices:
+        if chat:
+            message = choice.get("message")
+            if not isinstance(message, dict):
+                raise ValueError("a choice has no message")
+            content = message.get("content") or ""
+            reasoning = message.get("reasoning") or message.get("reasoning_content")
+            tokens, tops = _chat_logprobs(choice)
+        else:
+            content, reasoning = choice.get("text") or "", None
+            tokens, tops = _completion_logprobs(choice)
+        if not isinstance(content, str) or (reasoning is not None and not isinstance(reasoning, str)):
+            raise TypeError("unexpected content type in a choice")
+        parsed.append((choice, content, reasoning, tokens, tops))
+    counts = _split_usage(int(usage.get("completion_tokens") or 0), [len(p[3]) if p[3] else None for p in parsed])
+    return [
+        Completion(
+            content=content,
+            reasoning=reasoning or None,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=count,
+            latency_s=latency,
+            temperature=temperature,
+            token_logprobs=tokens,
+            top_logprobs=tops,
+        )
+        for (choice, content, reasoning, tokens, tops), count in zip(parsed, counts, strict=True)
+    ]
+
+
+def chat(
+    client: openai.OpenAI,
+    messages: Sequence[Message],
+    sampling: Sampling,
+    *,
+    continue_final: bool = False,
+    server: str = "vllm",
+) -> list[Completion]:
+    """One chat completion request; its choices (servers may return fewer than `n`)."""
+    extra = sampling.extra_body(server)
+    if continue_final:
+        extra |= {"continue_final_message": True, "add_generation_prompt": False}
+    kwargs: dict[str, Any] = {}
+    if sampling.logprobs:
+        kwargs |= {"logprobs": True, "top_logprobs": sampling.top_logprobs or 0}
+    if sampling.reasoning_effort:
+        kwargs["reasoning_effort"] = sampling.reasoning_effort
+    started = time.monotonic()
+    response = client.chat.completions.create(
+        model=sampling.model,
+        messages=[dict(m) for m in messages],  # type: ignore[misc]
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        n=sampling.n,
+        extra_body=extra,
+        **kwargs,
+    )
+    raw = response.model_dump()
+    return _completions(raw, time.monotonic() - started, sampling.temperature, chat=True)
+
+
+def complete_ids(
+    client: openai.OpenAI, prompt_ids: Sequence[int], sampling: Sampling, *, server: str = "vllm"
+) -> list[Completion]:
+    """One completion request whose prompt is a list of token ids (no chat template is applied)."""
+    kwargs: dict[str, Any] = {}
+    if sampling.logprobs:
+        kwargs["logprobs"] = sampling.top_logprobs or 1
+    started = time.monotonic()
+    response = client.completions.create(
+        model=sampling.model,
+        prompt=list(prompt_ids),
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        n=sampling.n,
+        extra_body=sampling.extra_body(server),
+        **kwargs,
+    )
+    raw = response.model_dump()
+    return _completions(raw, time.monotonic() - started, sampling.temperature, chat=False)
