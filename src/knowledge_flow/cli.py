@@ -235,6 +235,19 @@ def _execute(
     except KeyboardInterrupt:
         raise fail(f"interrupted; continue with `kflow resume {thread_id} --db {db}`", code=130) from None
     emit(result, as_json)
+    if result["status"] == "failed":
+        raise fail(failure_message(get_store(db), result, thread_id, db), code=1)
+
+
+def failure_message(store: Store, result: dict[str, Any], thread_id: str, db: str) -> str:
+    """Why a run failed (its rollouts' distinct errors, the latest first) and how to continue it."""
+    reasons = list(dict.fromkeys(r.error for r in reversed(store.rollouts(result["run_id"])) if r.error))
+    shown = "; ".join(clean(reason, 300) for reason in reasons[:3]) or "no reason recorded"
+    done = result["iterations_done"]
+    return (
+        f"the run failed: its rollouts keep failing ({done} iterations, the last of them without a usable "
+        f"response): {shown}. Fix the cause, then `kflow resume {thread_id} --db {db}` tries them again"
+    )
 
 
 @dataclass(frozen=True)
@@ -292,6 +305,13 @@ PromptsOpt = Annotated[
 ]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Top-k sampling; -1 for none (always sent).")]
 MinPOpt = Annotated[float, typer.Option("--min-p", help="Min-p sampling; 0 for none (always sent).")]
+ExtraBodyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--extra-body",
+        help="JSON object of extra request fields, e.g. vLLM's structured_outputs or chat_template_kwargs.",
+    ),
+]
 RepetitionOpt = Annotated[
     float, typer.Option("--repetition-penalty", help="Repetition penalty; 1 for none (always sent).")
 ]
@@ -316,8 +336,10 @@ def strategy_params(
     top_k: int,
     min_p: float,
     repetition_penalty: float,
+    extra_body: str | None,
 ) -> dict[str, Any]:
     return {
+        "extra_body": extra_body,
         "prompts": prompts,
         "top_k": top_k,
         "min_p": min_p,
@@ -383,6 +405,7 @@ def solve(
     top_k: TopKOpt = -1,
     min_p: MinPOpt = 0.0,
     repetition_penalty: RepetitionOpt = 1.0,
+    extra_body: ExtraBodyOpt = None,
     as_json: JsonOpt = False,
     max_retries: MaxRetriesOpt = 6,
     request_timeout: TimeoutOpt = 3600.0,
@@ -422,6 +445,7 @@ def solve(
                 top_k=top_k,
                 min_p=min_p,
                 repetition_penalty=repetition_penalty,
+                extra_body=extra_body,
             ),
         },
     )

@@ -21,6 +21,7 @@ from knowledge_flow.cli import (
     DbOpt,
     DiversityOpt,
     DynamicTempOpt,
+    ExtraBodyOpt,
     FinalAnswerOpt,
     JsonOpt,
     MaxRetriesOpt,
@@ -139,6 +140,7 @@ def evaluate(
     top_k: TopKOpt = -1,
     min_p: MinPOpt = 0.0,
     repetition_penalty: RepetitionOpt = 1.0,
+    extra_body: ExtraBodyOpt = None,
     answer_type: Annotated[
         str | None, typer.Option("--answer-type", help="integer, latex or text (default: from the dataset).")
     ] = None,
@@ -214,6 +216,7 @@ def evaluate(
                             top_k=top_k,
                             min_p=min_p,
                             repetition_penalty=repetition_penalty,
+                            extra_body=extra_body,
                         ),
                     }
                 )

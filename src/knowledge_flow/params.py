@@ -34,6 +34,7 @@ PARAM_KEYS: tuple[str, ...] = (
     "top_k",
     "min_p",
     "repetition_penalty",
+    "extra_body",
     "max_new_tokens",
     "strategy",
     "answer_type",
@@ -81,6 +82,51 @@ def _number(name: str, value: Any, kind: type[int] | type[float], low: float, hi
     return kind(value)
 
 
+#: Request fields a run sets through its own options; `extra_body` may not set them again.
+OWN_REQUEST_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "repeat_penalty",
+        "logprobs",
+        "top_logprobs",
+        "reasoning_effort",
+        "stream",
+        "continue_final_message",
+        "add_generation_prompt",
+        "seed",
+    }
+)
+
+
+def check_extra_body(value: Any) -> dict[str, Any] | None:
+    """A JSON object of extra request fields, without the fields the run's options already set."""
+    if value is None or value == {}:
+        return None
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"extra_body must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("extra_body must be a JSON object")
+    clashes = sorted(OWN_REQUEST_FIELDS & set(value))
+    if clashes:
+        raise ValueError(f"extra_body may not set {', '.join(clashes)}: the run's own options set them")
+    return value
+
+
 def resolve_params(given: Mapping[str, Any]) -> RunParams:
     """Fill defaults and validate. Raises ValueError with a message meant for the user."""
     return resolve_run(given)[0]
@@ -123,6 +169,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         raise ValueError("prompts must be a built-in prompt set name or a .toml file")
     prompt_set = load_prompt_set(prompts_given.strip())
     prompt_set.table(chosen.spec)  # the strategy's table must be there and valid
+    extra_body = check_extra_body(given.get("extra_body"))
     avoid_budget = given.get("avoid_budget_tokens")
     if avoid_budget is not None:
         avoid_budget = _number("avoid_budget_tokens", avoid_budget, int, 1, 10**7)
@@ -150,6 +197,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         repetition_penalty=_number(
             "repetition_penalty", pick("repetition_penalty", DEFAULT_REPETITION_PENALTY), float, 0.01, 10.0
         ),
+        extra_body=extra_body,
         max_new_tokens=max_new_tokens,
         strategy=strategy,
         answer_type=answer_type,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
-from typing import Annotated, Literal, NotRequired, Required, TypeVar
+from typing import Annotated, Any, Literal, NotRequired, Required, TypeVar
 
 from langgraph.channels import DeltaChannel, EphemeralValue
 
@@ -49,6 +49,8 @@ class RunParams(TypedDict):
     """-1: no top-k (sent as such; servers fill omitted sampling parameters from their own defaults)."""
     min_p: float
     repetition_penalty: float
+    extra_body: dict[str, Any] | None
+    """Extra fields sent with every request (e.g. vLLM's ``structured_outputs``, ``chat_template_kwargs``)."""
     max_new_tokens: int
     strategy: str
     answer_type: AnswerType
@@ -133,6 +135,7 @@ class InputState(TypedDict, total=False):
     top_k: Annotated[int | None, EphemeralValue]
     min_p: Annotated[float | None, EphemeralValue]
     repetition_penalty: Annotated[float | None, EphemeralValue]
+    extra_body: Annotated[dict[str, Any] | None, EphemeralValue]
     max_new_tokens: Annotated[int | None, EphemeralValue]
     strategy: Annotated[str | None, EphemeralValue]
     answer_type: Annotated[AnswerType | None, EphemeralValue]

@@ -215,7 +215,8 @@ def test_setup_failures_stop_the_run(scripted: type[ScriptedServer], tmp_path: P
         ["solve", "p", "--base-url", server.base_url, "--iterations", "10", "--thread-id", "bad", "--db", str(db)]
     )
     assert proc.returncode == 1
-    assert "every rollout of the last 3 iterations failed" in " ".join(proc.stderr.split())
+    text = " ".join(proc.stderr.split())
+    assert "the run failed: its rollouts keep failing" in text and "kflow resume bad" in text
     assert len(server.requests) == 3
 
 

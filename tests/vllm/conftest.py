@@ -44,7 +44,10 @@ PACKAGED_MODEL = "qwen2.5-coder-0.5b"
 SERVED_NAME = "qwen2.5-coder-0.5b-instruct"
 MAX_MODEL_LEN = 2048
 SERVER_ENV = ("VLLM_CPU_KVCACHE_SPACE=1",)
+#: vLLM logs the sampling parameters of every request it receives: what the engine used, not what we meant.
+LOG_REQUESTS = "--enable-log-requests"
 THINKING_ARGS = (
+    LOG_REQUESTS,
     f"--chat-template {THINKING_TEMPLATE}",
     "--reasoning-parser qwen3",
     "--structured-outputs-config.enable_in_reasoning true",
@@ -112,6 +115,11 @@ class VllmServer:
             labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
             samples.append((match.group(1), labels, float(match.group(3))))
         return samples
+
+    def received(self) -> list[str]:
+        """The sampling parameters of every request vLLM logged (with `--enable-log-requests`), in order."""
+        text = self.log_path.read_text(errors="replace")
+        return re.findall(r"Received request \S+: params: (SamplingParams\(.*?\)), lora_request", text)
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples of metric `name` whose labels include `labels` (0.0 when none)."""
@@ -228,7 +236,7 @@ def stop_vllm_server(server: VllmServer, timeout_s: float = 30.0) -> None:
 @pytest.fixture(scope="session")
 def vllm_server(vllm_python: str, lane_cache: Path) -> Iterator[VllmServer]:
     """The lane's vLLM server (packaged model, max_model_len 2048), shared by the whole session."""
-    server = start_vllm_server(vllm_python, lane_cache)
+    server = start_vllm_server(vllm_python, lane_cache, extra_args=(LOG_REQUESTS,))
     yield server
     stop_vllm_server(server)
 

@@ -63,14 +63,19 @@ class Sampling:
     logprobs: bool = False
     top_logprobs: int | None = None
     reasoning_effort: str | None = None
+    extra: Mapping[str, Any] | None = None
+    """The run's own extra request fields (e.g. vLLM's ``structured_outputs``, ``chat_template_kwargs``)."""
 
     def extra_body(self, server: str = "vllm") -> dict[str, Any]:
-        """The sampling parameters outside the OpenAI schema, as the server names them. llama.cpp's server
-        calls the penalty ``repeat_penalty``, disables top-k with 0 (it refuses -1) and has its own
-        non-neutral defaults (top_k 40, min_p 0.05, repeat_penalty 1.1), so every value is always sent."""
+        """The sampling parameters outside the OpenAI schema, as the server names them, then the run's extra
+        fields. llama.cpp's server calls the penalty ``repeat_penalty``, disables top-k with 0 (it answers -1
+        with an error) and has its own non-neutral defaults (top_k 40, min_p 0.05, repeat_penalty 1.1), so every
+        value is always sent."""
         if server == "llama.cpp":
-            return {"top_k": max(self.top_k, 0), "min_p": self.min_p, "repeat_penalty": self.repetition_penalty}
-        return {"top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+            body = {"top_k": max(self.top_k, 0), "min_p": self.min_p, "repeat_penalty": self.repetition_penalty}
+        else:
+            body = {"top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+        return body | dict(self.extra or {})
 
 
 @dataclass(frozen=True)

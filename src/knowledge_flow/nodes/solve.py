@@ -9,8 +9,8 @@ replica); when those retries run out, the endpoint is down and the error stops t
 A response that cannot be used (invalid JSON, no choices) is requested again up to `CONTENT_ATTEMPTS` times;
 a request the server refuses as such (400, 422), or a prompt that leaves no room in the served context, is
 not. Either way the rollout is then stored as failed, with its reason, and the run goes on: a failed rollout
-has no answer, so it changes neither the knowledge nor the reference. After `MAX_FAILED_STREAK` iterations in
-a row whose every rollout failed, the run stops (the cause is the setup, not the model).
+has no answer, so it changes neither the knowledge nor the reference (`stop_check` ends a run whose rollouts
+keep failing).
 """
 
 from __future__ import annotations
@@ -31,13 +31,8 @@ from knowledge_flow.state import State
 from knowledge_flow.thinkers import spread
 
 CONTENT_ATTEMPTS = 3
-MAX_FAILED_STREAK = 3
 CONTENT_FAULTS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, openai.APIResponseValidationError)
 REQUEST_FAULTS: tuple[type[Exception], ...] = (openai.BadRequestError, openai.UnprocessableEntityError)
-
-
-class RolloutsFailing(RuntimeError):
-    """Every rollout failed for several iterations in a row."""
 
 
 def rollout_id(run_id: str, iteration: int, index: int = 0) -> str:
@@ -71,11 +66,6 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ids = [rollout_id(state["run_id"], iteration, index) for index in range(len(temperatures))]
     stored = store.stored_rollouts(ids)
     missing = [index for index, rid in enumerate(ids) if rid not in stored]
-    if missing and state.get("failed_streak", 0) >= MAX_FAILED_STREAK:
-        raise RolloutsFailing(
-            f"every rollout of the last {MAX_FAILED_STREAK} iterations failed; see `kflow show "
-            f"{state['thread_id']}` for the reasons, fix the cause, then resume"
-        )
     if not missing:
         return {"pending_rollouts": ids}
     ctx = context_of(runtime)
@@ -93,6 +83,7 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         max_tokens=prompt.max_tokens,
         logprobs=params["thinkers"] > 1,
         reasoning_effort=params["reasoning_effort"],
+        extra=params.get("extra_body"),
     )
     pool = get_pool(ctx.base_url)
     # With several replicas, fail over at once instead of retrying a dead one.

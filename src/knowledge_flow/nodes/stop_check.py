@@ -1,4 +1,9 @@
-"""`stop_check`: the stop policy decides; the final-answer rule picks the answer (see `policies`)."""
+"""`stop_check`: the stop policy decides; the final-answer rule picks the answer (see `policies`).
+
+A run whose rollouts keep failing is not done but failed: after `MAX_FAILED_STREAK` iterations in a row whose
+every rollout failed (the cause is the setup, not the model), or when the budget ran out without a single
+rollout that succeeded. A failed run can be resumed: its failed iterations are tried again.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,23 @@ from knowledge_flow.nodes.common import store_of
 from knowledge_flow.policies import final_answer, should_stop
 from knowledge_flow.state import State
 
+MAX_FAILED_STREAK = 3
+
 
 def stop_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     answers = state.get("answers", [])
-    if not should_stop(
+    streak = state.get("failed_streak", 0)
+    failing = streak >= MAX_FAILED_STREAK or (streak >= len(answers) >= params["iterations"])
+    if not failing and not should_stop(
         params["stop_policy"], params["iterations"], answers, state.get("reported", []), params["answer_type"]
     ):
         return {}
     answer = final_answer(params["final_answer_rule"], answers, params["answer_type"])
-    store_of(runtime).update_run(state["run_id"], status="done", final_answer=answer)
-    return {"status": "done", "final_answer": answer, "stopped_early": len(answers) < params["iterations"]}
+    status = "failed" if failing else "done"
+    store_of(runtime).update_run(state["run_id"], status=status, final_answer=answer)
+    return {"status": status, "final_answer": answer, "stopped_early": len(answers) < params["iterations"]}
 
 
 def route_after_stop_check(state: State) -> Literal["solve", "__end__"]:
-    return "__end__" if state.get("status") == "done" else "solve"
+    return "__end__" if state.get("status") in ("done", "failed") else "solve"
