@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ def run_product(
         eval_id="bench",
         context=Context(base_url=base_url, db_path=db, api_key="EMPTY"),
         concurrency=concurrency,
+        stop=threading.Event(),
     )
     wall = time.monotonic() - started
     checkpointer.close()

@@ -26,7 +26,7 @@ from knowledge_flow.parsing import (
     not_an_answer,
     split_thinking,
 )
-from knowledge_flow.state import AnswerType
+from knowledge_flow.records import AnswerType
 
 ANSWER_RULES = ("default", "last-boxed", "first-boxed", "last-integer", "paper")
 _BOXED_INTEGER = re.compile(r"\\boxed\{([-\u2212]?\d+)\}")

@@ -7,9 +7,11 @@ sides into sympy expressions and compares them (with its own timeouts); never ad
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from knowledge_flow.parsing import UNICODE_MINUS, normalize_integer
-from knowledge_flow.state import AnswerType
+from knowledge_flow.records import AnswerType
 
 
 def normalize(answer: str | None, answer_type: AnswerType) -> str | None:
@@ -26,16 +28,41 @@ def normalize(answer: str | None, answer_type: AnswerType) -> str | None:
     return text.strip() or None
 
 
-def _math_verify_equal(a: str, b: str) -> bool:
+#: Seconds a comparison may take; answers longer than `MAX_SYMBOLIC_CHARS` are compared as text only.
+TIMEOUT_S = 5
+MAX_SYMBOLIC_CHARS = 400
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _compare(a: str, b: str, timeout: int | None) -> bool:
     from math_verify import parse, verify
 
-    # math-verify's timeouts use signals, which only work in the main thread.
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold = parse(f"${a}$" if "$" not in a else a, parsing_timeout=timeout)
     pred = parse(f"${b}$" if "$" not in b else b, parsing_timeout=timeout)
     if not gold or not pred:
         return False
     return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+def _math_verify_equal(a: str, b: str) -> bool:
+    """math-verify's comparison with a working time limit: its own (signals) in the main thread; elsewhere a
+    comparison thread waited for at most `TIMEOUT_S` (a comparison past it counts as different)."""
+    if threading.current_thread() is threading.main_thread():
+        return _compare(a, b, TIMEOUT_S)
+    import math_verify.grader
+    import math_verify.parser
+
+    # The limit is enforced here; math-verify's warning that it has none in this thread does not apply.
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kflow-math-verify")
+    try:
+        return _POOL.submit(_compare, a, b, None).result(timeout=TIMEOUT_S)
+    except FutureTimeout:
+        return False
 
 
 def equivalent(a: str | None, b: str | None, answer_type: AnswerType) -> bool:
@@ -45,7 +72,7 @@ def equivalent(a: str | None, b: str | None, answer_type: AnswerType) -> bool:
         return False
     if na == nb:
         return True
-    if answer_type == "integer":
+    if answer_type == "integer" or max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS:
         return False
     try:
         return _math_verify_equal(na, nb)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from knowledge_flow.state import AnswerType
+from knowledge_flow.records import AnswerType
 
 THINK_END = "</think>"
 UNICODE_MINUS = "\u2212"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from knowledge_flow.answers import normalize
-from knowledge_flow.state import AnswerType
+from knowledge_flow.records import AnswerType
 
 
 def parse_stop_policy(policy: str) -> int | None:

@@ -14,13 +14,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
-from typing import Annotated, Any, Literal, NotRequired, Required, TypeVar
+from typing import Annotated, Any, NotRequired, Required, TypeVar
 
 from langgraph.channels import DeltaChannel, EphemeralValue
+from pydantic import Field
 
 # pydantic (which LangGraph uses for the input and output JSON schemas) needs typing_extensions' TypedDict
 # before Python 3.12.
 from typing_extensions import TypedDict
+
+from knowledge_flow.options import RunOptions
+from knowledge_flow.records import (
+    AnswerType,
+    CurrentRollout,
+    KnowledgeItem,
+    ModelFamily,
+    RunParams,
+    RunStatus,
+    Usage,
+)
+
+__all__ = [
+    "AnswerType",
+    "CurrentRollout",
+    "InputState",
+    "KnowledgeItem",
+    "ModelFamily",
+    "OutputState",
+    "RunParams",
+    "RunStatus",
+    "State",
+    "Usage",
+]
 
 T = TypeVar("T")
 
@@ -31,133 +56,39 @@ def append(current: list[T], batches: Sequence[list[T]]) -> list[T]:
     return [*current, *chain.from_iterable(batches)]
 
 
-AnswerType = Literal["integer", "latex", "text"]
-RunStatus = Literal["running", "done", "failed"]
+def _input_schema() -> Any:
+    """The graph's input: `problem` and every run option (`knowledge_flow.options.RunOptions`), with its
+    description and default (what Studio's input form shows).
 
-
-ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
-
-
-class RunParams(TypedDict):
-    """Everything a run needs to continue after a crash (runtime context is not checkpointed)."""
-
-    model: str
-    iterations: int
-    temperature: float
-    top_p: float
-    top_k: int
-    """-1: no top-k (sent as such; servers fill omitted sampling parameters from their own defaults)."""
-    min_p: float
-    repetition_penalty: float
-    extra_body: dict[str, Any] | None
-    """Extra fields sent with every request (e.g. vLLM's ``structured_outputs``, ``chat_template_kwargs``)."""
-    max_new_tokens: int
-    strategy: str
-    answer_type: AnswerType
-    knowledge_budget_tokens: int
-    prefill: str | None
-    prompts: str
-    """The prompt set as given (a built-in name or a file)."""
-    prompt_set: str
-    """Its name."""
-    prompt_hash: str
-    """SHA-256 of its text; the text is kept in the database (``kf_prompt_sets``)."""
-    model_family: ModelFamily
-    reasoning_effort: str | None
-    stop_policy: str
-    """`fixed` (the iteration budget) or `stable:K`."""
-    final_answer_rule: str
-    """`last` or `majority:W` (W an integer or `all`)."""
-    thinkers: int
-    topk_thinkers: int
-    min_temperature: float
-    max_temperature: float
-    diversity_weight: float
-    dynamic_temperature: bool
-    uncertainty_threshold: float | None
-    avoid_budget_tokens: int | None
-    """Regeneration: token budget of the Things to Avoid list (None: the prompt set's rule)."""
-
-
-class KnowledgeItem(TypedDict):
-    """One entry of the knowledge record.
-
-    knowledge-flow: a Wrong Answer List item (`wrong_answer` is the answer it refutes); regeneration: the
-    current Things to Avoid list; positive-knowledge: one Experimental Knowledge item (`wrong_answer` None).
+    The options are read once, by the `prepare` node (it validates them into `params`): they are ephemeral
+    channels, empty after that step, so checkpoints do not carry them and a later run on the same thread
+    never inherits them by accident.
     """
-
-    wrong_answer: str | None
-    text: str
-    iteration: int
-    tokens: NotRequired[int]
-    """Its cost in a prompt, counted when it was made (the served tokenizer where there is one)."""
-
-
-class Usage(TypedDict):
-    prompt_tokens: int
-    completion_tokens: int
+    fields: dict[str, Any] = {"problem": Required[Annotated[str, Field(description="The problem to solve.")]]}
+    for name, info in RunOptions.model_fields.items():
+        described = Field(description=info.description, json_schema_extra={"default": info.default})
+        annotation: Any = info.annotation
+        fields[name] = Annotated[annotation | None, described, EphemeralValue]
+    return TypedDict("InputState", fields, total=False)  # type: ignore[operator]
 
 
-class CurrentRollout(TypedDict):
-    """What `extract_answer` read from one rollout (one thinker); consumed by `distill_knowledge`."""
-
-    rollout_id: str
-    answer: str | None
-    summary: str | None
-    """The summary's raw text: the next reference solution."""
-    error_report: str | None
-    """The error report (None when absent or N/A)."""
-    extras: dict[str, str]
-    """What the strategy needs from the output (e.g. the item text, the Things to Avoid list), small texts."""
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    temperature: float
-    confidence: float | None
-    """Mean token log-probability, when the server returned log-probabilities."""
-    error: str | None
-    """Why the rollout failed (no usable response after retries); None when it succeeded."""
+InputState: Any = _input_schema()
 
 
-class InputState(TypedDict, total=False):
-    """What a caller passes to start a run. Only `problem` is required; the rest default sensibly.
-
-    The optional fields are read once, by the `prepare` node (it validates them into `params`): they are
-    ephemeral channels, empty after that step, so checkpoints do not carry them and a later run on the same
-    thread never inherits them by accident.
-    """
-
-    problem: Required[str]
-    model: Annotated[str | None, EphemeralValue]
-    iterations: Annotated[int | None, EphemeralValue]
-    temperature: Annotated[float | None, EphemeralValue]
-    top_p: Annotated[float | None, EphemeralValue]
-    top_k: Annotated[int | None, EphemeralValue]
-    min_p: Annotated[float | None, EphemeralValue]
-    repetition_penalty: Annotated[float | None, EphemeralValue]
-    extra_body: Annotated[dict[str, Any] | None, EphemeralValue]
-    max_new_tokens: Annotated[int | None, EphemeralValue]
-    strategy: Annotated[str | None, EphemeralValue]
-    answer_type: Annotated[AnswerType | None, EphemeralValue]
-    knowledge_budget_tokens: Annotated[int | None, EphemeralValue]
-    prefill: Annotated[str | None, EphemeralValue]
-    prompts: Annotated[str | None, EphemeralValue]
-    model_family: Annotated[ModelFamily | None, EphemeralValue]
-    reasoning_effort: Annotated[str | None, EphemeralValue]
-    stop_policy: Annotated[str | None, EphemeralValue]
-    final_answer_rule: Annotated[str | None, EphemeralValue]
-    thinkers: Annotated[int | None, EphemeralValue]
-    topk_thinkers: Annotated[int | None, EphemeralValue]
-    min_temperature: Annotated[float | None, EphemeralValue]
-    max_temperature: Annotated[float | None, EphemeralValue]
-    diversity_weight: Annotated[float | None, EphemeralValue]
-    dynamic_temperature: Annotated[bool | None, EphemeralValue]
-    uncertainty_threshold: Annotated[float | None, EphemeralValue]
-    avoid_budget_tokens: Annotated[int | None, EphemeralValue]
+def _prepare_input() -> Any:
+    """What `prepare` reads: the input, and whether the thread held a run before (its id)."""
+    fields = dict(InputState.__annotations__)
+    fields["run_id"] = NotRequired[str]
+    return TypedDict("PrepareInput", fields, total=False)  # type: ignore[operator]
 
 
-class State(InputState, total=False):
+PrepareInput: Any = _prepare_input()
+
+
+class State(TypedDict, total=False):
     """The full graph state."""
+
+    problem: str
 
     run_id: str
     thread_id: str
@@ -190,7 +121,13 @@ class State(InputState, total=False):
 
 
 class OutputState(TypedDict):
+    """What a run returns (and what Studio streams as each step's update)."""
+
     run_id: NotRequired[str]
+    pending_rollouts: NotRequired[list[str]]
+    """The ids of the rollouts `solve` just stored (the rollout store has their texts)."""
+    candidates: NotRequired[list[CurrentRollout]]
+    """What `extract_answer` read from them: answer, summary, error report, tokens."""
     status: NotRequired[RunStatus]
     final_answer: NotRequired[str | None]
     answers: NotRequired[list[str | None]]

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 
 from knowledge_flow.answers import normalize
-from knowledge_flow.state import AnswerType, CurrentRollout
+from knowledge_flow.records import AnswerType, CurrentRollout
 
 _WORD = re.compile(r"\w+")
 

@@ -279,7 +279,7 @@ def test_early_stopping_saves_rollouts_and_carries_answers(scripted: type[Script
     assert result["tokens_saved_estimate"] > 0
     assert [f["accuracy"] for f in result["per_iteration"]] == pytest.approx([1.0, 1 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3])
     last = json.loads((tmp_path / "results/vllm_4096_kftest/Scripted-Model-7B/predictions_5.json").read_text())
-    assert last[1]["predicted"] == str(golds[order[0]]) and last[1]["pred_solution"] == ""
+    assert last[1]["predicted"] == golds[order[0]] and last[1]["pred_solution"] == ""
 
 
 def test_report_regrades_stored_outputs_by_answer_rule(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -73,6 +73,16 @@ def knowledge_by_thread(db: Path) -> dict[str, list[Any]]:
     return result
 
 
+def run_exists(db: Path) -> bool:
+    if not db.exists():
+        return False
+    with sqlite3.connect(db) as conn:
+        try:
+            return bool(conn.execute("SELECT count(*) FROM kf_evals").fetchone()[0])
+        except sqlite3.OperationalError:
+            return False
+
+
 def test_crash_fuzz_random_sigkills_then_resume(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     """R1: 8 problems x 6 iterations, SIGKILL at 10 seeded random moments, resume each time."""
     dataset, order, _ = dataset_of(tmp_path, 8)
@@ -93,17 +103,17 @@ def test_crash_fuzz_random_sigkills_then_resume(scripted: type[ScriptedServer], 
     rng = random.Random(20261123)
     stored_before: list[tuple[float, set[tuple[str, int]]]] = []
     for _ in range(10):
-        exists = (
-            db.exists()
-            and sqlite3.connect(db).execute("SELECT count(*) FROM sqlite_master WHERE name='kf_evals'").fetchone()[0]
-            and sqlite3.connect(db).execute("SELECT count(*) FROM kf_evals").fetchone()[0]
-        )
+        exists = run_exists(db)
         args = (
             ["eval", "--resume", "fuzz", "--db", str(db), "--json"]
             if exists
             else eval_cmd(server.base_url, dataset, db, tmp_path / "out", "fuzz", iterations)
         )
         proc = start_kflow(args, output=subprocess.DEVNULL, new_session=True)
+        if not exists:  # the first run: let it create the evaluation (however long start-up takes here)
+            deadline = time.monotonic() + 120
+            while not run_exists(db) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
         time.sleep(rng.uniform(1.5, 4.5))  # start-up takes ~2 s: the kills land anywhere in the run
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

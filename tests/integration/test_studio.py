@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from knowledge_flow.options import OPTION_NAMES
 from tests.conftest import REPO, kflow_env
 from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, SCRIPT
 from tests.support.scripted_server import ScriptedServer, script_responder
@@ -84,15 +86,34 @@ def test_langgraph_dev_runs_a_thread(scripted: type[ScriptedServer], tmp_path: P
         client = get_sync_client(url=url)
         assistants = client.assistants.search(graph_id="knowledge_flow")
         assert assistants, "the graph is registered"
+        # Studio's input form: the problem and every run option, with its description and default
+        schemas = client.assistants.get_schemas(assistants[0]["assistant_id"])
+        inputs = schemas["input_schema"]
+        assert inputs is not None and inputs["required"] == ["problem"]
+        assert set(inputs["properties"]) == {"problem", *OPTION_NAMES}
+        iterations = inputs["properties"]["iterations"]
+        assert iterations["default"] == 64 and "Rollouts" in iterations["description"]
+        assert "params" not in inputs["properties"] and "candidates" not in inputs["properties"]  # internal
+        assert schemas["output_schema"] is not None and "final_answer" in schemas["output_schema"]["properties"]
         thread = client.threads.create()
         nodes: list[str] = []
+        updates: list[tuple[str, object]] = []
         for part in client.runs.stream(
             thread["thread_id"], "knowledge_flow", input={"problem": PROBLEM, "iterations": 3}, stream_mode="updates"
         ):
             if part.event == "updates" and isinstance(part.data, dict):
                 nodes.extend(part.data)
+                updates.extend(part.data.items())
             assert part.event != "error", part.data
         assert nodes == ["prepare"] + ["solve", "extract_answer", "distill_knowledge", "stop_check"] * 3
+        # each step's update says what it did: rollout ids, answers, knowledge; no reset markers
+        assert "__overwrite__" not in json.dumps(updates)
+        solved = [data for node, data in updates if node == "solve"]
+        assert all(isinstance(d, dict) and len(d["pending_rollouts"]) == 1 for d in solved)
+        extracted = [data for node, data in updates if node == "extract_answer"]
+        assert [d["candidates"][0]["answer"] for d in extracted] == ANSWERS[:3]  # type: ignore[index]
+        distilled = [data for node, data in updates if node == "distill_knowledge"]
+        assert [d["answers"] for d in distilled] == [[a] for a in ANSWERS[:3]]  # type: ignore[index]
         state = client.threads.get_state(thread["thread_id"])
         values = state["values"]
         assert isinstance(values, dict)

@@ -165,8 +165,9 @@ class ScriptedServer:
             request.ended = time.monotonic()
             return
         request.status = reply.status
-        if reply.status != 200:
-            handler._send(reply.status, {"error": {"message": "scripted failure", "type": "server_error"}})  # type: ignore[attr-defined]
+        if reply.status != 200:  # the reply's content, when there is one, is the error message
+            message = reply.content or "scripted failure"
+            handler._send(reply.status, {"error": {"message": message, "type": "server_error"}})  # type: ignore[attr-defined]
             request.ended = time.monotonic()
             return
         count = int(body.get("n") or 1) if self.honour_n else 1

@@ -109,8 +109,10 @@ def test_every_run_option_is_an_ephemeral_input() -> None:
     from langgraph.channels import EphemeralValue
 
     from knowledge_flow.graph import builder
-    from knowledge_flow.params import PARAM_KEYS
-    from knowledge_flow.state import InputState
+    from knowledge_flow.options import OPTION_NAMES
+    from knowledge_flow.state import InputState, RunParams
 
-    assert set(get_type_hints(InputState)) - {"problem"} == set(PARAM_KEYS)
-    assert all(isinstance(builder.channels[key], EphemeralValue) for key in PARAM_KEYS)
+    assert set(get_type_hints(InputState)) - {"problem"} == set(OPTION_NAMES)
+    assert all(isinstance(builder.channels[key], EphemeralValue) for key in OPTION_NAMES)
+    # the resolved parameters the nodes read hold every option (and what is derived from them)
+    assert set(OPTION_NAMES) <= set(get_type_hints(RunParams))

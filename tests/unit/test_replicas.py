@@ -6,7 +6,8 @@ import httpx
 import openai
 import pytest
 
-from knowledge_flow.endpoint.replicas import ReplicaPool, check_urls, split_urls
+from knowledge_flow.endpoint.replicas import ReplicaPool
+from knowledge_flow.endpoint.urls import check_urls, split_urls
 
 REQUEST = httpx.Request("POST", "http://x/v1/chat/completions")
 

@@ -1,9 +1,35 @@
-"""The OpenAI-compatible endpoint: requests and their budgets, what the server serves, replicas and failover."""
+"""The OpenAI-compatible endpoint: requests and their budgets, what the server serves, replicas and failover.
 
-from knowledge_flow.endpoint.client import Completion, Sampling, describe, redact
-from knowledge_flow.endpoint.replicas import check_urls, get_pool, split_urls
-from knowledge_flow.endpoint.requests import Prepared, PromptTooLong, prepare, sample, send
-from knowledge_flow.endpoint.served import Served, ServedModel, get_served
+Modules: `client` (the OpenAI SDK requests), `requests` (paths, budgets, sampling), `served` (context length,
+tokenizer, thinking templates), `replicas` (spreading requests, failover). The names below load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from knowledge_flow.endpoint.client import Completion, Sampling, describe, redact
+    from knowledge_flow.endpoint.replicas import get_pool
+    from knowledge_flow.endpoint.requests import Prepared, PromptTooLong, prepare, sample, send
+    from knowledge_flow.endpoint.served import Served, ServedModel, get_served
+    from knowledge_flow.endpoint.urls import check_urls, split_urls
+
+_EXPORTS = {
+    **dict.fromkeys(("Completion", "Sampling", "describe", "redact"), "knowledge_flow.endpoint.client"),
+    **dict.fromkeys(("check_urls", "split_urls"), "knowledge_flow.endpoint.urls"),
+    "get_pool": "knowledge_flow.endpoint.replicas",
+    **dict.fromkeys(("Prepared", "PromptTooLong", "prepare", "sample", "send"), "knowledge_flow.endpoint.requests"),
+    **dict.fromkeys(("Served", "ServedModel", "get_served"), "knowledge_flow.endpoint.served"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'knowledge_flow.endpoint' has no attribute {name!r}")
+
 
 __all__ = [
     "Completion",

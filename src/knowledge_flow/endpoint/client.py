@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,20 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
 def describe(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     """A one-line account of an exception, redacted and bounded."""
     return redact(f"{type(exc).__name__}: {exc}", secrets)[:2000]
+
+
+class EndpointError(RuntimeError):
+    """The endpoint failed for good (retries and failover exhausted). Its message is redacted: it is what
+    LangGraph records with the failed step, and what the command line shows."""
+
+
+@contextmanager
+def endpoint_errors(secrets: Sequence[str] = ()) -> Iterator[None]:
+    """Turn the SDK's errors into `EndpointError` (redacted, without the original as its cause)."""
+    try:
+        yield
+    except openai.APIError as exc:
+        raise EndpointError(describe(exc, secrets)) from None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from knowledge_flow.parsing import normalize_integer
-from knowledge_flow.state import AnswerType
+from knowledge_flow.records import AnswerType
 
 
 class DatasetError(ValueError):

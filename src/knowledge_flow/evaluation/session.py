@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from knowledge_flow.context import Context
-from knowledge_flow.endpoint.replicas import get_pool
 from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
 from knowledge_flow.evaluation.predictions import write_predictions
 from knowledge_flow.evaluation.runner import Graph, ItemResult, Progress, run_items, thread_id_for
 from knowledge_flow.nodes.common import package_version
 from knowledge_flow.persistence.store import EvalItemRow, EvalRow, Store, utcnow
-from knowledge_flow.state import AnswerType
+from knowledge_flow.records import AnswerType
+from knowledge_flow.runs import reopen
 
 
 @dataclass(frozen=True)
@@ -108,20 +109,30 @@ def create_eval(
     return row
 
 
-def _record_replicas(store: Store, eval_id: str, base_url: str, before: dict[str, tuple[int, int]]) -> None:
-    """Add this session's requests and failures per replica to the manifest (resumed runs accumulate)."""
-    row = store.get_eval(eval_id)
-    if row is None:
-        return
+def extend(graph: Graph, store: Store, eval_id: str, iterations: int) -> int:
+    """Raise an evaluation's iteration budget to `iterations`: every problem's run continues from where it
+    stopped, nothing stored is requested again; the change is recorded in the manifest. Returns the old
+    budget. ValueError when `iterations` is smaller."""
+    row = store.require_eval(eval_id)
     manifest = row.manifest
-    requests: dict[str, int] = manifest.setdefault("replica_requests", {})
-    failures: dict[str, int] = manifest.setdefault("replica_failures", {})
-    for entry in get_pool(base_url).stats():
-        url = str(entry["url"])
-        sent, failed = before.get(url, (0, 0))
-        requests[url] = requests.get(url, 0) + int(entry["requests"]) - sent
-        failures[url] = failures.get(url, 0) + int(entry["failures"]) - failed
-    store.update_eval(eval_id, manifest_json=manifest_json(manifest))
+    before = int(manifest["params"]["iterations"])
+    if iterations < before:
+        raise ValueError(
+            f"run {eval_id!r} has a budget of {before} iterations; --iterations {iterations} cannot shrink it"
+        )
+    if iterations == before:
+        return before
+    for item in store.eval_items(eval_id):
+        config: Any = {"configurable": {"thread_id": item.thread_id}}
+        if graph.get_state(config).values:
+            reopen(graph, config, store, iterations=iterations)
+        if item.status == "done":
+            store.update_eval_item(eval_id, item.position, status="pending")
+    manifest["params"]["iterations"] = iterations
+    manifest.setdefault("extensions", []).append({"at": utcnow(), "from": before, "to": iterations})
+    manifest["finished_at"] = None
+    store.update_eval(eval_id, manifest_json=manifest_json(manifest), status="running")
+    return before
 
 
 def execute(
@@ -131,10 +142,12 @@ def execute(
     eval_id: str,
     context: Context,
     concurrency: int,
+    stop: threading.Event,
     on_start: Callable[[Progress], None] = lambda _p: None,
     on_tick: Callable[[], None] = lambda: None,
 ) -> tuple[EvalRow, list[ItemResult], list[Path]]:
-    """Run (or continue) an evaluation; write the prediction files once every problem is done."""
+    """Run (or continue) an evaluation; write the prediction files once every problem is done (when `stop`
+    was set, for the problems complete so far)."""
     row = store.require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
@@ -148,11 +161,8 @@ def execute(
             progress.graded += 1
             progress.correct_final += int(bool(item.final_correct))
             progress.tokens += sum(item.prompt_tokens) + sum(item.completion_tokens)
+    progress.rollouts_at_start = progress.rollouts_done
     store.update_eval(eval_id, status="running")
-    before = {
-        str(entry["url"]): (int(entry["requests"]), int(entry["failures"]))
-        for entry in get_pool(context.base_url).stats()
-    }
     on_start(progress)
     results = run_items(
         graph=graph,
@@ -163,9 +173,9 @@ def execute(
         context=context,
         concurrency=concurrency,
         progress=progress,
+        stop=stop,
         on_tick=on_tick,
     )
-    _record_replicas(store, eval_id, context.base_url, before)
     row = store.get_eval(eval_id) or row
     manifest = row.manifest
     items = store.eval_items(eval_id)
@@ -182,5 +192,9 @@ def execute(
         row = store.get_eval(eval_id) or row
         written = write_predictions(store, row, Path(manifest["output_dir"]))
     else:
-        store.update_eval(eval_id, status="incomplete")
+        store.update_eval(eval_id, status="interrupted" if stop.is_set() else "incomplete")
+        if stop.is_set() and any(item.status == "done" for item in items):
+            written = write_predictions(
+                store, store.get_eval(eval_id) or row, Path(manifest["output_dir"]), done_only=True
+            )
     return store.get_eval(eval_id) or row, results, written

@@ -10,7 +10,8 @@ from langgraph.types import Overwrite
 
 from knowledge_flow import thinkers
 from knowledge_flow.context import Context
-from knowledge_flow.nodes.common import step_of, store_of
+from knowledge_flow.endpoint.client import endpoint_errors
+from knowledge_flow.nodes.common import context_of, step_of, store_of
 from knowledge_flow.state import KnowledgeItem, State
 
 
@@ -38,7 +39,8 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         or state.get("reference_answer") is None
     )
     strategy, step, _ = step_of(state, runtime)
-    result = strategy.distill(step, best, kept, update_reference)
+    with endpoint_errors((context_of(runtime).api_key,)):  # token counts of new items
+        result = strategy.distill(step, best, kept, update_reference)
 
     store = store_of(runtime)
     added = dict(result.added)

@@ -32,7 +32,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         base_url=context_of(runtime).base_url,
         package_version=package_version(),
     )
-    return {
+    update: dict[str, Any] = {
         "run_id": run_id,
         "thread_id": thread_id,
         "params": params,
@@ -40,14 +40,14 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "pending_rollouts": [],
         "candidates": [],
         "temperature_range": [params["min_temperature"], params["max_temperature"]],
-        "reported": Overwrite([]),
         "stopped_early": False,
         "failed_streak": 0,
         "reference": None,
         "reference_answer": None,
-        "answers": Overwrite([]),
-        "knowledge": Overwrite([]),
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "status": "running",
         "final_answer": None,
     }
+    if state.get("run_id"):  # a new run on a thread that held one: its growing lists start empty again
+        update |= {"answers": Overwrite([]), "reported": Overwrite([]), "knowledge": Overwrite([])}
+    return update

@@ -24,7 +24,8 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, describe, prepare, sample, send
-from knowledge_flow.endpoint.replicas import get_pool
+from knowledge_flow.endpoint.client import endpoint_errors
+from knowledge_flow.endpoint.replicas import FAILOVER_ERRORS, get_pool
 from knowledge_flow.nodes.common import context_of, step_of, store_of
 from knowledge_flow.persistence.store import RolloutRow, utcnow
 from knowledge_flow.state import State
@@ -44,20 +45,25 @@ def sample_or_fault(
     sampling: Sampling,
     temperatures: list[float],
     secrets: tuple[str, ...],
-) -> list[Completion] | str:
-    """The completions, or the reason the rollouts failed."""
+) -> tuple[list[Completion] | str, int]:
+    """The completions, or the reason the rollouts failed; and how many rounds of requests it took."""
     reason = ""
-    for _ in range(CONTENT_ATTEMPTS):
+    for attempt in range(1, CONTENT_ATTEMPTS + 1):
         try:
-            return sample(send_one, sampling, temperatures)
+            return sample(send_one, sampling, temperatures), attempt
         except REQUEST_FAULTS as exc:
-            return describe(exc, secrets)
+            return describe(exc, secrets), attempt
         except CONTENT_FAULTS as exc:
             reason = describe(exc, secrets)
-    return reason
+    return reason, CONTENT_ATTEMPTS
 
 
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    with endpoint_errors((context_of(runtime).api_key,)):
+        return _solve(state, runtime)
+
+
+def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     iteration = state.get("iteration", 0)
     store = store_of(runtime)
@@ -94,13 +100,23 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         prepared = prepare(served, prompt.messages, prompt.prefill, prompt.max_tokens)
     except PromptTooLong as exc:
         outcome: list[Completion] | str = str(exc)
+    resent = 0
     if prepared is not None:
         ready = prepared
 
-        def send_one(s: Sampling) -> list[Completion]:
-            return pool.call(lambda url: send(served, ready, s, url, timeout=ctx.request_timeout, max_retries=retries))
+        def on(url: str, s: Sampling) -> list[Completion]:
+            nonlocal resent
+            try:
+                return send(served, ready, s, url, timeout=ctx.request_timeout, max_retries=retries)
+            except FAILOVER_ERRORS:
+                resent += 1  # another replica gets it (when there is one)
+                raise
 
-        outcome = sample_or_fault(send_one, sampling, [temperatures[index] for index in missing], secrets)
+        def send_one(s: Sampling) -> list[Completion]:
+            return pool.call(lambda url: on(url, s))
+
+        outcome, rounds = sample_or_fault(send_one, sampling, [temperatures[index] for index in missing], secrets)
+        resent += rounds - 1
     error = outcome if isinstance(outcome, str) else None
     completions = (
         outcome
@@ -133,6 +149,7 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 confidence=completion.confidence,
                 endpoint=completion.endpoint,
                 error=error,
+                retries=resent,
             )
         )
     return {"pending_rollouts": ids}

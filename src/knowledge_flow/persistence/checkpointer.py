@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -13,18 +12,9 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from knowledge_flow.persistence.compression import CompressingSerializer
+from knowledge_flow.persistence.files import check_db_path
 
 BUSY_TIMEOUT_S = 60.0
-
-
-def check_db_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse a database path whose folder does not exist (instead of failing deep inside sqlite)."""
-    resolved = Path(path).expanduser()
-    if resolved.is_dir():
-        raise ValueError(f"database path {str(resolved)!r} is a folder, not a file")
-    if not resolved.parent.exists():
-        raise ValueError(f"the folder of database {str(resolved)!r} does not exist")
-    return resolved
 
 
 def connect(path: str | os.PathLike[str], timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:

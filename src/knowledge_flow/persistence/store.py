@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -29,6 +30,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     inspect,
     select,
@@ -36,8 +38,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S, check_db_path
+from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S
 from knowledge_flow.persistence.compression import CompressedText
+from knowledge_flow.persistence.files import check_db_path
 from knowledge_flow.prompts import PromptSet, from_source
 from knowledge_flow.strategies.base import StoredRollout
 
@@ -146,6 +149,9 @@ class RolloutRow(Base):
     """The prompt's length as counted before sending (the server's own count is `prompt_tokens`)."""
     parsed_from: Mapped[str | None] = mapped_column(String(16))
     """content, or reasoning when the final text was empty (a thinking block never closed)."""
+    retries: Mapped[int | None] = mapped_column(Integer)
+    """Requests sent again for its iteration: after an unusable response, or to another replica after one
+    failed (the OpenAI client's own retries of a request are not counted)."""
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -223,8 +229,12 @@ class EvalItemRow(Base):
         return value
 
 
+#: The "endpoint" of rollouts that failed before any replica answered.
+NO_ENDPOINT = "(none: failed before a response)"
+
+
 def endpoint_entry(url: str) -> dict[str, Any]:
-    """The figures kept per endpoint (replica), all zero."""
+    """The figures kept per endpoint (replica) or iteration, all zero."""
     return {
         "url": url,
         "rollouts": 0,
@@ -232,6 +242,7 @@ def endpoint_entry(url: str) -> dict[str, Any]:
         "completion_tokens": 0,
         "failed_rollouts": 0,
         "truncated_rollouts": 0,
+        "retried_rollouts": 0,
     }
 
 
@@ -291,6 +302,8 @@ class Store:
                         f"{self.path} was written by a newer knowledge-flow (schema {row.value}, this version "
                         f"reads up to {SCHEMA_VERSION}); upgrade knowledge-flow to open it"
                     )
+        import knowledge_flow.persistence.leases  # noqa: F401  (its table is part of the schema)
+
         Base.metadata.create_all(self.engine)
         with self.session() as session:
             row = session.get(MetaRow, "schema_version")
@@ -421,6 +434,13 @@ class Store:
             )
             return session.scalars(statement).first()
 
+    def delete_rollouts(self, run_id: str, *, from_iteration: int) -> int:
+        """Remove the run's rollouts of `from_iteration` on (to try those iterations again); how many."""
+        with self.session() as session:
+            statement = delete(RolloutRow).where(RolloutRow.run_id == run_id, RolloutRow.iteration >= from_iteration)
+            result = session.execute(statement.execution_options(synchronize_session=False))
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
     def update_rollout(self, rollout_id: str, **values: Any) -> None:
         self._update(RolloutRow, rollout_id, f"rollout {rollout_id!r}", values)
 
@@ -446,27 +466,39 @@ class Store:
                     rows[row.run_id].append(row)
         return rows
 
-    def endpoint_stats(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Rollouts, tokens, failed and truncated rollouts per endpoint (replica) over the given runs."""
-        stats: dict[str, dict[str, Any]] = {}
+    def rollout_stats(self, run_ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Counted from the stored rollouts of the given runs (what a killed process sent is there too): per
+        endpoint (replica) and per iteration, the rollouts, the failed ones, the ones cut off at the token
+        limit, the retried ones, and the tokens."""
+        endpoints: dict[str, dict[str, Any]] = {}
+        iterations: dict[int, dict[str, Any]] = {}
         with self.session() as session:
             for chunk_start in range(0, len(run_ids), 500):
                 chunk = list(run_ids[chunk_start : chunk_start + 500])
                 statement = select(
                     RolloutRow.endpoint,
+                    RolloutRow.iteration,
                     RolloutRow.prompt_tokens,
                     RolloutRow.completion_tokens,
                     RolloutRow.error,
                     RolloutRow.finish_reason,
+                    RolloutRow.retries,
                 ).where(RolloutRow.run_id.in_(chunk))
-                for endpoint, prompt, completion, error, finish in session.execute(statement):
-                    entry = stats.setdefault(endpoint or "", endpoint_entry(endpoint or ""))
-                    entry["rollouts"] += 1
-                    entry["failed_rollouts"] += int(error is not None)
-                    entry["truncated_rollouts"] += int(finish == "length")
-                    entry["prompt_tokens"] += prompt
-                    entry["completion_tokens"] += completion
-        return sorted(stats.values(), key=lambda e: str(e["url"]))
+                for endpoint, iteration, prompt, completion, error, finish, retries in session.execute(statement):
+                    url = endpoint or NO_ENDPOINT
+                    for entry in (
+                        endpoints.setdefault(url, endpoint_entry(url)),
+                        iterations.setdefault(iteration, {"iteration": iteration, **endpoint_entry("")}),
+                    ):
+                        entry["rollouts"] += 1
+                        entry["failed_rollouts"] += int(error is not None)
+                        entry["truncated_rollouts"] += int(finish == "length")
+                        entry["retried_rollouts"] += int(bool(retries))
+                        entry["prompt_tokens"] += prompt
+                        entry["completion_tokens"] += completion
+        for entry in iterations.values():
+            del entry["url"]
+        return sorted(endpoints.values(), key=lambda e: str(e["url"])), [iterations[k] for k in sorted(iterations)]
 
     # evaluations ------------------------------------------------------------------------------------
     def create_eval(self, eval_row: EvalRow, items: Sequence[EvalItemRow]) -> None:
@@ -499,6 +531,17 @@ class Store:
             statement = select(EvalItemRow).where(EvalItemRow.eval_id == eval_id).order_by(EvalItemRow.position)
             return session.scalars(statement).all()
 
+    def eval_item_of_thread(self, thread_id: str) -> EvalItemRow | None:
+        """The evaluation problem a thread runs, if any."""
+        with self.session() as session:
+            statement = select(EvalItemRow).where(EvalItemRow.thread_id == thread_id).limit(1)
+            return session.scalars(statement).first()
+
+    def evaluation_of_thread(self, thread_id: str) -> str | None:
+        """The evaluation run a thread belongs to, if any."""
+        item = self.eval_item_of_thread(thread_id)
+        return item.eval_id if item is not None else None
+
     def update_eval_item(self, eval_id: str, position: int, **values: Any) -> None:
         self._update(EvalItemRow, (eval_id, position), f"item {position} in evaluation run {eval_id!r}", values)
 
@@ -509,10 +552,10 @@ _STORES_LOCK = threading.Lock()
 
 def get_store(path: str | os.PathLike[str]) -> Store:
     """One `Store` (engine, connection pool) per database file and process."""
-    key = str(check_db_path(path).resolve())
+    key = str(Path(path).expanduser().resolve())
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
-            store = Store(key)
+            store = Store(key)  # checks the file (`check_db_path`) once
             _STORES[key] = store
         return store

@@ -24,7 +24,7 @@ from jinja2 import Template, TemplateError, meta
 from pydantic import BaseModel, ValidationError
 
 from knowledge_flow.prompts.environment import environment
-from knowledge_flow.state import ModelFamily
+from knowledge_flow.records import ModelFamily
 
 #: Keys of the top level that describe the set rather than a strategy.
 META_KEYS = frozenset({"name", "description", "follows"})

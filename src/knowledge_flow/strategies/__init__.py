@@ -7,14 +7,19 @@ solution. The loop itself (solve -> extract_answer -> distill_knowledge -> stop_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from knowledge_flow.prompts import PromptSet
-from knowledge_flow.state import KnowledgeItem, State
+from knowledge_flow.records import KnowledgeItem
 from knowledge_flow.strategies.base import Distilled, History, RolloutPrompt, Step, Strategy
 from knowledge_flow.strategies.knowledge_flow import KnowledgeFlow
 from knowledge_flow.strategies.markovian import Markovian
 from knowledge_flow.strategies.positive_knowledge import PositiveKnowledge
 from knowledge_flow.strategies.regeneration import Regeneration
 from knowledge_flow.strategies.self_consistency import SelfConsistency
+
+if TYPE_CHECKING:
+    from knowledge_flow.state import State
 
 _ALL: tuple[Strategy, ...] = (KnowledgeFlow(), Regeneration(), PositiveKnowledge(), Markovian(), SelfConsistency())
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in _ALL}

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from knowledge_flow.answers import equivalent
 from knowledge_flow.parsing import ParsedRollout
 from knowledge_flow.prompts import PromptSpec, PromptTable
-from knowledge_flow.state import AnswerType, CurrentRollout, KnowledgeItem, RunParams, State
+from knowledge_flow.records import AnswerType, CurrentRollout, KnowledgeItem, RunParams
 from knowledge_flow.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from knowledge_flow.state import State
 
 Message = dict[str, str]
 

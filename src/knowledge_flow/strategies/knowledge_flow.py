@@ -14,14 +14,14 @@ Rules of the Wrong Answer List (the prompt set's top-level ``[rules]`` table set
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from knowledge_flow.answers import equivalent, normalize
 from knowledge_flow.parsing import REPORT, ParsedRollout
 from knowledge_flow.prompts import PromptSpec
-from knowledge_flow.state import AnswerType, CurrentRollout, KnowledgeItem, State
+from knowledge_flow.records import AnswerType, CurrentRollout, KnowledgeItem
 from knowledge_flow.strategies.base import (
     COMMON_OPTIONAL,
     COMMON_VARIABLES,
@@ -33,6 +33,9 @@ from knowledge_flow.strategies.base import (
     item_tokens,
 )
 from knowledge_flow.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from knowledge_flow.state import State
 
 ITEM = "item"
 """The extras key of the text a rollout's item would take."""

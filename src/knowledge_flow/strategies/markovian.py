@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import Field
 
 from knowledge_flow.prompts import PromptSpec
+from knowledge_flow.records import CurrentRollout
 from knowledge_flow.sentences import tail_sentences
-from knowledge_flow.state import CurrentRollout
 from knowledge_flow.strategies.base import BaseStrategy, Distilled, RolloutPrompt, Rules, Step, StoredRollout
 
 

@@ -16,15 +16,15 @@ Rules, as in the original scripts (numbers from the prompt set's ``[positive-kno
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from knowledge_flow.parsing import ParsedRollout, is_na, last_integer
 from knowledge_flow.prompts import PromptSpec
 from knowledge_flow.prompts.environment import strip_leading_colon
+from knowledge_flow.records import CurrentRollout, KnowledgeItem
 from knowledge_flow.sentences import tail_sentences
-from knowledge_flow.state import CurrentRollout, KnowledgeItem, State
 from knowledge_flow.strategies.base import (
     COMMON_OPTIONAL,
     COMMON_VARIABLES,
@@ -35,6 +35,9 @@ from knowledge_flow.strategies.base import (
     Step,
 )
 from knowledge_flow.strategies.knowledge_flow import numbered
+
+if TYPE_CHECKING:
+    from knowledge_flow.state import State
 
 ADDING, NOVEL, DROP = "adding", "novel", "drop"
 

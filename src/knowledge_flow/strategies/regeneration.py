@@ -10,15 +10,18 @@ writes no list keeps the old one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from knowledge_flow.parsing import ParsedRollout
 from knowledge_flow.prompts import PromptSpec
+from knowledge_flow.records import CurrentRollout, KnowledgeItem
 from knowledge_flow.sentences import tail_sentences
-from knowledge_flow.state import CurrentRollout, KnowledgeItem, State
 from knowledge_flow.strategies.base import COMMON_OPTIONAL, COMMON_VARIABLES, BaseStrategy, Distilled, Rules, Step
+
+if TYPE_CHECKING:
+    from knowledge_flow.state import State
 
 LIST = "list"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from knowledge_flow.state import CurrentRollout
+from knowledge_flow.records import CurrentRollout
 from knowledge_flow.strategies.base import BaseStrategy, Distilled, RolloutPrompt, Step
 from knowledge_flow.strategies.knowledge_flow import SPEC
 

@@ -1,0 +1,49 @@
+"""`kflow`: the command line. Commands live one group per module; they are registered here, in one place.
+
+- `run`: solve, resume, demo; `inspect`: show, threads;
+- `evaluate`: eval, report;
+- `serve`: serve vllm | local | stop;
+- `prompts`: prompts list | show | export.
+
+Every module imports only light libraries at import time, so `kflow --help` and argument errors answer at
+once; each command imports LangGraph, the endpoint layer or the database when it runs.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from knowledge_flow.cli import evaluate, inspect, prompts, run, serve
+
+app = typer.Typer(
+    help="Knowledge Flow: solve hard problems in many rollouts that pass knowledge, not context.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(run.solve)
+app.command()(run.resume)
+app.command()(inspect.show)
+app.command()(inspect.threads)
+app.command()(run.demo)
+app.command("eval")(evaluate.evaluate)
+app.command()(evaluate.report)
+
+serve_app = typer.Typer(help="Start and stop model servers.", no_args_is_help=True)
+serve_app.command("vllm")(serve.serve_vllm)
+serve_app.command("local")(serve.serve_local)
+serve_app.command("stop")(serve.serve_stop)
+app.add_typer(serve_app, name="serve")
+
+prompts_app = typer.Typer(help="Prompt sets: list, show and export the built-in ones.", no_args_is_help=True)
+prompts_app.command("list")(prompts.prompts_list)
+prompts_app.command("show")(prompts.prompts_show)
+prompts_app.command("export")(prompts.prompts_export)
+app.add_typer(prompts_app, name="prompts")
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

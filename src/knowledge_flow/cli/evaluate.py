@@ -1,0 +1,412 @@
+"""`kflow eval` and `kflow report`: whole benchmarks, resumable, with paper-compatible results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from knowledge_flow.cli.common import (
+    BaseUrlOpt,
+    DbOpt,
+    JsonOpt,
+    MaxRetriesOpt,
+    TimeoutOpt,
+    UsageError,
+    check_base_url,
+    clean,
+    endpoint,
+    err,
+    fail,
+    open_store,
+    out,
+    resolve_db,
+    table,
+)
+from knowledge_flow.cli.options import with_run_options
+from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
+
+if TYPE_CHECKING:
+    from knowledge_flow.evaluation.report import EvalReport
+    from knowledge_flow.evaluation.runner import Progress as Counters
+    from knowledge_flow.persistence.store import Store
+
+
+@with_run_options
+def evaluate(
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="aime25, aime24, gsm8k, math500, hf:ORG/NAME[:config][:split], or a .jsonl/.json/.parquet file."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Problems in flight at once [default: 256; on resume: the run's].")
+    ] = None,
+    base_url: BaseUrlOpt = None,
+    output_postfix: Annotated[
+        str | None, typer.Option("--output-postfix", help="Results folder suffix (default: the strategy).")
+    ] = None,
+    output_dir: Annotated[str, typer.Option("--output-dir", help="Where results/ files go.")] = "results",
+    db: DbOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first K problems.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Name of this evaluation run.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Continue the evaluation run RUN_ID (with --iterations N above its budget: extend it).",
+        ),
+    ] = None,
+    problem_field: Annotated[str | None, typer.Option("--problem-field", help="Problem column.")] = None,
+    answer_field: Annotated[str | None, typer.Option("--answer-field", help="Gold answer column.")] = None,
+    id_field: Annotated[str | None, typer.Option("--id-field", help="Id column.")] = None,
+    progress_every: Annotated[
+        float, typer.Option("--progress-every", min=0.1, help="Seconds between progress lines when not a terminal.")
+    ] = 30.0,
+    max_retries: MaxRetriesOpt = 6,
+    request_timeout: TimeoutOpt = 3600.0,
+    as_json: JsonOpt = False,
+    *,
+    options: dict[str, Any],
+) -> None:
+    """Evaluate a whole benchmark: one thread per problem, all in flight, resumable."""
+    if resume is None and dataset is None:
+        raise fail("--dataset is required (or --resume RUN_ID)")
+    if concurrency is not None and concurrency < 1:
+        raise fail("--concurrency must be at least 1")
+    from knowledge_flow.context import Context
+    from knowledge_flow.evaluation.datasets import DatasetError
+    from knowledge_flow.evaluation.report import build_report
+    from knowledge_flow.evaluation.session import DatasetSpec, create_eval, execute, extend, new_eval_id
+    from knowledge_flow.graph import compile_graph
+    from knowledge_flow.interrupts import StopRequest, exit_now
+    from knowledge_flow.params import resolve_params
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.leases import LeaseHeld, acquire
+
+    given = {name: value for name, value in options.items() if value is not None}
+    try:
+        if concurrency is not None and concurrency < 1:
+            raise UsageError("--concurrency must be at least 1")
+        db_path = resolve_db(db)
+        if resume is not None:
+            store = open_store(db_path, must_exist=True)
+            row = store.get_eval(resume)
+            if row is None:
+                raise UsageError(f"no evaluation run {resume!r} in {db_path}")
+            manifest = row.manifest
+            check_unchanged(given, manifest["params"], f"run {resume!r}")
+            loaded = DatasetSpec(**manifest["dataset_spec"]).load()
+            if loaded.content_hash != row.dataset_hash:
+                raise UsageError(f"the dataset {manifest['dataset']!r} changed since run {resume!r} started")
+            eval_id = resume
+            url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or manifest["endpoint"])
+            concurrency = concurrency or int(manifest.get("concurrency") or DEFAULT_CONCURRENCY)
+            check_output_dir(Path(manifest["output_dir"]), manifest)
+        else:
+            if dataset is None:
+                raise UsageError("--dataset is required (or --resume RUN_ID)")
+            url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or DEFAULT_LOCAL_BASE_URL)
+            source = dataset
+            if Path(dataset).expanduser().suffix.lower() in (".jsonl", ".json", ".parquet"):
+                source = str(Path(dataset).expanduser().resolve())
+            answer_type = given.get("answer_type")
+            if answer_type is not None and answer_type not in ("integer", "latex", "text"):
+                raise UsageError(f"answer_type must be one of integer, latex, text, got {answer_type!r}")
+            spec = DatasetSpec(source, problem_field, answer_field, id_field, answer_type, limit)
+            loaded = spec.load()
+            params = dict(resolve_params({**given, "answer_type": loaded.answer_type}))
+            eval_id = run_id or new_eval_id()
+            postfix = output_postfix or str(params["strategy"])
+            folder = Path(output_dir).expanduser().resolve()
+            check_output_dir(folder, {"params": params, "output_postfix": postfix})
+            store = open_store(db_path)
+            if store.get_eval(eval_id) is not None:
+                raise UsageError(f"evaluation run {eval_id!r} already exists; continue it with --resume {eval_id}")
+            concurrency = concurrency or DEFAULT_CONCURRENCY
+            create_eval(
+                store,
+                eval_id=eval_id,
+                spec=spec,
+                dataset=loaded,
+                params=params,
+                base_url=url,
+                concurrency=concurrency,
+                output_postfix=postfix,
+                output_dir=str(folder),
+            )
+        lease = acquire(store, f"evaluation run:{eval_id}")
+    except LeaseHeld as exc:
+        raise fail(str(exc)) from None
+    except (UsageError, ValueError, DatasetError) as exc:
+        raise fail(str(exc)) from None
+
+    resume_hint = f"`kflow eval --resume {eval_id} --db {db_path}`"
+    err.print(f"evaluation {eval_id}: {loaded.name}, {len(loaded.problems)} problems (database {db_path})")
+    display = ProgressDisplay(progress_every)
+    checkpointer = SqliteCheckpointer(db_path)
+    graph = compile_graph(checkpointer)
+    started = time.monotonic()
+    with StopRequest() as stop:
+        try:
+            if resume is not None and "iterations" in given:
+                before = extend(graph, store, eval_id, int(given["iterations"]))
+                if before != given["iterations"]:
+                    err.print(f"extended from {before} to {given['iterations']} iterations")
+            with endpoint(url) as live_url:
+                context = Context(
+                    base_url=live_url, db_path=db_path, max_retries=max_retries, request_timeout=request_timeout
+                )
+                row, results, written = execute(
+                    graph=graph,
+                    store=store,
+                    eval_id=eval_id,
+                    context=context,
+                    concurrency=concurrency,
+                    stop=stop.event,
+                    on_start=display.start,
+                    on_tick=display.tick,
+                )
+        except (UsageError, ValueError) as exc:
+            display.stop()
+            lease.release()
+            raise fail(str(exc)) from None
+        display.stop()
+        report = build_report(store, eval_id)
+        if stop.requested:
+            print_report(report)
+            if written:
+                out.print(f"predictions of the {report.finished} complete problems: {written[0].parent}")
+            err.print(Text(f"{stop.signal_name}: stopped; continue with {resume_hint}", style="bold yellow"))
+            lease.release()
+            checkpointer.close()
+            exit_now()
+    lease.release()
+    checkpointer.close()
+    failures = [r for r in results if r.error]
+    if as_json:
+        sys.stdout.write(json.dumps({**report.to_json(), "predictions": [str(p) for p in written]}) + "\n")
+    else:
+        print_report(report)
+        if written:
+            out.print(f"predictions: {written[0].parent} ({len(written)} files)")
+        out.print(f"elapsed {time.monotonic() - started:.1f}s")
+    if failures or report.failed:
+        for failure in failures[:5]:
+            err.print(Text(f"problem {failure.position} failed: {clean(failure.error, 300)}", style="red"))
+        count = max(len(failures), report.failed)
+        raise fail(f"{count} problem(s) did not finish; continue with {resume_hint}", code=1)
+
+
+DEFAULT_CONCURRENCY = 256
+
+
+def check_unchanged(given: dict[str, Any], stored: dict[str, Any], what: str) -> None:
+    """Refuse options that a resumed run cannot change (its iteration budget can only grow)."""
+    from knowledge_flow.options import flag_of, on_resume
+
+    for name, value in given.items():
+        if on_resume(name) == "extend":
+            continue
+        if stored.get(name) != value:
+            raise UsageError(
+                f"{flag_of(name)} cannot change when resuming {what} (it runs with {stored.get(name)!r}); "
+                "start a new run for other settings"
+            )
+
+
+def check_output_dir(folder: Path, manifest: dict[str, Any]) -> None:
+    """The predictions' folder must be creatable: no existing file on its path (checked before any request)."""
+    from knowledge_flow.evaluation.predictions import predictions_dir
+
+    target = predictions_dir(folder, manifest)
+    for path in [target, *target.parents]:
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"{path} is a file, not a folder; choose another --output-dir")
+            break
+
+
+class ProgressDisplay:
+    """Progress on stderr: a rich progress bar on a terminal, else a plain line every `every` seconds (a log
+    being tailed must tell progress from a hang)."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.terminal = err.is_terminal
+        self.counters: Counters | None = None
+        self.last = 0.0
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("rollouts {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("problems {task.fields[problems]}"),
+            TextColumn("tokens {task.fields[tokens]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            refresh_per_second=4,
+        )
+        self.task: TaskID | None = None
+
+    def start(self, counters: Counters) -> None:
+        self.counters = counters
+        self.last = time.monotonic()
+        if self.terminal:
+            self.task = self.bar.add_task("eval", total=counters.rollouts_total, problems="", tokens="0", acc="—")
+            self.bar.start()
+        else:
+            err.print(counters.line())
+        self.tick()
+
+    def tick(self) -> None:
+        c = self.counters
+        if c is None:
+            return
+        if not self.terminal:
+            if time.monotonic() - self.last >= self.every:
+                self.last = time.monotonic()
+                err.print(c.line())
+            return
+        if self.task is None:
+            return
+        acc = f"{100 * c.accuracy:.1f}%" if c.accuracy is not None else "—"
+        failed = f" ({c.failed} failed)" if c.failed else ""
+        self.bar.update(
+            self.task,
+            completed=c.rollouts_done,
+            problems=f"{c.problems_done}/{c.problems}{failed}",
+            tokens=f"{c.tokens:,}",
+            acc=acc,
+        )
+
+    def stop(self) -> None:
+        if self.counters is None:
+            return
+        if self.terminal:
+            self.tick()
+            self.bar.stop()
+        else:
+            err.print(self.counters.line())
+        self.counters = None
+
+
+def print_report(report: EvalReport) -> None:
+    answers = f", answers re-read by rule {report.answer_rule}" if report.answer_rule != "default" else ""
+    out.print(
+        Text(
+            clean(
+                f"{report.eval_id}: {report.dataset}, {report.problems} problems, model {report.model}, "
+                f"strategy {report.strategy}, status {report.status}{answers}"
+            ),
+            style="bold",
+        )
+    )
+    iterations = table(
+        "iteration",
+        "pass@1",
+        "solved ≥1",
+        f"final ({report.final_answer_rule})",
+        "rollouts",
+        "failed",
+        "cut off",
+        "retried",
+        "prompt tok",
+        "completion tok",
+        "cumulative tok",
+    )
+    for f in report.per_iteration:
+        iterations.add_row(
+            str(f.iteration),
+            f"{100 * f.accuracy:.1f}%",
+            f"{100 * f.cumulative_solved:.1f}%",
+            f"{100 * f.final_accuracy:.1f}%",
+            str(f.rollouts),
+            str(f.failed_rollouts),
+            str(f.truncated_rollouts),
+            str(f.retried_rollouts),
+            f"{f.prompt_tokens:,}",
+            f"{f.completion_tokens:,}",
+            f"{f.cumulative_tokens:,}",
+        )
+    out.print(iterations)
+    out.print(
+        f"label-free final answer accuracy ({report.final_answer_rule}): {100 * report.final_accuracy:.1f}%   "
+        f"total tokens: {report.total_tokens:,}   rollouts failed: {report.failed_rollouts:,}, cut off at the "
+        f"token limit: {report.truncated_rollouts:,}, retried: {report.retried_rollouts:,}"
+        + (f"   failed problems: {report.failed}" if report.failed else "")
+    )
+    if len(report.replicas) > 1 or report.failed_rollouts:
+        replicas = table("endpoint", "rollouts", "failed", "cut off", "retried", "prompt tok", "completion tok")
+        for entry in report.replicas:
+            replicas.add_row(
+                Text(str(entry["url"])),
+                f"{entry['rollouts']:,}",
+                f"{entry['failed_rollouts']:,}",
+                f"{entry['truncated_rollouts']:,}",
+                f"{entry['retried_rollouts']:,}",
+                f"{entry['prompt_tokens']:,}",
+                f"{entry['completion_tokens']:,}",
+            )
+        out.print(replicas)
+    out.print(
+        f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
+        f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"
+    )
+
+
+def report(
+    run_id: Annotated[str, typer.Argument(help="The evaluation run.")],
+    db: DbOpt = None,
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the plot.")] = "results",
+    compare: Annotated[list[str] | None, typer.Option("--compare", help="Other runs to overlay.")] = None,
+    answer_rule: Annotated[
+        str,
+        typer.Option(
+            "--answer-rule",
+            help="Re-grade the stored outputs, without a request: default, last-boxed, first-boxed, last-integer, "
+            "paper (the original scripts' rule for the model family).",
+        ),
+    ] = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; a PNG plot."""
+    from knowledge_flow.answer_rules import check_rule
+    from knowledge_flow.evaluation.report import build_report, plot_reports
+
+    try:
+        check_rule(answer_rule)
+        db_path = resolve_db(db)
+        folder = Path(out_dir).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file, not a folder; choose another --out")
+        store: Store = open_store(db_path, must_exist=True)
+        reports = []
+        for name in [run_id, *(compare or [])]:
+            if store.get_eval(name) is None:
+                raise UsageError(f"no evaluation run {name!r} in {db_path}")
+            reports.append(build_report(store, name, answer_rule))
+    except (UsageError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
+    datasets = sorted({r.dataset for r in reports})
+    if len(datasets) > 1:
+        err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
+    if as_json:
+        payload: dict[str, Any] = {**reports[0].to_json(), "plot": str(plot), "same_dataset": len(datasets) == 1}
+        if compare:
+            payload["compare"] = [r.to_json() for r in reports[1:]]
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    for item in reports:
+        print_report(item)
+    out.print(f"plot: {plot}")

@@ -1,0 +1,156 @@
+"""`kflow show` and `kflow threads`: what a database holds, run by run and rollout by rollout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, fail, open_store, out, resolve_db, table
+from knowledge_flow.cli.run import describe_item
+
+
+def show(
+    thread_id: Annotated[str, typer.Argument(help="The thread to show.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    texts: Annotated[
+        bool, typer.Option("--texts", help="Add each rollout's full prompt, output, reasoning and summary.")
+    ] = False,
+) -> None:
+    """Show a run: per rollout the answer, whether it changed, the knowledge it added, tokens, latency.
+
+    The database stores long texts compressed; `--texts` reads them back."""
+    try:
+        db_path = resolve_db(db)
+        store = open_store(db_path, must_exist=True)
+        run = store.latest_run(thread_id)
+        if run is None:
+            raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    from knowledge_flow.answers import equivalent
+
+    rows = store.rollouts(run.run_id)
+    item = store.eval_item_of_thread(thread_id)
+    gold = item.gold if item is not None else None
+    answer_type = run.params.get("answer_type", "integer")
+    rollouts: list[dict[str, Any]] = [
+        {
+            "iteration": r.iteration,
+            "answer": r.answer,
+            **({"correct": equivalent(gold, r.answer, answer_type)} if gold is not None else {}),
+            "changed": r.changed,
+            "knowledge_added": json.loads(r.knowledge_added) if r.knowledge_added else None,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "latency_s": round(r.latency_s, 3),
+            "finish_reason": r.finish_reason,
+            "thinker": r.index,
+            "temperature": r.temperature,
+            "confidence": r.confidence,
+            "rank": r.rank,
+            "error": r.error,
+            **(
+                {"messages": r.messages, "content": r.content, "reasoning": r.reasoning, "summary": r.summary}
+                if texts
+                else {}
+            ),
+        }
+        for r in rows
+    ]
+    if as_json:
+        payload = {
+            "thread_id": run.thread_id,
+            "run_id": run.run_id,
+            "status": run.status,
+            "final_answer": run.final_answer,
+            "params": run.params,
+            "problem": run.problem,
+            **({"evaluation": item.eval_id, "gold": gold} if item is not None else {}),
+            "rollouts": rollouts,
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        return
+    out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    out.print(Text(f"problem: {clean(run.problem, 300)}"))
+    if item is not None:
+        out.print(Text(f"evaluation {item.eval_id}, problem {item.position}: gold answer {clean(gold)}"))
+    headers = ["#", "answer", *(["correct"] if gold is not None else []), "changed", "knowledge added"]
+    rollout_table = table(*headers, "tokens (prompt+completion)", "latency", "finish")
+    for r in rollouts:
+        added = r["knowledge_added"]
+        thinker = f".{r['thinker']}{'*' if r['rank'] == 0 else ''}" if run.params.get("thinkers", 1) > 1 else ""
+        rollout_table.add_row(
+            f"{r['iteration']}{thinker}",
+            Text(clean(r["answer"], 40)),
+            *([("yes" if r["correct"] else "no")] if gold is not None else []),
+            "—" if r["changed"] is None else ("yes" if r["changed"] else "no"),
+            Text(clean(describe_item(added), 80) if added else "—"),
+            f"{r['prompt_tokens']}+{r['completion_tokens']}",
+            f"{r['latency_s']:.1f}s",
+            Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
+        )
+    out.print(rollout_table)
+    for r in rollouts if texts else []:
+        out.rule(Text(f"rollout {r['iteration']}.{r['thinker']}"))
+        for message in r["messages"]:
+            out.print(Text(f"[{message['role']}]", style="bold"))
+            out.print(Text(clean(message["content"])))
+        if r["reasoning"]:
+            out.print(Text("[reasoning]", style="bold"))
+            out.print(Text(clean(r["reasoning"])))
+        out.print(Text("[output]", style="bold"))
+        out.print(Text(clean(r["content"])))
+    out.print(Text(f"final answer: {clean(run.final_answer)}", style="bold"))
+
+
+def threads(
+    db: DbOpt = None,
+    evaluation: Annotated[str | None, typer.Option("--eval", help="Only the threads of this evaluation run.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the runs in a database, oldest first, with their status."""
+    try:
+        db_path = resolve_db(db)
+        store = open_store(db_path, must_exist=True)
+        if evaluation is not None and store.get_eval(evaluation) is None:
+            raise UsageError(f"no evaluation run {evaluation!r} in {db_path}")
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    runs = store.list_runs()
+    if evaluation is not None:
+        wanted = {item.thread_id for item in store.eval_items(evaluation)}
+        runs = [r for r in runs if r.thread_id in wanted]
+    listing: list[dict[str, Any]] = [
+        {
+            "thread_id": r.thread_id,
+            "run_id": r.run_id,
+            "status": r.status,
+            "iterations_done": r.iterations_done,
+            "iterations": r.params.get("iterations"),
+            "final_answer": r.final_answer,
+            "model": r.model,
+            "strategy": r.strategy,
+            "created_at": r.created_at,
+        }
+        for r in runs
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        return
+    listing_table = table("thread", "run", "status", "rollouts", "final answer", "model", "created")
+    for item in listing:
+        listing_table.add_row(
+            Text(clean(item["thread_id"])),
+            item["run_id"],
+            item["status"],
+            f"{item['iterations_done']}/{item['iterations']}",
+            Text(clean(item["final_answer"], 30)),
+            Text(clean(item["model"])),
+            item["created_at"],
+        )
+    out.print(listing_table)

@@ -1,0 +1,352 @@
+"""`kflow solve`, `kflow resume` and `kflow demo`: one problem's run, from start or where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+import typer
+from rich.text import Text
+
+from knowledge_flow.cli.common import (
+    BaseUrlOpt,
+    Connection,
+    DbOpt,
+    JsonOpt,
+    MaxRetriesOpt,
+    TimeoutOpt,
+    UsageError,
+    check_base_url,
+    clean,
+    endpoint,
+    err,
+    fail,
+    open_store,
+    out,
+    resolve_db,
+)
+from knowledge_flow.cli.options import with_run_options
+from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
+
+if TYPE_CHECKING:
+    from knowledge_flow.context import Context
+    from knowledge_flow.persistence.store import Store
+    from knowledge_flow.state import KnowledgeItem, State
+
+SAMPLE_PROBLEM = (
+    "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her "
+    "friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck "
+    "egg. How much in dollars does she make every day at the farmers' market?"
+)
+
+
+DEFAULT_ITERATIONS = 64
+
+
+def _print_rollout(store: Store, state: dict[str, Any]) -> None:
+    iteration = state["iteration"] - 1
+    rid = store.best_rollout_id(state["run_id"], iteration)
+    row = store.get_rollout(rid) if rid else None
+    answer = state["answers"][-1]
+    tokens = f"{row.prompt_tokens}+{row.completion_tokens} tokens" if row else ""
+    latency = f"{row.latency_s:.1f}s" if row else ""
+    changed = " (changed)" if row is not None and row.changed else ""
+    err.print(Text(f"rollout {iteration}: answer {clean(answer)}{changed}  [{tokens}, {latency}]", style="bold"))
+
+
+def describe_item(item: dict[str, Any] | KnowledgeItem) -> str:
+    wrong = item.get("wrong_answer")
+    return f"not {wrong}: {item['text']}" if wrong is not None else str(item["text"])
+
+
+def _print_knowledge(items: list[KnowledgeItem]) -> None:
+    if not items:
+        err.print("  knowledge: (empty)")
+        return
+    err.print(f"  knowledge ({len(items)} shown):")
+    for item in items:
+        err.print(Text(f"   - {clean(describe_item(item), 160)}"))
+
+
+def run_graph(
+    *,
+    graph_input: dict[str, Any] | None,
+    thread_id: str,
+    db: str,
+    context: Context,
+    iterations: int | None = None,
+) -> dict[str, Any]:
+    """Run a new run (`graph_input`) or continue the thread's run (None: failed iterations are tried again,
+    `iterations` above its budget extends it)."""
+    from knowledge_flow.graph import compile_graph
+    from knowledge_flow.params import recursion_limit
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.store import get_store
+    from knowledge_flow.runs import reopen
+    from knowledge_flow.strategies import shown_knowledge
+
+    checkpointer = SqliteCheckpointer(db)
+    graph = compile_graph(checkpointer)
+    config: Any = {"configurable": {"thread_id": thread_id}}
+    budget = (graph_input or {}).get("iterations")
+    if graph_input is None:
+        reopen(graph, config, get_store(db), iterations=iterations)
+        budget = graph.get_state(config).values["params"]["iterations"]
+    config["recursion_limit"] = recursion_limit(int(budget or DEFAULT_ITERATIONS))
+    store = get_store(db)
+    last_knowledge: list[KnowledgeItem] | None = None
+    updated: set[str] = set()
+    try:
+        for mode, chunk in graph.stream(
+            graph_input,
+            config,
+            context=context,
+            stream_mode=["updates", "values"],
+            durability="sync",
+        ):
+            if mode == "updates":
+                updated = set(chunk) if isinstance(chunk, dict) else set()
+                continue
+            values = cast(dict[str, Any], chunk)
+            if "prepare" in updated:
+                err.print(f"run {values['run_id']} on thread {thread_id} (database {db})")
+            if "distill_knowledge" in updated:
+                _print_rollout(store, values)
+                params = values["params"]
+                visible = shown_knowledge(cast("State", values), store.prompt_set(params["prompt_hash"]))
+                if visible != last_knowledge:
+                    _print_knowledge(visible)
+                    last_knowledge = visible
+    finally:
+        checkpointer.close()
+    return summarize(graph.get_state(config).values, thread_id, db)
+
+
+def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]:
+    from knowledge_flow.persistence.store import get_store
+    from knowledge_flow.strategies import shown_knowledge
+
+    params = values.get("params") or {}
+    knowledge = (
+        shown_knowledge(cast("State", values), get_store(db).prompt_set(params["prompt_hash"])) if params else []
+    )
+    return {
+        "thread_id": thread_id,
+        "run_id": values.get("run_id"),
+        "status": values.get("status"),
+        "final_answer": values.get("final_answer"),
+        "answers": values.get("answers", []),
+        "knowledge": [dict(item) for item in knowledge],
+        "iterations_done": values.get("iteration", 0),
+        "usage": values.get("usage", {"prompt_tokens": 0, "completion_tokens": 0}),
+        "stopped_early": values.get("stopped_early", False),
+        "db": db,
+    }
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "db"}, ensure_ascii=False) + "\n")
+        return
+    usage = result["usage"]
+    out.print(Text(f"final answer: {clean(result['final_answer'])}", style="bold green"))
+    out.print(f"answers: {', '.join(clean(a) for a in result['answers'])}")
+    out.print(
+        f"rollouts: {result['iterations_done']}   tokens: {usage['prompt_tokens']} prompt + "
+        f"{usage['completion_tokens']} completion"
+    )
+    out.print(f"thread: {result['thread_id']}   database: {result['db']}")
+
+
+def _execute(
+    graph_input: dict[str, Any] | None,
+    thread_id: str,
+    db: str,
+    base_url: str,
+    as_json: bool,
+    conn: Connection,
+    *,
+    iterations: int | None = None,
+    lease_key: str | None = None,
+) -> None:
+    from knowledge_flow.context import Context
+    from knowledge_flow.endpoint.client import EndpointError
+    from knowledge_flow.interrupts import StopRequest
+    from knowledge_flow.persistence.leases import LeaseHeld, acquire
+    from knowledge_flow.persistence.store import get_store
+
+    resume_hint = f"`kflow resume {thread_id} --db {db}`"
+    store = get_store(db)
+    try:
+        lease = acquire(store, lease_key or f"thread:{thread_id}")
+    except LeaseHeld as exc:
+        raise fail(str(exc)) from None
+    try:
+        with StopRequest(raise_in_main=True) as stop, endpoint(base_url) as url:
+            context = Context(
+                base_url=url, db_path=db, max_retries=conn.max_retries, request_timeout=conn.request_timeout
+            )
+            result = run_graph(
+                graph_input=graph_input, thread_id=thread_id, db=db, context=context, iterations=iterations
+            )
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    except EndpointError as exc:
+        raise fail(
+            f"the endpoint {base_url} failed: {exc}. Completed rollouts are saved; continue with {resume_hint}",
+            code=1,
+        ) from None
+    except KeyboardInterrupt:
+        name = stop.signal_name or "interrupted"
+        raise fail(f"{name}: stopped; completed rollouts are saved; continue with {resume_hint}", code=130) from None
+    finally:
+        lease.release()
+    emit(result, as_json)
+    if result["status"] == "failed":
+        raise fail(failure_message(store, result, thread_id, db), code=1)
+
+
+def failure_message(store: Store, result: dict[str, Any], thread_id: str, db: str) -> str:
+    """Why a run failed (its rollouts' distinct errors, the latest first) and how to continue it."""
+    reasons = list(dict.fromkeys(r.error for r in reversed(store.rollouts(result["run_id"])) if r.error))
+    shown = "; ".join(clean(reason, 300) for reason in reasons[:3]) or "no reason recorded"
+    done = result["iterations_done"]
+    return (
+        f"the run failed: its rollouts keep failing ({done} iterations, the last of them without a usable "
+        f"response): {shown}. Fix the cause, then `kflow resume {thread_id} --db {db}` tries them again"
+    )
+
+
+@with_run_options
+def solve(
+    problem: Annotated[str, typer.Argument(help="The problem text ('-' reads it from standard input).")],
+    base_url: BaseUrlOpt = None,
+    thread_id: Annotated[str | None, typer.Option("--thread-id", help="Thread id (default: a new one).")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    max_retries: MaxRetriesOpt = 6,
+    request_timeout: TimeoutOpt = 3600.0,
+    *,
+    options: dict[str, Any],
+) -> None:
+    """Run Knowledge Flow on one problem."""
+    run_solve(
+        problem,
+        base_url=base_url,
+        db=db,
+        thread_id=thread_id,
+        as_json=as_json,
+        conn=Connection(max_retries, request_timeout),
+        params=options,
+    )
+
+
+def run_solve(
+    problem: str,
+    *,
+    base_url: str | list[str] | None,
+    db: str | None,
+    thread_id: str | None,
+    as_json: bool,
+    params: dict[str, Any],
+    conn: Connection | None = None,
+) -> None:
+    from knowledge_flow.params import resolve_params
+
+    try:
+        if problem == "-":
+            problem = sys.stdin.read()
+        if not problem.strip():
+            raise UsageError("the problem is empty")
+        url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or DEFAULT_LOCAL_BASE_URL)
+        db_path = resolve_db(db)
+        resolve_params(params)
+        open_store(db_path)
+    except (UsageError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    thread = thread_id or uuid.uuid4().hex[:12]
+    _execute({"problem": problem, **params}, thread, db_path, url, as_json, conn or Connection())
+
+
+def resume(
+    thread_id: Annotated[str, typer.Argument(help="The thread to continue.")],
+    db: DbOpt = None,
+    base_url: BaseUrlOpt = None,
+    iterations: Annotated[
+        int | None,
+        typer.Option(help="A larger iteration budget: extend the run (stored rollouts are kept, never re-sent)."),
+    ] = None,
+    as_json: JsonOpt = False,
+    max_retries: MaxRetriesOpt = 6,
+    request_timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Continue a run from its last completed step, with its stored parameters: after a crash, a Ctrl-C, an
+    endpoint failure (its failed iterations are tried again), or with a larger budget (--iterations)."""
+    from knowledge_flow.graph import compile_graph
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.leases import holder
+
+    try:
+        db_path = resolve_db(db)
+        store = open_store(db_path, must_exist=True)
+        run = store.latest_run(thread_id)
+        if run is None:
+            raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+        url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or run.base_url or DEFAULT_LOCAL_BASE_URL)
+        if iterations is not None and iterations < run.iterations_done:
+            raise UsageError(
+                f"the run has done {run.iterations_done} iterations; --iterations {iterations} cannot shrink it"
+            )
+        evaluation = store.evaluation_of_thread(thread_id)
+        # A thread of an evaluation is held through its evaluation's lease (one process per run).
+        lease_key = f"evaluation run:{evaluation}" if evaluation is not None else None
+        if lease_key is not None and (held := holder(store, lease_key)) is not None:
+            raise UsageError(
+                f"thread {thread_id} belongs to evaluation run {evaluation}, being continued by pid {held.pid} "
+                f"on {held.host} since {held.taken_at}"
+            )
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}}).values
+    finally:
+        checkpointer.close()
+    if not values:
+        raise fail(f"thread {thread_id!r} has no checkpoint in {db_path}")
+    extend = iterations is not None and iterations > int(values["params"]["iterations"])
+    if values.get("status") == "done" and not extend:
+        err.print(f"thread {thread_id} is already complete")
+        emit(summarize(values, thread_id, db_path), as_json)
+        return
+    _execute(
+        None,
+        thread_id,
+        db_path,
+        url,
+        as_json,
+        Connection(max_retries, request_timeout),
+        iterations=iterations,
+        lease_key=lease_key,
+    )
+
+
+def demo(
+    db: Annotated[str, typer.Option("--db", help="SQLite file for the demo run.")] = "kflow-demo.db",
+    iterations: Annotated[int, typer.Option(help="Rollouts.")] = 3,
+) -> None:
+    """Solve a sample GSM8K problem with the embedded CPU model (3 rollouts)."""
+    err.print(Text(f"problem: {SAMPLE_PROBLEM}"))
+    run_solve(
+        SAMPLE_PROBLEM,
+        base_url=DEFAULT_LOCAL_BASE_URL,
+        db=db,
+        thread_id=None,
+        as_json=False,
+        params={"iterations": iterations, "max_new_tokens": 512, "temperature": 0.6, "top_p": 1.0},
+    )

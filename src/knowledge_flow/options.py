@@ -1,0 +1,210 @@
+"""Every run option, defined once: name, type, default, bounds, help text, command-line flag, and whether it
+may change when a run is resumed.
+
+From `RunOptions` derive: the graph's input schema (what Studio's input form and ``graph.invoke`` accept,
+with descriptions and defaults), the validation in `prepare` and before anything is written
+(`knowledge_flow.params.resolve_run`), and the run options of ``kflow solve`` and ``kflow eval``
+(`knowledge_flow.cli` builds them from the fields). A new option is one field here plus its use.
+
+Options whose default depends on others are ``None`` by default and resolved by `resolve_run` (the model's
+family picks the prompt set and reasoning effort, the strategy its final-answer rule, `thinkers` the number
+kept, the temperature the thinkers' range).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+
+AnswerType = Literal["integer", "latex", "text"]
+ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
+ReasoningEffort = Literal["low", "medium", "high"]
+OnResume = Literal["fixed", "extend"]
+"""``fixed``: a resumed run keeps its value (giving another is refused); ``extend``: a larger value extends
+the run (iterations: the rollouts already paid for are kept)."""
+
+MAX_ITERATIONS = 10_000
+MAX_THINKERS = 64
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+def _json_object(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"must be a JSON object: {exc}") from None
+    return value
+
+
+Number = BeforeValidator(_not_bool)
+
+
+def option(
+    default: Any,
+    description: str,
+    *,
+    flag: str | None = None,
+    on_resume: OnResume = "fixed",
+    **constraints: Any,
+) -> Any:
+    """A run option's field: its help text, command-line flag (default ``--name-with-dashes``) and resume rule."""
+    extra: dict[str, Any] = {"on_resume": on_resume}
+    if flag:
+        extra["flag"] = flag
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
+
+
+class RunOptions(BaseModel):
+    """The options of one run (a problem's rollouts). Everything a run needs to continue after a crash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = option(None, "Served model name (env KFLOW_MODEL; default: the embedded model).")
+    iterations: Annotated[int, Number] = option(
+        64, "Rollouts (iterations) to run; the original runs used 64.", ge=1, le=MAX_ITERATIONS, on_resume="extend"
+    )
+    max_new_tokens: Annotated[int, Number] = option(
+        512,
+        "Tokens per rollout before the prompt set's fraction and the served context's limit (gpt-oss: 131072).",
+        ge=1,
+        le=10**7,
+    )
+    temperature: Annotated[float, Number] = option(0.6, "Sampling temperature.", ge=0.0, le=2.0)
+    top_p: Annotated[float, Number] = option(1.0, "Nucleus sampling (always sent).", ge=0.0, le=1.0)
+    top_k: Annotated[int, Number] = option(-1, "Top-k sampling; -1 for none (always sent).", ge=-1, le=10**6)
+    min_p: Annotated[float, Number] = option(0.0, "Min-p sampling; 0 for none (always sent).", ge=0.0, le=1.0)
+    repetition_penalty: Annotated[float, Number] = option(
+        1.0, "Repetition penalty; 1 for none (always sent).", ge=0.01, le=10.0
+    )
+    extra_body: Annotated[dict[str, Any] | None, BeforeValidator(_json_object)] = option(
+        None, "JSON object of extra request fields, e.g. vLLM's structured_outputs or chat_template_kwargs."
+    )
+    strategy: str = option("knowledge-flow", "Strategy (see `kflow --help` for the list).", min_length=1)
+    answer_type: AnswerType | None = option(
+        None, "integer, latex or text (default: integer; kflow eval: the dataset's)."
+    )
+    prompts: str | None = option(
+        None, "Prompt set: a built-in name (kflow prompts list) or a .toml file (default: the model family's)."
+    )
+    prefill: str | None = option(
+        None, "Assistant prefill for every rollout, overriding the prompt set's (continued by the server)."
+    )
+    model_family: ModelFamily | None = option(
+        None, "gpt-oss, qwen3-thinking or instruct (default: from the model name)."
+    )
+    reasoning_effort: ReasoningEffort | None = option(None, "gpt-oss reasoning effort (default: high for gpt-oss).")
+    knowledge_budget_tokens: Annotated[int, Number] = option(
+        8192, "Tokens of the knowledge list in a prompt.", flag="--knowledge-budget", ge=0, le=10**7
+    )
+    avoid_budget_tokens: Annotated[int | None, Number] = option(
+        None,
+        "regeneration: tokens of the Things to Avoid list (default: the prompt set's rule).",
+        flag="--avoid-budget",
+        ge=1,
+        le=10**7,
+    )
+    stop_policy: str = option("fixed", "fixed (the whole budget) or stable:K (K same answers, no report).")
+    final_answer_rule: str | None = option(
+        None,
+        "last or majority:W (W or 'all'); default: the strategy's (self-consistency: majority:all).",
+        flag="--final-answer",
+    )
+    thinkers: Annotated[int, Number] = option(1, "Parallel rollouts per iteration.", ge=1, le=MAX_THINKERS)
+    topk_thinkers: Annotated[int | None, Number] = option(
+        None, "Thinkers kept per iteration (default: all).", ge=1, le=MAX_THINKERS
+    )
+    min_temperature: Annotated[float | None, Number] = option(
+        None, "Lowest thinker temperature (default: the temperature).", ge=0.0, le=2.0
+    )
+    max_temperature: Annotated[float | None, Number] = option(
+        None, "Highest thinker temperature (default: the temperature).", ge=0.0, le=2.0
+    )
+    diversity_weight: Annotated[float, Number] = option(
+        0.0, "Penalty on kept thinkers similar to those kept before.", ge=0.0, le=100.0
+    )
+    dynamic_temperature: bool = option(False, "Adapt the thinkers' temperature spread to agreement and confidence.")
+    uncertainty_threshold: Annotated[float | None, Number] = option(
+        None, "Below this mean log-probability the reference solution is not replaced.", ge=-1e9, le=0.0
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunOptions:
+        if self.model is not None and not self.model.strip():
+            raise ValueError("model must not be empty")
+        if self.topk_thinkers is not None and self.topk_thinkers > self.thinkers:
+            raise ValueError(f"topk_thinkers ({self.topk_thinkers}) cannot exceed thinkers ({self.thinkers})")
+        low, high = self.min_temperature, self.max_temperature
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_temperature ({low}) cannot exceed max_temperature ({high})")
+        return self
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(RunOptions.model_fields)
+
+
+def field_info(name: str) -> FieldInfo:
+    return RunOptions.model_fields[name]
+
+
+def extra_of(name: str) -> dict[str, Any]:
+    extra = field_info(name).json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def flag_of(name: str) -> str:
+    return str(extra_of(name).get("flag") or "--" + name.replace("_", "-"))
+
+
+def on_resume(name: str) -> OnResume:
+    value = extra_of(name).get("on_resume", "fixed")
+    return "extend" if value == "extend" else "fixed"
+
+
+def choices_of(name: str) -> tuple[str, ...]:
+    """The allowed values of a Literal option (empty for others)."""
+    annotation = field_info(name).annotation
+    for arg in (annotation, *get_args(annotation)):
+        values = get_args(arg)
+        if values and all(isinstance(v, str) for v in values) and getattr(arg, "__origin__", None) is Literal:
+            return tuple(values)
+    return ()
+
+
+def _message(error: Any) -> str:
+    """One line a user can act on, for a pydantic error."""
+    name = ".".join(str(part) for part in error.get("loc", ())) or "options"
+    kind, value, context = error.get("type", ""), error.get("input"), error.get("ctx") or {}
+    if name in RunOptions.model_fields and kind in ("greater_than_equal", "less_than_equal"):
+        bounds = {type(m).__name__: m for m in field_info(name).metadata}
+        low = getattr(bounds.get("Ge"), "ge", None)
+        high = getattr(bounds.get("Le"), "le", None)
+        return f"{name} must be between {low:g} and {high:g}, got {value!r}"
+    if kind == "int_from_float":
+        return f"{name} must be a whole number, got {value!r}"
+    if kind in ("int_parsing", "float_parsing", "int_type", "float_type"):
+        return f"{name} must be a number, got {value!r}"
+    if kind == "literal_error":
+        return f"{name} must be one of {context.get('expected', '')}, got {value!r}"
+    if kind == "extra_forbidden":
+        return f"unknown option {name!r}"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if name == "options" or message.startswith(name):
+        return message
+    return f"{name} {message}" if message.startswith("must") else f"{name}: {message}"
+
+
+def parse_options(given: dict[str, Any]) -> RunOptions:
+    """The options given (None meaning "not given"), validated; ValueError with a one-line message."""
+    try:
+        return RunOptions.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise ValueError(_message(exc.errors()[0])) from None

@@ -1,0 +1,93 @@
+"""Continuing a run that stopped: retry its failed iterations, extend its budget.
+
+Both are ordinary LangGraph state updates (`update_state`), written as if the node before the graph's next
+step had written them, so the graph then continues from there:
+
+- A failed run (its rollouts kept failing) is reopened: its trailing iterations whose every rollout failed
+  are tried again (their failed rows are removed from the rollout store, the run's counters go back to the
+  first of them); nothing that succeeded is requested again.
+- A larger iteration budget extends a run, finished or not: the rollouts already stored are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Overwrite
+
+from knowledge_flow.persistence.store import Store
+
+
+def predecessor(graph: CompiledStateGraph[Any, Any, Any, Any], node: str) -> str:
+    """The node whose write leads to `node` (a static edge, or a router that can choose it)."""
+    builder = graph.builder
+    for source, target in builder.edges:
+        if target == node:
+            return str(source)
+    for source, branches in builder.branches.items():
+        for branch in branches.values():
+            if branch.ends is None or node in branch.ends.values() or node in branch.ends:
+                return str(source)
+    raise ValueError(f"no node leads to {node!r}")
+
+
+def failed_tail(store: Store, run_id: str, done: int) -> int:
+    """How many of the run's last iterations had every rollout fail."""
+    by_iteration: dict[int, list[bool]] = {}
+    for row in store.rollouts(run_id):
+        by_iteration.setdefault(row.iteration, []).append(row.error is not None)
+    count = 0
+    for iteration in range(done - 1, -1, -1):
+        flags = by_iteration.get(iteration)
+        if not flags or not all(flags):
+            break
+        count += 1
+    return count
+
+
+def reopen(
+    graph: CompiledStateGraph[Any, Any, Any, Any],
+    config: RunnableConfig,
+    store: Store,
+    *,
+    iterations: int | None = None,
+) -> bool:
+    """Make a stopped run continue (see the module's docstring). Returns whether it has rollouts left to run.
+
+    Raises ValueError when `iterations` is below what the run has already done.
+    """
+    snapshot = graph.get_state(config)
+    values = snapshot.values
+    params = dict(values.get("params") or {})
+    if not params:
+        return bool(snapshot.next)
+    answers = list(values.get("answers", []))
+    update: dict[str, Any] = {}
+    if iterations is not None and iterations != params["iterations"]:
+        if iterations < len(answers):
+            raise ValueError(f"the run has done {len(answers)} iterations; --iterations {iterations} cannot shrink it")
+        params["iterations"] = iterations
+        update["params"] = params
+    status = values.get("status")
+    done = len(answers)
+    if status == "failed":
+        retry = failed_tail(store, values["run_id"], done)
+        first = done - retry
+        store.delete_rollouts(values["run_id"], from_iteration=first)
+        update |= {
+            "iteration": first,
+            "answers": Overwrite(answers[:first]),
+            "reported": Overwrite(list(values.get("reported", []))[:first]),
+            "failed_streak": 0,
+        }
+        done = first
+    if not update and status not in ("done", "failed"):
+        return bool(snapshot.next)
+    if status in ("done", "failed"):
+        update |= {"status": "running", "final_answer": None, "stopped_early": False}
+    last = predecessor(graph, snapshot.next[0]) if snapshot.next else predecessor(graph, "stop_check")
+    graph.update_state(config, update, as_node=last)
+    store.update_run(values["run_id"], status="running", final_answer=None, iterations_done=done)
+    return done < int(params["iterations"])
