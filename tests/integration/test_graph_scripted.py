@@ -90,6 +90,34 @@ def test_exact_prompts_knowledge_and_answers(scripted: type[ScriptedServer], tmp
     assert all("temperature" not in checkpoint["channel_values"] for checkpoint in checkpoints[2:])
 
 
+def in_memory(_db: Path) -> Any:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    return InMemorySaver()
+
+
+def stock_sqlite(db: Path) -> Any:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    return SqliteSaver(sqlite3.connect(db.with_suffix(".checkpoints.db"), check_same_thread=False))
+
+
+@pytest.mark.parametrize("saver", [SqliteCheckpointer, in_memory, stock_sqlite], ids=["ours", "memory", "sqlite"])
+def test_exact_prompts_with_any_checkpointer(scripted: type[ScriptedServer], tmp_path: Path, saver: Any) -> None:
+    """The README promises that any LangGraph checkpointer works: the same run, byte for byte, over each."""
+    server = scripted(script_responder({"default": SCRIPT})).start()
+    db = tmp_path / "kf.db"
+    checkpointer = saver(db)
+    graph = compile_graph(checkpointer)
+    config: Any = {"configurable": {"thread_id": "any"}}
+    context = Context(base_url=server.base_url, db_path=str(db), max_retries=0)
+    result = graph.invoke({"problem": PROBLEM, "model": "scripted-model", "iterations": 8}, config, context=context)
+    assert [r.prompt for r in server.requests] == EXPECTED_PROMPTS
+    assert result["answers"] == ANSWERS and result["knowledge"] == RECORD and result["final_answer"] == "7"
+    again = graph.invoke(None, config, context=context)  # a finished thread: nothing more is sent
+    assert again["answers"] == ANSWERS and len(server.requests) == 8
+
+
 def test_state_holds_no_full_texts(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     marker = "UNIQUE-TRACE-MARKER " * 200
     outputs = [f"<think>{marker}</think>" + text for text in SCRIPT[:3]]
