@@ -37,6 +37,10 @@ MESSAGE_OVERHEAD = 8
 class PromptTooLong(ValueError):
     """The prompt leaves no room to generate in the served context."""
 
+    def __init__(self, message: str, prompt_tokens: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -78,7 +82,8 @@ def prepare(served: Served, messages: Sequence[Message], prefill: str | None, re
         if allowed < 1:
             raise PromptTooLong(
                 f"the prompt has {count} tokens; the served context of {info.name} is {info.context} tokens "
-                f"(with a margin of {CONTEXT_MARGIN}): no room to generate"
+                f"(with a margin of {CONTEXT_MARGIN}): no room to generate",
+                count,
             )
     return Prepared(path, sent, prefill, ids, count, requested, allowed)
 

@@ -96,10 +96,13 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
     secrets = (ctx.api_key,)
     prepared: Prepared | None = None
+    counted: int | None = None
     try:
         prepared = prepare(served, prompt.messages, prompt.prefill, prompt.max_tokens)
+        counted = prepared.prompt_tokens
     except PromptTooLong as exc:
         outcome: list[Completion] | str = str(exc)
+        counted = exc.prompt_tokens
     resent = 0
     if prepared is not None:
         ready = prepared
@@ -138,7 +141,7 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 request_path=prepared.path if prepared is not None else None,
                 max_tokens_requested=prompt.max_tokens,
                 max_tokens_sent=prepared.max_tokens if prepared is not None else None,
-                prompt_tokens_counted=prepared.prompt_tokens if prepared is not None else None,
+                prompt_tokens_counted=counted,
                 content=completion.content,
                 reasoning=completion.reasoning,
                 finish_reason=completion.finish_reason,
