@@ -105,7 +105,9 @@ def endpoint(base_url: str) -> Iterator[str]:
 
 
 @dataclass(frozen=True)
-class Connection:
+class RequestSettings:
+    """How each request is sent: retries and the time to wait for a completion."""
+
     max_retries: int = 6
     request_timeout: float = 3600.0
 

@@ -13,10 +13,10 @@ from rich.text import Text
 
 from knowledge_flow.cli.common import (
     BaseUrlOpt,
-    Connection,
     DbOpt,
     JsonOpt,
     MaxRetriesOpt,
+    RequestSettings,
     TimeoutOpt,
     UsageError,
     check_base_url,
@@ -41,9 +41,6 @@ SAMPLE_PROBLEM = (
     "friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck "
     "egg. How much in dollars does she make every day at the farmers' market?"
 )
-
-
-DEFAULT_ITERATIONS = 64
 
 
 def _print_rollout(store: Store, state: dict[str, Any]) -> None:
@@ -82,7 +79,7 @@ def run_graph(
     """Run a new run (`graph_input`) or continue the thread's run (None: failed iterations are tried again,
     `iterations` above its budget extends it)."""
     from knowledge_flow.graph import compile_graph
-    from knowledge_flow.params import recursion_limit
+    from knowledge_flow.params import recursion_limit, resolve_params
     from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
     from knowledge_flow.persistence.store import get_store
     from knowledge_flow.runs import reopen
@@ -91,11 +88,12 @@ def run_graph(
     checkpointer = SqliteCheckpointer(db)
     graph = compile_graph(checkpointer)
     config: Any = {"configurable": {"thread_id": thread_id}}
-    budget = (graph_input or {}).get("iterations")
     if graph_input is None:
         reopen(graph, config, get_store(db), iterations=iterations)
         budget = graph.get_state(config).values["params"]["iterations"]
-    config["recursion_limit"] = recursion_limit(int(budget or DEFAULT_ITERATIONS))
+    else:
+        budget = resolve_params(graph_input)["iterations"]
+    config["recursion_limit"] = recursion_limit(int(budget))
     store = get_store(db)
     last_knowledge: list[KnowledgeItem] | None = None
     updated: set[str] = set()
@@ -167,7 +165,7 @@ def _execute(
     db: str,
     base_url: str,
     as_json: bool,
-    conn: Connection,
+    conn: RequestSettings,
     *,
     iterations: int | None = None,
     lease_key: str | None = None,
@@ -241,7 +239,7 @@ def solve(
         db=db,
         thread_id=thread_id,
         as_json=as_json,
-        conn=Connection(max_retries, request_timeout),
+        conn=RequestSettings(max_retries, request_timeout),
         params=options,
     )
 
@@ -254,7 +252,7 @@ def run_solve(
     thread_id: str | None,
     as_json: bool,
     params: dict[str, Any],
-    conn: Connection | None = None,
+    conn: RequestSettings | None = None,
 ) -> None:
     from knowledge_flow.params import resolve_params
 
@@ -270,7 +268,7 @@ def run_solve(
     except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None
     thread = thread_id or uuid.uuid4().hex[:12]
-    _execute({"problem": problem, **params}, thread, db_path, url, as_json, conn or Connection())
+    _execute({"problem": problem, **params}, thread, db_path, url, as_json, conn or RequestSettings())
 
 
 def resume(
@@ -330,7 +328,7 @@ def resume(
         db_path,
         url,
         as_json,
-        Connection(max_retries, request_timeout),
+        RequestSettings(max_retries, request_timeout),
         iterations=iterations,
         lease_key=lease_key,
     )
