@@ -2,7 +2,7 @@
 
 from knowledge_flow.endpoint.client import Completion, Sampling, describe, redact
 from knowledge_flow.endpoint.replicas import check_urls, get_pool, split_urls
-from knowledge_flow.endpoint.requests import Prepared, PromptTooLong, prepare, sample, send
+from knowledge_flow.endpoint.requests import Prepared, PromptTooLong, prepare, sample, send, send_stream
 from knowledge_flow.endpoint.served import Served, ServedModel, get_served
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "redact",
     "sample",
     "send",
+    "send_stream",
     "split_urls",
 ]
