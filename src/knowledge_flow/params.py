@@ -6,9 +6,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, get_args
 
-from knowledge_flow.policies import parse_final_answer_rule, parse_stop_policy
+from knowledge_flow.confidence import DEFAULT_TOP_LOGPROBS, DEFAULT_WINDOW, MEASURES
+from knowledge_flow.policies import ConfVote, Consensus, parse_final_answer_rule, parse_stop_policy
 from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, load_prompt_set
-from knowledge_flow.state import AnswerType, ModelFamily, RunParams
+from knowledge_flow.state import AnswerType, ConfidenceScore, ModelFamily, RunParams, SelectRule
 
 LOCAL_MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
 
@@ -53,6 +54,15 @@ PARAM_KEYS: tuple[str, ...] = (
     "dynamic_temperature",
     "uncertainty_threshold",
     "avoid_budget_tokens",
+    *(
+        "select_rule",
+        "confidence_score",
+        "top_logprobs",
+        "confidence_window",
+        "show_reference",
+        "warmup_traces",
+        "confidence_keep",
+    ),
 )
 MAX_THINKERS = 64
 REASONING_EFFORTS = ("low", "medium", "high")
@@ -127,6 +137,85 @@ def check_extra_body(value: Any) -> dict[str, Any] | None:
     return value
 
 
+#: Largest top-k of log-probabilities a server returns (vLLM's default --max-logprobs).
+MAX_TOP_LOGPROBS = 20
+DEFAULT_WARMUP_TRACES = 16
+MAX_WARMUP_TRACES = 512
+DEFAULT_CONFIDENCE_KEEP = 90.0
+
+
+def resolve_selection_options(
+    given: Mapping[str, Any], strategy: Any, final_rule: str, stop_policy: str
+) -> dict[str, Any]:
+    """The run options of thinker selection, confidence measures, TRT and DeepConf, validated.
+
+    - ``select_rule`` (str; the strategy's default: ``confidence``; trt ``vote``; deepconf ``conf-vote``):
+      how the iteration's answer is chosen among its thinkers (see `knowledge_flow.thinkers`); ``verifier``
+      only for strategies with a verifier prompt (trt).
+    - ``confidence_score`` (str; ``mean-logprob``, deepconf ``lowest``): a thinker's score, the mean sampled
+      token log-probability or a DeepConf measure (``lowest``, ``bottom10``, ``tail``, ``mean``).
+      ``conf-vote`` needs a DeepConf measure.
+    - ``top_logprobs`` (int, 0..20; default 20 when a DeepConf measure is used by the score, the select
+      rule, the final-answer rule ``conf-vote`` or the deepconf strategy, else 0): candidates per position
+      requested from the server.
+    - ``confidence_window`` (int >= 1; 2048): DeepConf's group size in tokens.
+    - ``show_reference`` (bool; False): trt rollouts see the current best (selected) solution.
+    - ``warmup_traces`` (int, 1..512; 16): deepconf's warm-up wave (iteration 0), which sets the online
+      threshold.
+    - ``confidence_keep`` (float, 0 < keep <= 100; 90): deepconf's threshold is the ``100 - keep``
+      percentile of the warm-up traces' lowest group confidence (90: DeepConf-high, 10: DeepConf-low).
+
+    Options a strategy does not use are checked but have no effect.
+    """
+
+    def pick(key: str, default: Any) -> Any:
+        value = given.get(key)
+        return default if value is None else value
+
+    rule = str(pick("select_rule", strategy.select_rule))
+    rules = get_args(SelectRule)
+    if rule not in rules:
+        raise ValueError(f"select_rule must be one of {', '.join(rules)}, got {rule!r}")
+    if rule == "verifier" and not strategy.verifies:
+        raise ValueError(f"select_rule verifier needs a strategy with a verifier prompt (trt), not {strategy.name}")
+    score = str(pick("confidence_score", strategy.confidence_score))
+    scores = get_args(ConfidenceScore)
+    if score not in scores:
+        raise ValueError(f"confidence_score must be one of {', '.join(scores)}, got {score!r}")
+    if rule == "conf-vote" and score not in MEASURES:
+        raise ValueError(
+            f"select_rule conf-vote weighs votes by a DeepConf measure: set confidence_score to one of "
+            f"{', '.join(MEASURES)} (got {score})"
+        )
+    uses_measures = (
+        score in MEASURES
+        or isinstance(parse_final_answer_rule(final_rule), ConfVote)
+        or strategy.name == "deepconf"
+        or (isinstance(parse_stop_policy(stop_policy), Consensus) and final_rule.startswith("conf-vote"))
+    )
+    top = _number(
+        "top_logprobs", pick("top_logprobs", DEFAULT_TOP_LOGPROBS if uses_measures else 0), int, 0, MAX_TOP_LOGPROBS
+    )
+    if uses_measures and top == 0:
+        raise ValueError("DeepConf measures need top_logprobs >= 1 (20 in the paper)")
+    show = pick("show_reference", False)
+    if not isinstance(show, bool):
+        raise ValueError(f"show_reference must be true or false, got {show!r}")
+    return {
+        "select_rule": rule,
+        "confidence_score": score,
+        "top_logprobs": top,
+        "confidence_window": _number("confidence_window", pick("confidence_window", DEFAULT_WINDOW), int, 1, 10**7),
+        "show_reference": show,
+        "warmup_traces": _number(
+            "warmup_traces", pick("warmup_traces", DEFAULT_WARMUP_TRACES), int, 1, MAX_WARMUP_TRACES
+        ),
+        "confidence_keep": _number(
+            "confidence_keep", pick("confidence_keep", DEFAULT_CONFIDENCE_KEEP), float, 1e-9, 100.0
+        ),
+    }
+
+
 def resolve_params(given: Mapping[str, Any]) -> RunParams:
     """Fill defaults and validate. Raises ValueError with a message meant for the user."""
     return resolve_run(given)[0]
@@ -160,7 +249,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         effort = "high"
     if effort is not None and effort not in REASONING_EFFORTS:
         raise ValueError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
-    stop_policy = str(pick("stop_policy", "fixed"))
+    stop_policy = str(pick("stop_policy", chosen.stop_policy))
     parse_stop_policy(stop_policy)
     final_rule = str(pick("final_answer_rule", chosen.final_answer_rule))
     parse_final_answer_rule(final_rule)
@@ -174,7 +263,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     if avoid_budget is not None:
         avoid_budget = _number("avoid_budget_tokens", avoid_budget, int, 1, 10**7)
     temperature = _number("temperature", pick("temperature", DEFAULT_TEMPERATURE), float, 0.0, 2.0)
-    thinkers = _number("thinkers", pick("thinkers", 1), int, 1, MAX_THINKERS)
+    thinkers = _number("thinkers", pick("thinkers", chosen.default_thinkers), int, 1, MAX_THINKERS)
     topk = _number("topk_thinkers", pick("topk_thinkers", thinkers), int, 1, MAX_THINKERS)
     if topk > thinkers:
         raise ValueError(f"topk_thinkers ({topk}) cannot exceed thinkers ({thinkers})")
@@ -189,7 +278,9 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     top_k = _number("top_k", pick("top_k", DEFAULT_TOP_K), int, -1, 10**6)
     params = RunParams(
         model=model,
-        iterations=_number("iterations", pick("iterations", DEFAULT_ITERATIONS), int, 1, MAX_ITERATIONS),
+        iterations=_number(
+            "iterations", pick("iterations", chosen.default_iterations or DEFAULT_ITERATIONS), int, 1, MAX_ITERATIONS
+        ),
         temperature=temperature,
         top_p=_number("top_p", pick("top_p", DEFAULT_TOP_P), float, 0.0, 1.0),
         top_k=-1 if top_k == 0 else top_k,
@@ -220,10 +311,12 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         dynamic_temperature=bool(pick("dynamic_temperature", False)),
         uncertainty_threshold=threshold,
         avoid_budget_tokens=avoid_budget,
+        **resolve_selection_options(given, chosen, final_rule, stop_policy),  # type: ignore[typeddict-item]
     )
     return params, prompt_set
 
 
 def recursion_limit(iterations: int) -> int:
-    """Graph steps a run of `iterations` rollouts takes (prepare + 4 per rollout), with slack."""
-    return 4 * iterations + 16
+    """Graph steps a run of `iterations` rollouts takes (prepare, a planning step, then at most 6 per
+    iteration: solve, extract_answer, verify, distill_knowledge, stop_check, reflect), with slack."""
+    return 6 * iterations + 16

@@ -32,6 +32,8 @@ def append(current: list[T], batches: Sequence[list[T]]) -> list[T]:
 
 
 AnswerType = Literal["integer", "latex", "text"]
+SelectRule = Literal["confidence", "vote", "conf-vote", "verifier"]
+ConfidenceScore = Literal["mean-logprob", "lowest", "bottom10", "tail", "mean"]
 RunStatus = Literal["running", "done", "failed"]
 
 
@@ -77,6 +79,26 @@ class RunParams(TypedDict):
     uncertainty_threshold: float | None
     avoid_budget_tokens: int | None
     """Regeneration: token budget of the Things to Avoid list (None: the prompt set's rule)."""
+    # --- selection, confidence, TRT and DeepConf (validated by `params.resolve_selection_options`). Runs
+    # started before these options existed lack them: read them with `.get` and the defaults below.
+    select_rule: NotRequired[SelectRule]
+    """How the iteration's answer is chosen among its thinkers: `confidence` (the most confident thinker,
+    with the diversity penalty; the default), `vote` (majority over the thinkers, ties to the more confident),
+    `conf-vote` (majority weighted by `confidence_score`, a DeepConf measure) or `verifier` (one stored call
+    ranks the candidates; trt only)."""
+    confidence_score: NotRequired[ConfidenceScore]
+    """A thinker's score: `mean-logprob` (mean log-probability of its sampled tokens; the default) or a
+    DeepConf measure (`lowest`, `bottom10`, `tail`, `mean`; needs `top_logprobs`)."""
+    top_logprobs: NotRequired[int]
+    """Candidates per position requested for DeepConf measures (0: none; 20 when a measure is used)."""
+    confidence_window: NotRequired[int]
+    """DeepConf group size in tokens (2048)."""
+    show_reference: NotRequired[bool]
+    """trt: rollouts see the current best solution (off, as in the TRT authors' scripts)."""
+    warmup_traces: NotRequired[int]
+    """deepconf: traces of the warm-up wave (iteration 0) that set the online threshold (16)."""
+    confidence_keep: NotRequired[float]
+    """deepconf: percent of warm-up-like traces the online threshold keeps (90: DeepConf-high; 10: -low)."""
 
 
 class KnowledgeItem(TypedDict):
@@ -91,6 +113,88 @@ class KnowledgeItem(TypedDict):
     iteration: int
     tokens: NotRequired[int]
     """Its cost in a prompt, counted when it was made (the served tokenizer where there is one)."""
+    disabled: NotRequired[bool]
+    """trt: a reflection disabled the item (it is no longer shown but keeps its place until it ages out)."""
+    lesson: NotRequired[dict[str, Any]]
+    """trt: the item's fields as the reflection wrote them (pattern, when_to_use, key_insight,
+    observed_mistakes); `text` is their rendering."""
+
+
+class ThinkerStrategy(TypedDict):
+    """trt: the approach one thinker follows in a round."""
+
+    key_technique: str
+    what_to_try: str
+
+
+class HistoryEntry(TypedDict):
+    """trt: one rollout of a past round, as the strategy history shows it."""
+
+    thinker: int
+    rollout_id: str
+    key_technique: str | None
+    what_to_try: str | None
+    answer: str | None
+    outcome: Literal["selected", "agrees", "disagrees", "no answer", "failed"]
+
+
+class StrategyRound(TypedDict):
+    """trt: one past round: what each thinker tried, the selected answer and the agreement with it."""
+
+    round: int
+    """1-based."""
+    entries: list[HistoryEntry]
+    selected_answer: str | None
+    agreement: float
+    """Share of the round's rollouts whose answer is the selected one."""
+    rule: str
+    """How the answer was selected (vote, conf-vote, verifier, confidence; `vote (verifier failed)` ...)."""
+
+
+class Selection(TypedDict):
+    """How the last iteration's answer was chosen."""
+
+    rule: str
+    rollout_id: str | None
+    answer: str | None
+    votes: dict[str, float]
+    """Weight per (normalised) answer among the thinkers that could vote."""
+    agreement: float
+
+
+class Verdict(TypedDict):
+    """The verifier call's choice for the current iteration (consumed by `distill_knowledge`)."""
+
+    call_id: str
+    rollout_id: str | None
+    error: str | None
+
+
+class Reflection(TypedDict):
+    """trt: what the last planning or reflection call changed."""
+
+    call_id: str
+    kind: Literal["plan", "reflect"]
+    strategies: list[ThinkerStrategy]
+    added: str | None
+    """The knowledge item it added (its text), if any."""
+    disabled: int | None
+    """The 1-based number (among the items shown) of the item it disabled, if any."""
+    note: str | None
+    """Why something asked for was not applied (unparsable output, no failure observed, ...)."""
+
+
+class TraceVote(TypedDict):
+    """One rollout as a trace of a confidence-weighted vote (final-answer rule `conf-vote`, stop policy
+    `consensus`)."""
+
+    rollout_id: str
+    iteration: int
+    answer: str | None
+    measures: dict[str, float] | None
+    """DeepConf measures (lowest, bottom10, tail, mean, tokens); None without log-probabilities."""
+    counted: bool
+    """False when the trace is kept out of votes (failed, cancelled, or below the online threshold)."""
 
 
 class Usage(TypedDict):
@@ -117,6 +221,15 @@ class CurrentRollout(TypedDict):
     """Mean token log-probability, when the server returned log-probabilities."""
     error: str | None
     """Why the rollout failed (no usable response after retries); None when it succeeded."""
+    thinker: NotRequired[int]
+    """The rollout's index among the iteration's thinkers."""
+    strategy: NotRequired[ThinkerStrategy | None]
+    """trt: the approach it followed."""
+    measures: NotRequired[dict[str, float] | None]
+    """DeepConf measures of its trace, when top log-probabilities were returned."""
+    excluded: NotRequired[str | None]
+    """Why it is kept out of votes: `gconf_threshold` (stopped by the client below the online threshold) or
+    `below_threshold` (finished, but its lowest group confidence is below it)."""
 
 
 class InputState(TypedDict, total=False):
@@ -154,6 +267,13 @@ class InputState(TypedDict, total=False):
     dynamic_temperature: Annotated[bool | None, EphemeralValue]
     uncertainty_threshold: Annotated[float | None, EphemeralValue]
     avoid_budget_tokens: Annotated[int | None, EphemeralValue]
+    select_rule: Annotated[SelectRule | None, EphemeralValue]
+    confidence_score: Annotated[ConfidenceScore | None, EphemeralValue]
+    top_logprobs: Annotated[int | None, EphemeralValue]
+    confidence_window: Annotated[int | None, EphemeralValue]
+    show_reference: Annotated[bool | None, EphemeralValue]
+    warmup_traces: Annotated[int | None, EphemeralValue]
+    confidence_keep: Annotated[float | None, EphemeralValue]
 
 
 class State(InputState, total=False):
@@ -187,6 +307,21 @@ class State(InputState, total=False):
     stopped_early: bool
     failed_streak: int
     """Consecutive iterations in which every rollout failed."""
+    selection: Selection | None
+    """How the last iteration's answer was chosen."""
+    verdict: Verdict | None
+    """The verifier's choice for the current iteration (select rule `verifier`)."""
+    traces: Annotated[list[TraceVote], DeltaChannel(append)]
+    """Every rollout as a trace of the confidence vote (only runs that vote by confidence or stop on
+    consensus keep it). Write new items only."""
+    confidence_threshold: float | None
+    """deepconf: the online threshold set by the warm-up wave (None before it, or without measures)."""
+    thinker_strategies: list[ThinkerStrategy]
+    """trt: the approaches of the next round, one per thinker (fewer or none when planning failed)."""
+    strategy_history: list[StrategyRound]
+    """trt: the last rounds (at most the prompt set's `history_rounds`)."""
+    reflection: Reflection | None
+    """trt: the last planning or reflection call's outcome."""
 
 
 class OutputState(TypedDict):

@@ -50,4 +50,11 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "status": "running",
         "final_answer": None,
+        "selection": None,
+        "verdict": None,
+        "traces": Overwrite([]),
+        "confidence_threshold": None,
+        "thinker_strategies": [],
+        "strategy_history": [],
+        "reflection": None,
     }
