@@ -5,6 +5,8 @@
 - `deepconf_traces`: the online threshold, traces sampled, stopped by the client, kept out of votes, the
   tokens they cost, an estimate of the tokens the stops and an early consensus saved, and the vote.
 - `run_figures`: the figures that fit a run's strategy (both for a run that has rounds and measures).
+- `totals`: the same over many runs (an evaluation's problems).
+- `trace_votes`: stored rollouts as the traces of a confidence vote (to re-grade with ``conf-vote``).
 
 Everything is plain JSON-ready data.
 """
@@ -90,6 +92,21 @@ def trt_rounds(store: Store, run_id: str) -> dict[str, Any]:
     }
 
 
+def trace_votes(rows: Sequence[RolloutRow]) -> list[TraceVote]:
+    """Stored rollouts as the traces of a confidence vote, e.g. to re-grade a run with
+    ``policies.final_answer("conf-vote:...", answers, answer_type, trace_votes(store.rollouts(run_id)))``."""
+    return [
+        TraceVote(
+            rollout_id=row.id,
+            iteration=row.iteration,
+            answer=row.answer,
+            measures=row.measures,
+            counted=row.error is None and row.stop_reason is None,
+        )
+        for row in rows
+    ]
+
+
 def deepconf_traces(store: Store, run_id: str) -> dict[str, Any]:
     """The online filter's figures: threshold, stops, tokens paid and saved (estimated), the vote."""
     run = store.get_run(run_id)
@@ -108,20 +125,12 @@ def deepconf_traces(store: Store, run_id: str) -> dict[str, Any]:
     iterations = int(params.get("iterations", 1))
     budget = (warmup + thinkers * (iterations - 1)) if warmup else thinkers * iterations
     not_sampled = max(0, budget - len(rows))
-    traces = [
-        TraceVote(
-            rollout_id=row.id,
-            iteration=row.iteration,
-            answer=row.answer,
-            measures=row.measures,
-            counted=row.error is None and row.stop_reason is None,
-        )
-        for row in rows
-    ]
+    traces = trace_votes(rows)
     rule = parse_final_answer_rule(str(params.get("final_answer_rule", "last")))
     measure = rule.measure if isinstance(rule, ConfVote) else "lowest"
     totals, _, original = trace_tally(traces, answer_type, measure)
-    thresholds = [row.conf_threshold for row in rows if row.conf_threshold is not None]
+    thresholds = [run.confidence_threshold] + [row.conf_threshold for row in rows]
+    thresholds = [value for value in thresholds if value is not None]
     return {
         "run_id": run_id,
         "strategy": run.strategy,
@@ -165,3 +174,45 @@ def run_figures(store: Store, run_id: str) -> dict[str, Any]:
     if run.strategy == "deepconf" or any(row.conf_lowest is not None for row in rows):
         figures["deepconf"] = deepconf_traces(store, run_id)
     return figures
+
+
+def totals(store: Store, run_ids: Sequence[str]) -> dict[str, Any]:
+    """Over many runs (an evaluation's problems): TRT's mean agreement and the share of rounds whose selected
+    answer changed, per round; DeepConf's traces, stops and tokens; the tokens of calls outside the rollouts."""
+    per_round: dict[int, list[tuple[float, bool]]] = {}
+    deepconf = {"runs": 0, "traces": 0, "stopped": 0, "below_threshold": 0, "counted": 0}
+    tokens = {"paid_by_stopped": 0, "saved_by_stops_estimate": 0, "saved_by_consensus_estimate": 0}
+    calls = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for run_id in run_ids:
+        figures = run_figures(store, run_id)
+        if "trt" in figures:
+            trt = figures["trt"]
+            calls["calls"] += trt["calls"]
+            calls["prompt_tokens"] += trt["call_tokens"]["prompt_tokens"]
+            calls["completion_tokens"] += trt["call_tokens"]["completion_tokens"]
+            previous = None
+            for entry in trt["rounds"]:
+                changed = previous is not None and entry["selected_answer"] != previous
+                per_round.setdefault(entry["round"], []).append((entry["agreement"], changed))
+                previous = entry["selected_answer"]
+        if "deepconf" in figures:
+            found = figures["deepconf"]
+            deepconf["runs"] += 1
+            for key in ("traces", "stopped", "below_threshold", "counted"):
+                deepconf[key] += found[key]
+            for key in tokens:
+                tokens[key] += found["tokens"][key]
+    return {
+        "runs": len(run_ids),
+        "trt_rounds": [
+            {
+                "round": number,
+                "runs": len(values),
+                "mean_agreement": round(sum(a for a, _ in values) / len(values), 4),
+                "answer_changed_share": round(sum(1 for _, c in values if c) / len(values), 4),
+            }
+            for number, values in sorted(per_round.items())
+        ],
+        "deepconf": {**deepconf, "tokens": tokens},
+        "calls": calls,
+    }

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from knowledge_flow.figures import deepconf_traces, run_figures
+from knowledge_flow.figures import deepconf_traces, run_figures, totals, trace_votes
 from knowledge_flow.persistence import get_store
+from knowledge_flow.policies import final_answer
 from tests.integration.strategy_support import run_recorded
 from tests.support.scripted_server import Reply, Request, ScriptedServer
 
@@ -107,6 +108,13 @@ def test_online_filter_stops_a_stream_and_the_vote_decides(scripted: type[Script
     assert figures["tokens"]["saved_by_consensus_estimate"] == 48
     assert figures["vote"]["weights"] == {"5": pytest.approx(45.0), "7": pytest.approx(4.0)}
     assert "deepconf" in run_figures(store, final["run_id"])
+    assert store.get_run(final["run_id"]).confidence_threshold == pytest.approx(2.6)  # type: ignore[union-attr]
+    assert totals(store, [final["run_id"]])["deepconf"]["stopped"] == 1
+    # re-grading from the store gives the run's own final answer
+    votes = trace_votes(store.rollouts(final["run_id"]))
+    assert [v["counted"] for v in votes] == [t["counted"] for t in final["traces"]]
+    assert final_answer("conf-vote:lowest", final["answers"], "integer", votes) == "5"
+    assert final_answer("conf-vote:lowest:10", final["answers"], "integer", votes) == "5"
 
 
 def test_without_log_probabilities_nothing_is_stopped(scripted: type[ScriptedServer], tmp_path: Path) -> None:
@@ -115,6 +123,7 @@ def test_without_log_probabilities_nothing_is_stopped(scripted: type[ScriptedSer
         server, tmp_path / "n.db", strategy="deepconf", warmup_traces=2, thinkers=2, iterations=2
     )
     assert steps[0]["confidence_threshold"] is None
+    assert deepconf_traces(get_store(tmp_path / "n.db"), final["run_id"])["threshold"] is None
     assert final["final_answer"] == "3" and not any(r.closed_by_client for r in server.requests)
     # a plain vote decides at once: two traces agree after the warm-up
     assert final["stopped_early"] and len(server.requests) == 2
@@ -151,3 +160,34 @@ def test_measures_as_final_answer_rule_and_thinker_score(scripted: type[Scripted
     assert [r.conf_lowest for r in rows] == pytest.approx([1.0, 3.0, 2.0, 2.5])
     assert [r.conf_tail for r in rows] == pytest.approx([9.0, 3.0, 2.0, 2.5])
     assert rows[0].conf_window == 3 and rows[0].stop_reason is None
+
+
+def test_a_stream_the_server_ends_early_is_a_fault(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    """A stream that ends without a finish reason (llama.cpp's server ends one when another request arrives)
+    is requested again, then stored as failed, never taken as a finished trace."""
+
+    def respond(request: Request) -> Reply:
+        reply = trace("4", [5.0] * 8)
+        if float(request.body["temperature"]) > 0.5:
+            reply.fault = "cut"
+        return reply
+
+    server = scripted(respond).start()
+    final, _ = run_recorded(
+        server,
+        tmp_path / "c.db",
+        strategy="deepconf",
+        warmup_traces=2,
+        thinkers=2,
+        iterations=1,
+        min_temperature=0.2,
+        max_temperature=0.8,
+        top_logprobs=2,
+        confidence_window=4,
+    )
+    cut = [r for r in server.requests if float(r.body["temperature"]) > 0.5]
+    assert len(cut) == 3 and all(0 < r.tokens_sent < r.tokens_total and not r.delivered for r in cut)
+    rows = get_store(tmp_path / "c.db").rollouts(final["run_id"])
+    assert rows[1].error is not None and "no finish reason" in rows[1].error and rows[1].content == ""
+    assert rows[0].error is None and final["final_answer"] == "4"
+    assert [t["counted"] for t in final["traces"]] == [True, False]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from knowledge_flow import Context, compile_graph
-from knowledge_flow.figures import run_figures, trt_rounds
+from knowledge_flow.figures import run_figures, totals, trt_rounds
 from knowledge_flow.persistence import SqliteCheckpointer, get_store
 from knowledge_flow.prompts import load_prompt_set
 from tests.integration.strategy_support import run_recorded
@@ -121,6 +121,9 @@ def test_rounds_strategies_reflection_cap_and_disable(scripted: type[ScriptedSer
     assert figures["rounds"][0]["reflection_after"]["outcome"]["added"].startswith("Pattern: pattern one")
     assert figures["plan"]["outcome"]["strategies"][1]["key_technique"] == "B"
     assert figures["calls"] == 5 and "trt" in run_figures(store, run_id)
+    over = totals(store, [run_id])
+    assert [r["mean_agreement"] for r in over["trt_rounds"]] == [0.5, 1.0, 0.5, 0.5, 1.0]
+    assert over["calls"]["calls"] == 5 and over["trt_rounds"][1]["answer_changed_share"] == 0.0
     json.dumps(figures)
 
 
@@ -185,10 +188,16 @@ def test_failed_planning_and_unparsable_reflection(scripted: type[ScriptedServer
 def test_show_reference(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     model = TrtModel(plan=plan_reply("A"), reflect=[reflect_reply(["A"])], solve={"A": ("5", -0.1)})
     server = scripted(model).start()
-    run_recorded(server, tmp_path / "r.db", strategy="trt", thinkers=1, iterations=2, show_reference=True)
+    first, _ = run_recorded(server, tmp_path / "r.db", strategy="trt", thinkers=1, iterations=2, show_reference=True)
     solves = solve_requests(server)
     assert "## Current best solution" not in solves[0].prompt
     assert "## Current best solution (it may contain mistakes)\nSolved with A.\n" in solves[1].prompt
+    assert first["strategy_history"] and first["thinker_strategies"] and first["reflection"]
+    # a later run on the same thread starts without the earlier run's rounds
+    later, _ = run_recorded(server, tmp_path / "r.db", strategy="knowledge-flow", iterations=1)
+    assert later["run_id"] != first["run_id"]
+    assert (later["strategy_history"], later["thinker_strategies"], later["reflection"]) == ([], [], None)
+    assert later["selection"] is None and later["knowledge"] == []
 
 
 def test_replaying_any_step_pays_for_nothing(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ class Reply:
     logprobs: list[float] | None = None
     """Token log-probabilities to return (when the request asked for them)."""
     fault: str | None = None
-    """Inject a fault instead of the reply: 500, 503, 429, timeout, reset, truncated or length."""
+    """Inject a fault instead of the reply: 500, 503, 429, timeout, reset, truncated or length; for a stream
+    also cut (the stream ends properly after half the tokens, with no finish reason and no [DONE])."""
     top_logprobs: list[list[float]] | None = None
     """Per token, the top candidates' log-probabilities to return (when the request asked for them); the
     sampled token's log-probability is `logprobs[i]`, or the first candidate's when `logprobs` is not set."""
@@ -179,7 +180,7 @@ class ScriptedServer:
                 handler.connection.shutdown(socket.SHUT_RDWR)
             return
         request.fault = reply.fault
-        if reply.fault is not None and self._inject(handler, request, reply):
+        if reply.fault is not None and reply.fault != "cut" and self._inject(handler, request, reply):
             return
         if _peer_closed(handler.connection):
             request.aborted = True
@@ -254,6 +255,11 @@ class ScriptedServer:
             for position, (field_name, token) in enumerate(
                 [(reply.reasoning_key, t) for t in thought] + [("content", t) for t in said]
             ):
+                if reply.fault == "cut" and position >= request.tokens_total // 2:
+                    handler.wfile.write(b"0\r\n\r\n")
+                    handler.wfile.flush()
+                    request.ended = time.monotonic()
+                    return
                 if reply.token_delay_s:
                     time.sleep(reply.token_delay_s)
                 if _peer_closed(handler.connection):

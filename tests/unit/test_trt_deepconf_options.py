@@ -80,10 +80,12 @@ def test_version_4_database_is_migrated(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:  # make it look like a version-4 file
         for column in new:
             conn.execute(f"ALTER TABLE kf_rollouts DROP COLUMN {column}")
+        conn.execute("ALTER TABLE kf_runs DROP COLUMN confidence_threshold")
         conn.execute("DROP TABLE kf_calls")
         conn.execute("UPDATE kf_meta SET value = '4' WHERE key = 'schema_version'")
     store = Store(path)
     assert set(new) <= columns(path, "kf_rollouts") and "outcome_json" in columns(path, "kf_calls")
+    assert "confidence_threshold" in columns(path, "kf_runs")
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM kf_meta").fetchone()[0] == str(SCHEMA_VERSION) == "5"
     store.close()

@@ -18,7 +18,8 @@ Streaming (`chat_stream`, `complete_ids_stream`): one choice, streamed with ``st
 each position's top log-probabilities go to the caller's `on_position` as they arrive, and when it returns
 True the client closes the stream at once (the server sees the connection close and stops generating: this
 is how a trace is cut short on a stock server). A cut stream has no usage from the server: its completion
-tokens are the positions received (the tokens paid for), and its finish reason is ``cancelled``.
+tokens are the positions received (the tokens paid for), and its finish reason is ``cancelled``. A stream the
+server ends without a finish reason is a fault (`ValueError`), like a response without choices.
 
 Error texts are redacted (`redact`): an endpoint that echoes the API key or an Authorization header in an
 error body never gets it stored, logged or shown.
@@ -321,6 +322,9 @@ def _streamed(
                 break
     finally:
         stream.close()  # a cut stream closes the connection: the server stops generating
+    if not state.cancelled and state.finish_reason is None:
+        # the server ended the stream early (llama.cpp's server does so when another request arrives)
+        raise ValueError("the stream ended before the completion did (no finish reason)")
     usage = state.usage or {}
     received = state.positions or state.chunks_with_text
     return Completion(

@@ -99,7 +99,10 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         if values:
             store.update_rollout(rid, **values)
     iteration = state.get("iteration", 0) + 1
-    store.update_run(state["run_id"], iterations_done=iteration)
+    run_values: dict[str, Any] = {"iterations_done": iteration}
+    if screened.state.get("confidence_threshold") is not None:
+        run_values["confidence_threshold"] = screened.state["confidence_threshold"]
+    store.update_run(state["run_id"], **run_values)
 
     usage = state.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0}
     update: dict[str, Any] = {

@@ -50,11 +50,25 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "status": "running",
         "final_answer": None,
-        "selection": None,
-        "verdict": None,
-        "traces": Overwrite([]),
-        "confidence_threshold": None,
-        "thinker_strategies": [],
-        "strategy_history": [],
-        "reflection": None,
+        **leftovers(state),
     }
+
+
+#: State of TRT, DeepConf and thinker selection, and its value at the start of a run.
+RUN_FIELDS: dict[str, Any] = {
+    "selection": None,
+    "verdict": None,
+    "confidence_threshold": None,
+    "thinker_strategies": [],
+    "strategy_history": [],
+    "reflection": None,
+}
+
+
+def leftovers(state: State) -> dict[str, Any]:
+    """Resets of what an earlier run on the thread left in those fields. Fields a run never used are not
+    written at all, so runs that do not use them keep checkpoints as small as before."""
+    update: dict[str, Any] = {key: empty for key, empty in RUN_FIELDS.items() if state.get(key)}
+    if state.get("traces"):
+        update["traces"] = Overwrite([])
+    return update

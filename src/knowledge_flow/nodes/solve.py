@@ -12,7 +12,8 @@ served tokenizer, fits the generation budget to the served context and picks the
 Streaming (strategies that ask for it, e.g. deepconf): every thinker is its own streamed request with top
 log-probabilities; the client stops a trace once its group confidence falls below the strategy's threshold
 (see `knowledge_flow.confidence.WindowMonitor`) and stores it with the tokens it received and the stop reason
-``gconf_threshold``.
+``gconf_threshold``. Streams go out concurrently, except to llama.cpp's server, which ends a running stream
+when another request arrives: there they go one after the other.
 
 With top log-probabilities (run option `top_logprobs`), each rollout is stored with its DeepConf measures
 and its per-token confidences.
@@ -59,8 +60,8 @@ STOPPED = "gconf_threshold"
 
 
 def cut_prompt_tokens(prepared: Prepared | None) -> int:
-    """A stopped stream's prompt tokens (the server sends no usage for it): as counted before sending, or
-    estimated when the server cannot count."""
+    """A streamed rollout's prompt tokens when the server sent no usage (always for a stopped stream; some
+    servers never do): as counted before sending, or estimated when the server cannot count."""
     if prepared is None:
         return 0
     if prepared.prompt_tokens is not None:
@@ -116,8 +117,11 @@ class Iteration:
             confidences = outcome.confidences
             if confidences is None and completion.top_logprobs:
                 confidences = token_confidences(completion.top_logprobs)
+            if not params.get("top_logprobs"):  # measures only where the run asked for candidates
+                confidences = None
             found = measures(confidences, window) if confidences else None
-            prompt_tokens = completion.prompt_tokens or (cut_prompt_tokens(prepared) if completion.cancelled else 0)
+            streamed = self.streaming is not None and outcome.completion is not None
+            prompt_tokens = completion.prompt_tokens or (cut_prompt_tokens(prepared) if streamed else 0)
             self.store.add_rollout(
                 RolloutRow(
                     id=self.ids[index],
@@ -256,8 +260,11 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             reason = str(exc)
         for index in group:
             tasks.append(partial(batch.run_stream, index, prepared, reason))
-    if len(tasks) == 1:
-        tasks[0]()
+    # llama.cpp's server stops a running stream when another request arrives: stream one at a time there
+    one_at_a_time = streaming is not None and served.info().server == "llama.cpp"
+    if len(tasks) == 1 or one_at_a_time:
+        for task in tasks:
+            task()
     else:
         with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
             futures = [pool.submit(task) for task in tasks]

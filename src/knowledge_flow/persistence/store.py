@@ -55,7 +55,7 @@ before stay readable. 4: prompt sets (``kf_prompt_sets``); rollouts gain the req
 (requested and sent), counted prompt tokens and what was parsed; runs gain what the endpoint served. 5: calls
 outside the rollouts (``kf_calls``: TRT planning, reflection, verifier); rollouts gain the TRT strategy they
 followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the online threshold in force,
-the stop reason of a trace kept out of votes and the per-token confidences."""
+the stop reason of a trace kept out of votes and the per-token confidences; runs gain DeepConf's threshold."""
 
 
 class SchemaError(RuntimeError):
@@ -94,6 +94,8 @@ class RunRow(Base):
     final_answer: Mapped[str | None] = mapped_column(Text)
     served_json: Mapped[str | None] = mapped_column(Text)
     """What the endpoint served: model name, context length, server kind, how tokens were counted."""
+    confidence_threshold: Mapped[float | None] = mapped_column(Float)
+    """deepconf: the online threshold the warm-up wave set."""
 
     @property
     def params(self) -> dict[str, Any]:
