@@ -1,5 +1,13 @@
 """The Knowledge Flow graph: prepare -> solve -> extract_answer -> distill_knowledge -> stop_check -> loop.
 
+Two optional steps make LLM calls outside the rollouts, for the strategies and rules that need them:
+`reflect` before an iteration (strategies that reflect, e.g. trt: planning before the first iteration,
+reflection before the others) and `verify` between `extract_answer` and `distill_knowledge` (select rule
+`verifier`). The routers return `Literal` targets, so Studio draws every edge::
+
+    START -> prepare -> (reflect ->) solve -> extract_answer -> (verify ->) distill_knowledge -> stop_check
+    stop_check -> reflect | solve | END
+
 `builder` is the uncompiled `StateGraph`; `graph` is compiled with the SQLite checkpointer (the file named
 by ``KFLOW_DB``, opened on first use), so ``graph.invoke({"problem": ...}, {"configurable": {"thread_id":
 T}})`` runs and ``graph.invoke(None, same_config)`` resumes. LangGraph Studio uses `studio.graph`, which has
@@ -20,9 +28,13 @@ from knowledge_flow.nodes import (
     distill_knowledge,
     extract_answer,
     prepare,
+    reflect,
+    route_after_extract,
+    route_after_prepare,
     route_after_stop_check,
     solve,
     stop_check,
+    verify,
 )
 from knowledge_flow.params import MAX_ITERATIONS, recursion_limit, resolve_run
 from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
@@ -38,10 +50,14 @@ builder.add_node("solve", solve)
 builder.add_node("extract_answer", extract_answer)
 builder.add_node("distill_knowledge", distill_knowledge)
 builder.add_node("stop_check", stop_check)
+builder.add_node("reflect", reflect)
+builder.add_node("verify", verify)
 builder.add_edge(START, "prepare")
-builder.add_edge("prepare", "solve")
+builder.add_conditional_edges("prepare", route_after_prepare)
+builder.add_edge("reflect", "solve")
 builder.add_edge("solve", "extract_answer")
-builder.add_edge("extract_answer", "distill_knowledge")
+builder.add_conditional_edges("extract_answer", route_after_extract)
+builder.add_edge("verify", "distill_knowledge")
 builder.add_edge("distill_knowledge", "stop_check")
 builder.add_conditional_edges("stop_check", route_after_stop_check)
 

@@ -16,18 +16,25 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 from pydantic.fields import FieldInfo
+
+from knowledge_flow.confidence import DEFAULT_WINDOW
 
 AnswerType = Literal["integer", "latex", "text"]
 ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
 ReasoningEffort = Literal["low", "medium", "high"]
+SelectRule = Literal["confidence", "vote", "conf-vote", "verifier"]
+ConfidenceScore = Literal["mean-logprob", "lowest", "bottom10", "tail", "mean"]
 OnResume = Literal["fixed", "extend"]
 """``fixed``: a resumed run keeps its value (giving another is refused); ``extend``: a larger value extends
 the run (iterations: the rollouts already paid for are kept)."""
 
 MAX_ITERATIONS = 10_000
 MAX_THINKERS = 64
+#: Largest top-k of log-probabilities a server returns (vLLM's default --max-logprobs).
+MAX_TOP_LOGPROBS = 20
+MAX_WARMUP_TRACES = 512
 
 
 def _not_bool(value: Any) -> Any:
@@ -69,8 +76,12 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str | None = option(None, "Served model name (env KFLOW_MODEL; default: the embedded model).")
-    iterations: Annotated[int, Number] = option(
-        64, "Rollouts (iterations) to run; the original runs used 64.", ge=1, le=MAX_ITERATIONS, on_resume="extend"
+    iterations: Annotated[int | None, Number] = option(
+        None,
+        "Rollouts (iterations) to run (default: 64 as in the original runs; trt 8 rounds, deepconf 16 waves).",
+        ge=1,
+        le=MAX_ITERATIONS,
+        on_resume="extend",
     )
     max_new_tokens: Annotated[int, Number] = option(
         512,
@@ -112,13 +123,20 @@ class RunOptions(BaseModel):
         ge=1,
         le=10**7,
     )
-    stop_policy: str = option("fixed", "fixed (the whole budget) or stable:K (K same answers, no report).")
+    stop_policy: str | None = option(
+        None,
+        "fixed (the whole budget), stable:K (K same answers, no report) or consensus:TAU[:N] (a confidence-"
+        "weighted vote share of TAU over at least N traces); default: the strategy's (deepconf consensus:0.95).",
+    )
     final_answer_rule: str | None = option(
         None,
-        "last or majority:W (W or 'all'); default: the strategy's (self-consistency: majority:all).",
+        "last, majority:W (W or 'all') or conf-vote:MEASURE; default: the strategy's (self-consistency: "
+        "majority:all, deepconf: conf-vote:lowest).",
         flag="--final-answer",
     )
-    thinkers: Annotated[int, Number] = option(1, "Parallel rollouts per iteration.", ge=1, le=MAX_THINKERS)
+    thinkers: Annotated[int | None, Number] = option(
+        None, "Parallel rollouts per iteration (default 1; trt 2, deepconf 16).", ge=1, le=MAX_THINKERS
+    )
     topk_thinkers: Annotated[int | None, Number] = option(
         None, "Thinkers kept per iteration (default: all).", ge=1, le=MAX_THINKERS
     )
@@ -131,16 +149,45 @@ class RunOptions(BaseModel):
     diversity_weight: Annotated[float, Number] = option(
         0.0, "Penalty on kept thinkers similar to those kept before.", ge=0.0, le=100.0
     )
-    dynamic_temperature: bool = option(False, "Adapt the thinkers' temperature spread to agreement and confidence.")
+    dynamic_temperature: StrictBool = option(False, "Adapt the thinkers' temperature spread to agreement and confidence.")
     uncertainty_threshold: Annotated[float | None, Number] = option(
         None, "Below this mean log-probability the reference solution is not replaced.", ge=-1e9, le=0.0
+    )
+    select_rule: SelectRule | None = option(
+        None,
+        "How the iteration's answer is chosen among its thinkers: confidence, vote, conf-vote or verifier (trt); "
+        "default: the strategy's (confidence; trt vote; deepconf conf-vote).",
+    )
+    confidence_score: ConfidenceScore | None = option(
+        None,
+        "A thinker's score: mean-logprob or a DeepConf measure (lowest, bottom10, tail, mean); default: the "
+        "strategy's (deepconf lowest).",
+    )
+    top_logprobs: Annotated[int | None, Number] = option(
+        None,
+        "Candidates per position requested for DeepConf measures (default 20 when a measure is used, else 0).",
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+    )
+    confidence_window: Annotated[int, Number] = option(
+        DEFAULT_WINDOW, "DeepConf's group size in tokens.", ge=1, le=10**7
+    )
+    show_reference: StrictBool = option(False, "trt: rollouts see the current best (selected) solution.")
+    warmup_traces: Annotated[int, Number] = option(
+        16, "deepconf: traces of the warm-up wave that sets the online threshold.", ge=1, le=MAX_WARMUP_TRACES
+    )
+    confidence_keep: Annotated[float, Number] = option(
+        90.0,
+        "deepconf: percent of warm-up-like traces the online threshold keeps (90: DeepConf-high, 10: -low).",
+        gt=0.0,
+        le=100.0,
     )
 
     @model_validator(mode="after")
     def _consistent(self) -> RunOptions:
         if self.model is not None and not self.model.strip():
             raise ValueError("model must not be empty")
-        if self.topk_thinkers is not None and self.topk_thinkers > self.thinkers:
+        if self.topk_thinkers is not None and self.thinkers is not None and self.topk_thinkers > self.thinkers:
             raise ValueError(f"topk_thinkers ({self.topk_thinkers}) cannot exceed thinkers ({self.thinkers})")
         low, high = self.min_temperature, self.max_temperature
         if low is not None and high is not None and low > high:
@@ -183,15 +230,19 @@ def _message(error: Any) -> str:
     """One line a user can act on, for a pydantic error."""
     name = ".".join(str(part) for part in error.get("loc", ())) or "options"
     kind, value, context = error.get("type", ""), error.get("input"), error.get("ctx") or {}
-    if name in RunOptions.model_fields and kind in ("greater_than_equal", "less_than_equal"):
+    if name in RunOptions.model_fields and kind in ("greater_than_equal", "less_than_equal", "greater_than"):
         bounds = {type(m).__name__: m for m in field_info(name).metadata}
         low = getattr(bounds.get("Ge"), "ge", None)
+        if low is None:
+            low = getattr(bounds.get("Gt"), "gt", None)
         high = getattr(bounds.get("Le"), "le", None)
         return f"{name} must be between {low:g} and {high:g}, got {value!r}"
     if kind == "int_from_float":
         return f"{name} must be a whole number, got {value!r}"
     if kind in ("int_parsing", "float_parsing", "int_type", "float_type"):
         return f"{name} must be a number, got {value!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{name} must be true or false, got {value!r}"
     if kind == "literal_error":
         return f"{name} must be one of {context.get('expected', '')}, got {value!r}"
     if kind == "extra_forbidden":

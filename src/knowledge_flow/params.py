@@ -10,12 +10,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from knowledge_flow.options import MAX_ITERATIONS, OPTION_NAMES, ModelFamily, parse_options
-from knowledge_flow.policies import parse_final_answer_rule, parse_stop_policy
+from knowledge_flow.confidence import DEFAULT_TOP_LOGPROBS, MEASURES
+from knowledge_flow.options import MAX_ITERATIONS, OPTION_NAMES, ModelFamily, RunOptions, parse_options
+from knowledge_flow.policies import ConfVote, Consensus, parse_final_answer_rule, parse_stop_policy
 from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, load_prompt_set
 from knowledge_flow.records import RunParams
 
 LOCAL_MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
+#: The original method runs 64 rollouts (`reflex_size`); strategies may default to fewer.
+DEFAULT_ITERATIONS = 64
 
 #: Request fields a run sets through its own options; `extra_body` may not set them again.
 OWN_REQUEST_FIELDS = frozenset(
@@ -74,7 +77,8 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     strategy = get_strategy(options.strategy)
     model = (options.model or default_model()).strip()
     family: ModelFamily = options.model_family or detect_model_family(model)
-    parse_stop_policy(options.stop_policy)
+    stop_policy = options.stop_policy or strategy.stop_policy
+    parse_stop_policy(stop_policy)
     final_rule = options.final_answer_rule or strategy.final_answer_rule
     parse_final_answer_rule(final_rule)
     prompts = (options.prompts or DEFAULT_SETS[family]).strip()
@@ -83,13 +87,16 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     clashes = sorted(OWN_REQUEST_FIELDS & set(options.extra_body or {}))
     if clashes:
         raise ValueError(f"extra_body may not set {', '.join(clashes)}: the run's own options set them")
+    thinkers = options.thinkers or strategy.default_thinkers
+    if options.topk_thinkers is not None and options.topk_thinkers > thinkers:
+        raise ValueError(f"topk_thinkers ({options.topk_thinkers}) cannot exceed thinkers ({thinkers})")
     low = options.min_temperature if options.min_temperature is not None else options.temperature
     high = options.max_temperature if options.max_temperature is not None else max(low, options.temperature)
     if low > high:
         raise ValueError(f"min_temperature ({low}) cannot exceed max_temperature ({high})")
     params = RunParams(
         model=model,
-        iterations=options.iterations,
+        iterations=options.iterations or strategy.default_iterations or DEFAULT_ITERATIONS,
         temperature=options.temperature,
         top_p=options.top_p,
         top_k=-1 if options.top_k == 0 else options.top_k,
@@ -106,20 +113,57 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         prompt_hash=prompt_set.digest,
         model_family=family,
         reasoning_effort=options.reasoning_effort or ("high" if family == "gpt-oss" else None),
-        stop_policy=options.stop_policy,
+        stop_policy=stop_policy,
         final_answer_rule=final_rule,
-        thinkers=options.thinkers,
-        topk_thinkers=options.topk_thinkers or options.thinkers,
+        thinkers=thinkers,
+        topk_thinkers=options.topk_thinkers or thinkers,
         min_temperature=low,
         max_temperature=high,
         diversity_weight=options.diversity_weight,
         dynamic_temperature=options.dynamic_temperature,
         uncertainty_threshold=options.uncertainty_threshold,
         avoid_budget_tokens=options.avoid_budget_tokens,
+        **selection_options(options, strategy, final_rule, stop_policy),  # type: ignore[typeddict-item]
     )
     return params, prompt_set
 
 
+def selection_options(options: RunOptions, strategy: Any, final_rule: str, stop_policy: str) -> dict[str, Any]:
+    """The thinker-selection, confidence, TRT and DeepConf parameters: the strategy's defaults filled in, and
+    the combinations checked (``verifier`` needs a verifier prompt, ``conf-vote`` a DeepConf measure, a
+    measure needs top log-probabilities). Options a strategy does not use are checked but have no effect."""
+    rule = options.select_rule or strategy.select_rule
+    if rule == "verifier" and not strategy.verifies:
+        raise ValueError(f"select_rule verifier needs a strategy with a verifier prompt (trt), not {strategy.name}")
+    score = options.confidence_score or strategy.confidence_score
+    if rule == "conf-vote" and score not in MEASURES:
+        raise ValueError(
+            f"select_rule conf-vote weighs votes by a DeepConf measure: set confidence_score to one of "
+            f"{', '.join(MEASURES)} (got {score})"
+        )
+    uses_measures = (
+        score in MEASURES
+        or isinstance(parse_final_answer_rule(final_rule), ConfVote)
+        or strategy.name == "deepconf"
+        or (isinstance(parse_stop_policy(stop_policy), Consensus) and final_rule.startswith("conf-vote"))
+    )
+    top = options.top_logprobs
+    if top is None:
+        top = DEFAULT_TOP_LOGPROBS if uses_measures else 0
+    if uses_measures and top == 0:
+        raise ValueError("DeepConf measures need top_logprobs >= 1 (20 in the paper)")
+    return {
+        "select_rule": rule,
+        "confidence_score": score,
+        "top_logprobs": top,
+        "confidence_window": options.confidence_window,
+        "show_reference": options.show_reference,
+        "warmup_traces": options.warmup_traces,
+        "confidence_keep": options.confidence_keep,
+    }
+
+
 def recursion_limit(iterations: int) -> int:
-    """Graph steps a run of `iterations` rollouts takes (prepare + 4 per rollout), with slack."""
-    return 4 * iterations + 16
+    """Graph steps a run of `iterations` rollouts takes (prepare, a planning step, then at most 6 per
+    iteration: solve, extract_answer, verify, distill_knowledge, stop_check, reflect), with slack."""
+    return 6 * iterations + 16

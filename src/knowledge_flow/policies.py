@@ -1,31 +1,73 @@
 """Stop policies and label-free final-answer rules.
 
 Stop policies: ``fixed`` runs the whole iteration budget (the paper's setting); ``stable:K`` stops once the
-last K iterations gave the same answer and wrote no error report.
-Final-answer rules: ``last`` (the last iteration's answer) and ``majority:W`` (the most frequent answer among
-the last W iterations, ``all`` for every iteration; ties go to the answer given most recently).
+last K iterations gave the same answer and wrote no error report; ``consensus:TAU[:N]`` stops once at least N
+traces (default 2) can vote and the leading answer holds at least TAU (0 < TAU <= 1) of the vote: DeepConf's
+adaptive sampling (TAU = 0.95 in the paper). The vote is the final-answer rule's: weighted by its confidence
+measure for ``conf-vote``, one vote per trace otherwise; traces kept out of votes (failed, cancelled, below
+the online threshold) do not count.
+
+Final-answer rules: ``last`` (the last iteration's answer), ``majority:W`` (the most frequent answer among
+the last W iterations, ``all`` for every iteration; ties go to the answer given most recently) and
+``conf-vote:MEASURE[:ETA]`` (DeepConf's offline vote over every trace of the run, all thinkers included:
+each counted trace adds its MEASURE, one of ``lowest``, ``bottom10``, ``tail``, ``mean``, to its answer; with
+ETA only the top ETA percent most confident traces vote; ties go to the answer given most recently). Traces
+without measures cannot be weighted: when no trace has them, ``conf-vote`` is a plain majority over the
+counted traces, and without any trace record (runs that kept none) it is ``majority:all``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from knowledge_flow.answers import normalize
-from knowledge_flow.records import AnswerType
+from knowledge_flow.confidence import MEASURES, Measure, keep_top, share_of_leader
+from knowledge_flow.records import AnswerType, TraceVote
+
+CONF_VOTE = "conf-vote"
+CONSENSUS = "consensus"
+DEFAULT_CONSENSUS_MIN = 2
 
 
-def parse_stop_policy(policy: str) -> int | None:
-    """None for ``fixed``, K for ``stable:K``."""
+@dataclass(frozen=True)
+class ConfVote:
+    measure: Measure
+    eta: float | None
+    """Percent of the most confident traces that vote (None: all)."""
+
+
+@dataclass(frozen=True)
+class Consensus:
+    tau: float
+    min_traces: int
+
+
+def parse_stop_policy(policy: str) -> int | Consensus | None:
+    """None for ``fixed``, K for ``stable:K``, a `Consensus` for ``consensus:TAU[:N]``."""
     if policy == "fixed":
         return None
     name, _, value = policy.partition(":")
     if name == "stable" and value.isdigit() and int(value) >= 1:
         return int(value)
-    raise ValueError(f"stop policy must be 'fixed' or 'stable:K' with K >= 1, got {policy!r}")
+    if name == CONSENSUS:
+        tau_text, _, count_text = value.partition(":")
+        try:
+            tau = float(tau_text)
+        except ValueError:
+            tau = math.nan
+        count = int(count_text) if count_text.isdigit() else (DEFAULT_CONSENSUS_MIN if not count_text else 0)
+        if 0.0 < tau <= 1.0 and count >= 1:
+            return Consensus(tau, count)
+    raise ValueError(
+        f"stop policy must be 'fixed', 'stable:K' with K >= 1 or 'consensus:TAU[:N]' with 0 < TAU <= 1 and "
+        f"N >= 1, got {policy!r}"
+    )
 
 
-def parse_final_answer_rule(rule: str) -> int | None:
-    """0 for ``last``, W for ``majority:W``, None for ``majority:all``."""
+def parse_final_answer_rule(rule: str) -> int | ConfVote | None:
+    """0 for ``last``, W for ``majority:W``, None for ``majority:all``, a `ConfVote` for ``conf-vote:...``."""
     if rule == "last":
         return 0
     name, _, value = rule.partition(":")
@@ -33,37 +75,105 @@ def parse_final_answer_rule(rule: str) -> int | None:
         return None
     if name == "majority" and value.isdigit() and int(value) >= 1:
         return int(value)
-    raise ValueError(f"final answer rule must be 'last' or 'majority:W' (W >= 1 or 'all'), got {rule!r}")
+    if name == CONF_VOTE:
+        measure, _, eta_text = value.partition(":")
+        eta: float | None = None
+        if eta_text:
+            try:
+                eta = float(eta_text)
+            except ValueError:
+                eta = math.nan
+        if measure in MEASURES and (eta is None or 0.0 < eta <= 100.0):
+            return ConfVote(measure, eta)
+    raise ValueError(
+        "final answer rule must be 'last', 'majority:W' (W >= 1 or 'all') or 'conf-vote:MEASURE[:ETA]' "
+        f"(MEASURE one of {', '.join(MEASURES)}; 0 < ETA <= 100), got {rule!r}"
+    )
+
+
+def uses_traces(stop_policy: str, final_answer_rule: str) -> bool:
+    """Whether a run needs its trace record (`State.traces`)."""
+    return isinstance(parse_stop_policy(stop_policy), Consensus) or isinstance(
+        parse_final_answer_rule(final_answer_rule), ConfVote
+    )
+
+
+def trace_tally(
+    traces: Sequence[TraceVote], answer_type: AnswerType, measure: Measure | None, eta: float | None = None
+) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
+    """(weight, latest position, an original spelling) per normalised answer over the counted traces.
+    Weighted by `measure` when every counted trace with an answer has it, else one vote each."""
+    voters = [t for t in traces if t["counted"] and normalize(t["answer"], answer_type) is not None]
+    weighted = measure is not None and bool(voters) and all(t["measures"] for t in voters)
+    weights = [float((t["measures"] or {})[measure]) if weighted and measure else 1.0 for t in voters]
+    if weighted and eta is not None:
+        kept = keep_top(weights, eta)
+        voters = [t for t, keep in zip(voters, kept, strict=True) if keep]
+        weights = [w for w, keep in zip(weights, kept, strict=True) if keep]
+    totals: dict[str, float] = {}
+    latest: dict[str, int] = {}
+    original: dict[str, str] = {}
+    for position, (trace, weight) in enumerate(zip(voters, weights, strict=True)):
+        key = normalize(trace["answer"], answer_type)
+        assert key is not None and trace["answer"] is not None
+        totals[key] = totals.get(key, 0.0) + weight
+        latest[key] = position
+        original[key] = trace["answer"]
+    return totals, latest, original
 
 
 def should_stop(
-    policy: str, iterations: int, answers: Sequence[str | None], reported: Sequence[bool], answer_type: AnswerType
+    policy: str,
+    iterations: int,
+    answers: Sequence[str | None],
+    reported: Sequence[bool],
+    answer_type: AnswerType,
+    traces: Sequence[TraceVote] = (),
+    final_answer_rule: str = "last",
 ) -> bool:
     if len(answers) >= iterations:
         return True
-    k = parse_stop_policy(policy)
-    if k is None or len(answers) < k:
+    parsed = parse_stop_policy(policy)
+    if parsed is None:
+        return False
+    if isinstance(parsed, Consensus):
+        rule = parse_final_answer_rule(final_answer_rule)
+        measure = rule.measure if isinstance(rule, ConfVote) else None
+        totals, _, _ = trace_tally(traces, answer_type, measure)
+        voters = sum(1 for t in traces if t["counted"] and normalize(t["answer"], answer_type) is not None)
+        return voters >= parsed.min_traces and share_of_leader(totals) >= parsed.tau
+    k = parsed
+    if len(answers) < k:
         return False
     last = [normalize(a, answer_type) for a in answers[-k:]]
     return last[0] is not None and all(a == last[0] for a in last) and not any(reported[-k:])
 
 
-def final_answer(rule: str, answers: Sequence[str | None], answer_type: AnswerType) -> str | None:
+def final_answer(
+    rule: str, answers: Sequence[str | None], answer_type: AnswerType, traces: Sequence[TraceVote] | None = None
+) -> str | None:
     window = parse_final_answer_rule(rule)
+    if isinstance(window, ConfVote):
+        if not traces:
+            return final_answer("majority:all", answers, answer_type)
+        totals, latest, original = trace_tally(traces, answer_type, window.measure, window.eta)
+        if not totals:
+            return None
+        return original[max(totals, key=lambda key: (totals[key], latest[key]))]
     if window == 0:
         return answers[-1] if answers else None
     considered = list(answers if window is None else answers[-window:])
     counts: dict[str, int] = {}
-    latest: dict[str, int] = {}
-    original: dict[str, str] = {}
+    latest_at: dict[str, int] = {}
+    spelled: dict[str, str] = {}
     for position, answer in enumerate(considered):
         key = normalize(answer, answer_type)
         if key is None or answer is None:
             continue
         counts[key] = counts.get(key, 0) + 1
-        latest[key] = position
-        original[key] = answer
+        latest_at[key] = position
+        spelled[key] = answer
     if not counts:
         return None
-    best = max(counts, key=lambda key: (counts[key], latest[key]))
-    return original[best]
+    best = max(counts, key=lambda key: (counts[key], latest_at[key]))
+    return spelled[best]

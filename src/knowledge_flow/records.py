@@ -11,9 +11,26 @@ from typing import Any, Literal, NotRequired
 # before Python 3.12.
 from typing_extensions import TypedDict
 
-from knowledge_flow.options import AnswerType, ModelFamily
+from knowledge_flow.options import AnswerType, ConfidenceScore, ModelFamily, SelectRule
 
-__all__ = ["AnswerType", "CurrentRollout", "KnowledgeItem", "ModelFamily", "RunParams", "RunStatus", "Usage"]
+__all__ = [
+    "AnswerType",
+    "ConfidenceScore",
+    "CurrentRollout",
+    "HistoryEntry",
+    "KnowledgeItem",
+    "ModelFamily",
+    "Reflection",
+    "RunParams",
+    "RunStatus",
+    "SelectRule",
+    "Selection",
+    "StrategyRound",
+    "ThinkerStrategy",
+    "TraceVote",
+    "Usage",
+    "Verdict",
+]
 
 
 RunStatus = Literal["running", "done", "failed"]
@@ -58,6 +75,26 @@ class RunParams(TypedDict):
     uncertainty_threshold: float | None
     avoid_budget_tokens: int | None
     """Regeneration: token budget of the Things to Avoid list (None: the prompt set's rule)."""
+    # --- selection, confidence, TRT and DeepConf (validated by `params.resolve_selection_options`). Runs
+    # started before these options existed lack them: read them with `.get` and the defaults below.
+    select_rule: NotRequired[SelectRule]
+    """How the iteration's answer is chosen among its thinkers: `confidence` (the most confident thinker,
+    with the diversity penalty; the default), `vote` (majority over the thinkers, ties to the more confident),
+    `conf-vote` (majority weighted by `confidence_score`, a DeepConf measure) or `verifier` (one stored call
+    ranks the candidates; trt only)."""
+    confidence_score: NotRequired[ConfidenceScore]
+    """A thinker's score: `mean-logprob` (mean log-probability of its sampled tokens; the default) or a
+    DeepConf measure (`lowest`, `bottom10`, `tail`, `mean`; needs `top_logprobs`)."""
+    top_logprobs: NotRequired[int]
+    """Candidates per position requested for DeepConf measures (0: none; 20 when a measure is used)."""
+    confidence_window: NotRequired[int]
+    """DeepConf group size in tokens (2048)."""
+    show_reference: NotRequired[bool]
+    """trt: rollouts see the current best solution (off, as in the TRT authors' scripts)."""
+    warmup_traces: NotRequired[int]
+    """deepconf: traces of the warm-up wave (iteration 0) that set the online threshold (16)."""
+    confidence_keep: NotRequired[float]
+    """deepconf: percent of warm-up-like traces the online threshold keeps (90: DeepConf-high; 10: -low)."""
 
 
 class KnowledgeItem(TypedDict):
@@ -72,6 +109,88 @@ class KnowledgeItem(TypedDict):
     iteration: int
     tokens: NotRequired[int]
     """Its cost in a prompt, counted when it was made (the served tokenizer where there is one)."""
+    disabled: NotRequired[bool]
+    """trt: a reflection disabled the item (it is no longer shown but keeps its place until it ages out)."""
+    lesson: NotRequired[dict[str, Any]]
+    """trt: the item's fields as the reflection wrote them (pattern, when_to_use, key_insight,
+    observed_mistakes); `text` is their rendering."""
+
+
+class ThinkerStrategy(TypedDict):
+    """trt: the approach one thinker follows in a round."""
+
+    key_technique: str
+    what_to_try: str
+
+
+class HistoryEntry(TypedDict):
+    """trt: one rollout of a past round, as the strategy history shows it."""
+
+    thinker: int
+    rollout_id: str
+    key_technique: str | None
+    what_to_try: str | None
+    answer: str | None
+    outcome: Literal["selected", "agrees", "disagrees", "no answer", "failed"]
+
+
+class StrategyRound(TypedDict):
+    """trt: one past round: what each thinker tried, the selected answer and the agreement with it."""
+
+    round: int
+    """1-based."""
+    entries: list[HistoryEntry]
+    selected_answer: str | None
+    agreement: float
+    """Share of the round's rollouts whose answer is the selected one."""
+    rule: str
+    """How the answer was selected (vote, conf-vote, verifier, confidence; `vote (verifier failed)` ...)."""
+
+
+class Selection(TypedDict):
+    """How the last iteration's answer was chosen."""
+
+    rule: str
+    rollout_id: str | None
+    answer: str | None
+    votes: dict[str, float]
+    """Weight per (normalised) answer among the thinkers that could vote."""
+    agreement: float
+
+
+class Verdict(TypedDict):
+    """The verifier call's choice for the current iteration (consumed by `distill_knowledge`)."""
+
+    call_id: str
+    rollout_id: str | None
+    error: str | None
+
+
+class Reflection(TypedDict):
+    """trt: what the last planning or reflection call changed."""
+
+    call_id: str
+    kind: Literal["plan", "reflect"]
+    strategies: list[ThinkerStrategy]
+    added: str | None
+    """The knowledge item it added (its text), if any."""
+    disabled: int | None
+    """The 1-based number (among the items shown) of the item it disabled, if any."""
+    note: str | None
+    """Why something asked for was not applied (unparsable output, no failure observed, ...)."""
+
+
+class TraceVote(TypedDict):
+    """One rollout as a trace of a confidence-weighted vote (final-answer rule `conf-vote`, stop policy
+    `consensus`)."""
+
+    rollout_id: str
+    iteration: int
+    answer: str | None
+    measures: dict[str, float] | None
+    """DeepConf measures (lowest, bottom10, tail, mean, tokens); None without log-probabilities."""
+    counted: bool
+    """False when the trace is kept out of votes (failed, cancelled, or below the online threshold)."""
 
 
 class Usage(TypedDict):
@@ -98,3 +217,12 @@ class CurrentRollout(TypedDict):
     """Mean token log-probability, when the server returned log-probabilities."""
     error: str | None
     """Why the rollout failed (no usable response after retries); None when it succeeded."""
+    thinker: NotRequired[int]
+    """The rollout's index among the iteration's thinkers."""
+    strategy: NotRequired[ThinkerStrategy | None]
+    """trt: the approach it followed."""
+    measures: NotRequired[dict[str, float] | None]
+    """DeepConf measures of its trace, when top log-probabilities were returned."""
+    excluded: NotRequired[str | None]
+    """Why it is kept out of votes: `gconf_threshold` (stopped by the client below the online threshold) or
+    `below_threshold` (finished, but its lowest group confidence is below it)."""

@@ -26,25 +26,44 @@ from typing_extensions import TypedDict
 from knowledge_flow.options import RunOptions
 from knowledge_flow.records import (
     AnswerType,
+    ConfidenceScore,
     CurrentRollout,
+    HistoryEntry,
     KnowledgeItem,
     ModelFamily,
+    Reflection,
     RunParams,
     RunStatus,
+    Selection,
+    SelectRule,
+    StrategyRound,
+    ThinkerStrategy,
+    TraceVote,
     Usage,
+    Verdict,
 )
 
 __all__ = [
     "AnswerType",
+    "ConfidenceScore",
     "CurrentRollout",
+    "HistoryEntry",
     "InputState",
     "KnowledgeItem",
     "ModelFamily",
     "OutputState",
+    "PrepareInput",
+    "Reflection",
     "RunParams",
     "RunStatus",
+    "SelectRule",
+    "Selection",
     "State",
+    "StrategyRound",
+    "ThinkerStrategy",
+    "TraceVote",
     "Usage",
+    "Verdict",
 ]
 
 T = TypeVar("T")
@@ -118,6 +137,21 @@ class State(TypedDict, total=False):
     stopped_early: bool
     failed_streak: int
     """Consecutive iterations in which every rollout failed."""
+    selection: Selection | None
+    """How the last iteration's answer was chosen."""
+    verdict: Verdict | None
+    """The verifier's choice for the current iteration (select rule `verifier`)."""
+    traces: Annotated[list[TraceVote], DeltaChannel(append)]
+    """Every rollout as a trace of the confidence vote (only runs that vote by confidence or stop on
+    consensus keep it). Write new items only."""
+    confidence_threshold: float | None
+    """deepconf: the online threshold set by the warm-up wave (None before it, or without measures)."""
+    thinker_strategies: list[ThinkerStrategy]
+    """trt: the approaches of the next round, one per thinker (fewer or none when planning failed)."""
+    strategy_history: list[StrategyRound]
+    """trt: the last rounds (at most the prompt set's `history_rounds`)."""
+    reflection: Reflection | None
+    """trt: the last planning or reflection call's outcome."""
 
 
 class OutputState(TypedDict):

@@ -2,12 +2,19 @@
 
 Rules:
 - Temperatures: `n` thinkers get temperatures spread evenly over [low, high] (all equal when low == high).
-- Confidence: the mean token log-probability of a thinker's output (log-probabilities are requested when
-  there is more than one thinker). A thinker without log-probabilities scores -inf, below every other.
-- Selection: greedily keep `k` thinkers; each pick maximises confidence - diversity_weight * similarity to
-  the thinkers already kept, where similarity = 0.5 * [same answer] + 0.5 * Jaccard overlap of the summaries'
-  word sets. The first pick (the most confident) is the best thinker: its answer is the iteration's answer
-  and its summary the next reference solution.
+- Confidence (the score, run option `confidence_score`): the mean token log-probability of a thinker's
+  output (`mean-logprob`, the default; log-probabilities are requested when there is more than one thinker),
+  or one of DeepConf's trace measures (`lowest`, `bottom10`, `tail`, `mean`; see `confidence`). A thinker
+  without it scores -inf, below every other.
+- Selection (run option `select_rule`): greedily keep `k` thinkers; each pick maximises confidence -
+  diversity_weight * similarity to the thinkers already kept, where similarity = 0.5 * [same answer] + 0.5 *
+  Jaccard overlap of the summaries' word sets. The first pick is the best thinker: its answer is the
+  iteration's answer and its summary the next reference solution. With `confidence` the first pick is the
+  most confident thinker. With `vote` it is the most confident thinker giving the majority answer (one vote
+  per thinker; a tie goes to the answer with the more confident thinker, then to the earlier thinker); with
+  `conf-vote` each thinker's vote weighs its score (a DeepConf measure); with `verifier` it is the thinker
+  the verifier chose (a vote when it chose none). Failed thinkers, and thinkers kept out of votes (cancelled
+  or below DeepConf's online threshold), never vote; they are picked last.
 - Uncertainty: when the best confidence is below `uncertainty_threshold`, the iteration does not replace
   the reference solution (its answer is still recorded); an iteration with no reference yet always sets it.
 - Dynamic temperature: after each iteration, agreement = share of thinkers giving the majority answer. Below
@@ -34,8 +41,52 @@ def spread(low: float, high: float, n: int) -> list[float]:
     return [round(low + i * step, 4) for i in range(n)]
 
 
-def score(candidate: CurrentRollout) -> float:
-    return candidate["confidence"] if candidate["confidence"] is not None else -math.inf
+def score(candidate: CurrentRollout, by: str = "mean-logprob") -> float:
+    value = candidate["confidence"] if by == "mean-logprob" else (candidate.get("measures") or {}).get(by)
+    return float(value) if value is not None else -math.inf
+
+
+def can_vote(candidate: CurrentRollout, answer_type: AnswerType) -> bool:
+    return (
+        candidate["error"] is None
+        and not candidate.get("excluded")
+        and normalize(candidate["answer"], answer_type) is not None
+    )
+
+
+def tally(
+    candidates: Sequence[CurrentRollout], answer_type: AnswerType, weighted_by: str | None = None
+) -> dict[str, float]:
+    """Weight per normalised answer among the thinkers that can vote (one vote each, or their score)."""
+    totals: dict[str, float] = {}
+    for candidate in candidates:
+        if not can_vote(candidate, answer_type):
+            continue
+        key = normalize(candidate["answer"], answer_type)
+        assert key is not None
+        weight = 1.0 if weighted_by is None else max(score(candidate, weighted_by), 0.0)
+        totals[key] = totals.get(key, 0.0) + weight
+    return totals
+
+
+def vote_winner(
+    candidates: Sequence[CurrentRollout], answer_type: AnswerType, score_by: str, weighted: bool
+) -> CurrentRollout | None:
+    """The most confident thinker giving the winning answer; None when no thinker can vote."""
+    totals = tally(candidates, answer_type, score_by if weighted else None)
+    if not totals:
+        return None
+    voters = [c for c in candidates if can_vote(c, answer_type)]
+
+    def best_of(key: str) -> CurrentRollout:
+        group = [c for c in voters if normalize(c["answer"], answer_type) == key]
+        return max(group, key=lambda c: (score(c, score_by), -voters.index(c)))
+
+    def rank(key: str) -> tuple[float, float, int]:
+        best = best_of(key)
+        return (totals[key], score(best, score_by), -voters.index(best))
+
+    return best_of(max(totals, key=rank))
 
 
 def similarity(a: CurrentRollout, b: CurrentRollout, answer_type: AnswerType) -> float:
@@ -48,19 +99,44 @@ def similarity(a: CurrentRollout, b: CurrentRollout, answer_type: AnswerType) ->
 
 
 def select(
-    candidates: Sequence[CurrentRollout], k: int, diversity_weight: float, answer_type: AnswerType
+    candidates: Sequence[CurrentRollout],
+    k: int,
+    diversity_weight: float,
+    answer_type: AnswerType,
+    *,
+    rule: str = "confidence",
+    score_by: str = "mean-logprob",
+    chosen: str | None = None,
 ) -> list[CurrentRollout]:
-    """The kept thinkers, best first (a single candidate is always kept)."""
+    """The kept thinkers, best first (a single candidate is always kept). `chosen` is the rollout id the
+    verifier picked (rule `verifier`)."""
     pool = list(candidates)
     kept: list[CurrentRollout] = []
+    first: CurrentRollout | None = None
+    if rule == "verifier" and chosen is not None:
+        first = next((c for c in pool if c["rollout_id"] == chosen and c["error"] is None), None)
+    if first is None and rule in ("vote", "conf-vote", "verifier"):
+        first = vote_winner(pool, answer_type, score_by, weighted=rule == "conf-vote")
+    if first is not None:
+        kept.append(first)
+        pool.remove(first)
     while pool and len(kept) < k:
 
         def adjusted(candidate: CurrentRollout) -> float:
             penalty = max((similarity(candidate, other, answer_type) for other in kept), default=0.0)
-            base = score(candidate)
+            base = score(candidate, score_by)
             return base - diversity_weight * penalty if math.isfinite(base) else -math.inf
 
-        best = max(pool, key=lambda c: (c["error"] is None, adjusted(c), c["answer"] is not None, -pool.index(c)))
+        best = max(
+            pool,
+            key=lambda c: (
+                c["error"] is None,
+                not c.get("excluded"),
+                adjusted(c),
+                c["answer"] is not None,
+                -pool.index(c),
+            ),
+        )
         kept.append(best)
         pool.remove(best)
     return kept
@@ -75,12 +151,16 @@ def agreement(candidates: Sequence[CurrentRollout], answer_type: AnswerType) -> 
 
 
 def next_range(
-    current: Sequence[float], candidates: Sequence[CurrentRollout], threshold: float | None, answer_type: AnswerType
+    current: Sequence[float],
+    candidates: Sequence[CurrentRollout],
+    threshold: float | None,
+    answer_type: AnswerType,
+    score_by: str = "mean-logprob",
 ) -> list[float]:
     low, high = current
     centre, half = (low + high) / 2, max((high - low) / 2, 0.05)
     agree = agreement(candidates, answer_type)
-    best = max((score(c) for c in candidates), default=-math.inf)
+    best = max((score(c, score_by) for c in candidates), default=-math.inf)
     confident = threshold is None or best >= threshold
     if agree < 0.5:
         half *= 1.5

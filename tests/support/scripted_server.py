@@ -5,6 +5,14 @@ Replies come from a responder: ``responder(request) -> Reply``. The request carr
 contains). A request whose client went away before the reply (a killed process) does not advance the
 index, so a resumed run gets the same reply again, as a deterministic model would give.
 
+Streaming (``"stream": true``): the reply goes out as server-sent events, one token per chunk (the reasoning's
+tokens first, as ``reasoning_content``, then the content's; a token is a run of non-blank characters with the
+blanks before it), each with its log-probability and top log-probabilities when asked for, then a chunk with
+the finish reason, a usage chunk (``stream_options.include_usage``) and ``[DONE]``. Before each token the
+server checks whether the client closed the connection: a client that stops reading and closes the stream
+ends the reply there, and the request records it (`closed_by_client`) with the tokens sent so far
+(`tokens_sent`, of `tokens_total`).
+
 Run as a script (``python -m tests.support.scripted_server --script FILE --port P``) for subprocess tests.
 """
 
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import select
 import socket
 import struct
@@ -39,7 +48,13 @@ class Reply:
     logprobs: list[float] | None = None
     """Token log-probabilities to return (when the request asked for them)."""
     fault: str | None = None
-    """Inject a fault instead of the reply: 500, 503, 429, timeout, reset, truncated or length."""
+    """Inject a fault instead of the reply: 500, 503, 429, timeout, reset, truncated or length; for a stream
+    also cut (the stream ends properly after half the tokens, with no finish reason and no [DONE])."""
+    top_logprobs: list[list[float]] | None = None
+    """Per token, the top candidates' log-probabilities to return (when the request asked for them); the
+    sampled token's log-probability is `logprobs[i]`, or the first candidate's when `logprobs` is not set."""
+    token_delay_s: float = 0.0
+    """Streaming: the pause before each token (time for the client to close the stream)."""
 
 
 @dataclass
@@ -56,6 +71,13 @@ class Request:
     fault: str | None = None
     choice: int = 0
     """Which of the `n` choices a responder call is for."""
+    stream: bool = False
+    tokens_total: int = 0
+    """Streaming: the tokens the reply has."""
+    tokens_sent: int = 0
+    """Streaming: the tokens written before the reply ended (all of them, or up to the client's close)."""
+    closed_by_client: bool = False
+    """Streaming: the client closed the connection before the reply was complete."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -158,7 +180,7 @@ class ScriptedServer:
                 handler.connection.shutdown(socket.SHUT_RDWR)
             return
         request.fault = reply.fault
-        if reply.fault is not None and self._inject(handler, request, reply):
+        if reply.fault is not None and reply.fault != "cut" and self._inject(handler, request, reply):
             return
         if _peer_closed(handler.connection):
             request.aborted = True
@@ -170,6 +192,9 @@ class ScriptedServer:
             handler._send(reply.status, {"error": {"message": message, "type": "server_error"}})  # type: ignore[attr-defined]
             request.ended = time.monotonic()
             return
+        if body.get("stream"):
+            self._stream(handler, request, reply, body)
+            return
         count = int(body.get("n") or 1) if self.honour_n else 1
         replies = [reply] + [self.responder(replace(request, index=request.index, choice=i)) for i in range(1, count)]
         choices = []
@@ -178,13 +203,9 @@ class ScriptedServer:
             if choice_reply.reasoning is not None:
                 message[choice_reply.reasoning_key] = choice_reply.reasoning
             logprobs = None
-            if body.get("logprobs") and choice_reply.logprobs is not None:
-                logprobs = {
-                    "content": [
-                        {"token": f"t{i}", "logprob": value, "bytes": None, "top_logprobs": []}
-                        for i, value in enumerate(choice_reply.logprobs)
-                    ]
-                }
+            if body.get("logprobs") and (choice_reply.logprobs is not None or choice_reply.top_logprobs is not None):
+                positions = len(choice_reply.logprobs or choice_reply.top_logprobs or [])
+                logprobs = {"content": [logprob_entry(choice_reply, i, f"t{i}", body) for i in range(positions)]}
             choices.append(
                 {"index": number, "message": message, "finish_reason": choice_reply.finish_reason, "logprobs": logprobs}
             )
@@ -208,6 +229,69 @@ class ScriptedServer:
             request.delivered = ok
             if ok:
                 self._delivered[key] = self._delivered.get(key, 0) + 1
+
+    def _stream(self, handler: BaseHTTPRequestHandler, request: Request, reply: Reply, body: dict[str, Any]) -> None:
+        request.stream = True
+        thought, said = tokens_of(reply.reasoning or ""), tokens_of(reply.content)
+        request.tokens_total = len(thought) + len(said)
+        base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk", "created": 0}
+        base["model"] = body.get("model", self.model)
+
+        def event(payload: Any) -> None:
+            data = b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
+            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            handler.wfile.flush()
+
+        def chunk(delta: dict[str, Any], logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return {**base, "choices": [choice]}
+
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/event-stream")
+            handler.send_header("Cache-Control", "no-cache")
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            event(chunk({"role": "assistant", "content": ""}))
+            for position, (field_name, token) in enumerate(
+                [(reply.reasoning_key, t) for t in thought] + [("content", t) for t in said]
+            ):
+                if reply.fault == "cut" and position >= request.tokens_total // 2:
+                    handler.wfile.write(b"0\r\n\r\n")
+                    handler.wfile.flush()
+                    request.ended = time.monotonic()
+                    return
+                if reply.token_delay_s:
+                    time.sleep(reply.token_delay_s)
+                if _peer_closed(handler.connection):
+                    raise ConnectionResetError("the client closed the stream")
+                logprobs = {"content": [logprob_entry(reply, position, token, body)]} if body.get("logprobs") else None
+                event(chunk({field_name: token}, logprobs))
+                request.tokens_sent = position + 1
+            event(chunk({}, None, reply.finish_reason))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                prompt_tokens = reply.prompt_tokens or sum(
+                    word_count(str(m.get("content", ""))) for m in body["messages"]
+                )
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": request.tokens_total,
+                    "total_tokens": prompt_tokens + request.tokens_total,
+                }
+                event({**base, "choices": [], "usage": usage})
+            event(b"[DONE]")
+            handler.wfile.write(b"0\r\n\r\n")
+            handler.wfile.flush()
+        except OSError:
+            request.aborted = True
+            request.closed_by_client = True
+            request.ended = time.monotonic()
+            handler.close_connection = True
+            return
+        with self._lock:
+            request.ended = time.monotonic()
+            request.delivered = True
+            self._delivered[request.key] = self._delivered.get(request.key, 0) + 1
 
     def _inject(self, handler: BaseHTTPRequestHandler, request: Request, reply: Reply) -> bool:
         """Send the fault; True when nothing else is to be sent (`length` goes on as a normal reply)."""
@@ -269,6 +353,29 @@ class ScriptedServer:
 
     def delivered(self, key: str | None = None) -> list[Request]:
         return [r for r in self.requests if r.delivered and (key is None or r.key == key)]
+
+
+def tokens_of(text: str) -> list[str]:
+    """The tokens a reply is streamed in: each run of non-blank characters with the blanks before it (trailing
+    blanks go with the last token), so that they join into `text` again."""
+    tokens = re.findall(r"\s*\S+", text)
+    rest = text[len("".join(tokens)) :]
+    if rest:
+        tokens = [*tokens[:-1], tokens[-1] + rest] if tokens else [rest]
+    return tokens
+
+
+def logprob_entry(reply: Reply, position: int, token: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """One position of ``logprobs.content``: the sampled token's log-probability and, as many as asked for,
+    the top candidates'."""
+    tops = (reply.top_logprobs or [])[position] if reply.top_logprobs and position < len(reply.top_logprobs) else []
+    if reply.logprobs is not None and position < len(reply.logprobs):
+        value = reply.logprobs[position]
+    else:
+        value = tops[0] if tops else 0.0
+    wanted = int(body.get("top_logprobs") or 0)
+    top = [{"token": f"c{j}", "logprob": v, "bytes": None} for j, v in enumerate(tops[:wanted])]
+    return {"token": token, "logprob": value, "bytes": None, "top_logprobs": top}
 
 
 def _peer_closed(conn: socket.socket) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from knowledge_flow.endpoint.client import Completion, Sampling, describe, redact
     from knowledge_flow.endpoint.replicas import get_pool
-    from knowledge_flow.endpoint.requests import Prepared, PromptTooLong, prepare, sample, send
+    from knowledge_flow.endpoint.requests import Prepared, PromptTooLong, prepare, sample, send, send_stream
     from knowledge_flow.endpoint.served import Served, ServedModel, get_served
     from knowledge_flow.endpoint.urls import check_urls, split_urls
 
@@ -20,7 +20,9 @@ _EXPORTS = {
     **dict.fromkeys(("Completion", "Sampling", "describe", "redact"), "knowledge_flow.endpoint.client"),
     **dict.fromkeys(("check_urls", "split_urls"), "knowledge_flow.endpoint.urls"),
     "get_pool": "knowledge_flow.endpoint.replicas",
-    **dict.fromkeys(("Prepared", "PromptTooLong", "prepare", "sample", "send"), "knowledge_flow.endpoint.requests"),
+    **dict.fromkeys(
+        ("Prepared", "PromptTooLong", "prepare", "sample", "send", "send_stream"), "knowledge_flow.endpoint.requests"
+    ),
     **dict.fromkeys(("Served", "ServedModel", "get_served"), "knowledge_flow.endpoint.served"),
 }
 
@@ -46,5 +48,6 @@ __all__ = [
     "redact",
     "sample",
     "send",
+    "send_stream",
     "split_urls",
 ]

@@ -23,7 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from knowledge_flow.endpoint.client import Completion, Message, Sampling, chat, client_for, complete_ids
+from knowledge_flow.endpoint.client import (
+    Completion,
+    Message,
+    PositionHook,
+    Sampling,
+    chat,
+    chat_stream,
+    client_for,
+    complete_ids,
+    complete_ids_stream,
+)
 from knowledge_flow.endpoint.served import THINK_END, Served
 from knowledge_flow.tokens import estimate_tokens
 
@@ -116,6 +126,38 @@ def send(
             client, prepared.messages, sampling, continue_final=prepared.path == "chat-continue", server=server
         )
     return [replace(c, endpoint=url) for c in completions]
+
+
+def send_stream(
+    served: Served,
+    prepared: Prepared,
+    sampling: Sampling,
+    url: str,
+    *,
+    timeout: float,
+    max_retries: int,
+    on_position: PositionHook | None,
+) -> Completion:
+    """Stream one completion of `prepared` from the replica `url` (see `client.chat_stream`); `on_position`
+    sees each position's top log-probabilities and may stop the stream."""
+    client = client_for(url, served.api_key, timeout=timeout, max_retries=max_retries)
+    sampling = replace(sampling, max_tokens=prepared.max_tokens, n=1)
+    server = served.info().server
+    if prepared.path == "completion":
+        assert prepared.prompt_ids is not None and prepared.prefill is not None
+        completion = complete_ids_stream(client, prepared.prompt_ids, sampling, server=server, on_position=on_position)
+        reasoning, answer = split_thinking_continuation(prepared.prefill, completion.content)
+        completion = replace(completion, reasoning=reasoning or None, content=answer)
+    else:
+        completion = chat_stream(
+            client,
+            prepared.messages,
+            sampling,
+            continue_final=prepared.path == "chat-continue",
+            server=server,
+            on_position=on_position,
+        )
+    return replace(completion, endpoint=url)
 
 
 def sample(

@@ -1,18 +1,23 @@
-"""`distill_knowledge`: keep the best thinkers, then let the strategy update knowledge and reference."""
+"""`distill_knowledge`: screen the iteration's rollouts, select among the thinkers (by confidence, vote,
+confidence-weighted vote or the verifier's verdict; see `knowledge_flow.thinkers`), then let the strategy
+update knowledge and reference."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from knowledge_flow import thinkers
+from knowledge_flow.answers import normalize
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint.client import endpoint_errors
 from knowledge_flow.nodes.common import context_of, step_of, store_of
-from knowledge_flow.state import KnowledgeItem, State
+from knowledge_flow.policies import uses_traces
+from knowledge_flow.state import CurrentRollout, KnowledgeItem, Selection, State, TraceVote
 
 
 def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list[KnowledgeItem] | Overwrite:
@@ -23,13 +28,49 @@ def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list
     return Overwrite(new)
 
 
+def selection_of(state: State, candidates: list[CurrentRollout], best: CurrentRollout) -> Selection:
+    params = state["params"]
+    answer_type = params["answer_type"]
+    rule = params.get("select_rule", "confidence")
+    score_by = params.get("confidence_score", "mean-logprob")
+    verdict = state.get("verdict")
+    used: str = rule
+    if rule == "verifier":
+        if verdict is None:
+            used = "vote (no disagreement to verify)"
+        elif verdict["rollout_id"] != best["rollout_id"]:
+            used = "vote (no verdict)"
+    votes = thinkers.tally(candidates, answer_type, score_by if rule == "conf-vote" else None)
+    key = normalize(best["answer"], answer_type)
+    agreeing = sum(1 for c in candidates if key is not None and normalize(c["answer"], answer_type) == key)
+    return Selection(
+        rule=used,
+        rollout_id=best["rollout_id"],
+        answer=best["answer"],
+        votes={answer: round(weight, 6) for answer, weight in votes.items()},
+        agreement=round(agreeing / len(candidates), 4) if candidates else 0.0,
+    )
+
+
 def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
-    candidates = state.get("candidates") or []
-    if not candidates:
+    if not state.get("candidates"):
         raise RuntimeError("distill_knowledge ran without parsed rollouts")
-    kept = thinkers.select(candidates, params["topk_thinkers"], params["diversity_weight"], params["answer_type"])
+    strategy, step, _ = step_of(state, runtime)
+    screened = strategy.screen(step, list(state.get("candidates") or []))
+    candidates = screened.candidates
+    verdict = state.get("verdict")
+    kept = thinkers.select(
+        candidates,
+        params["topk_thinkers"],
+        params["diversity_weight"],
+        params["answer_type"],
+        rule=params.get("select_rule", "confidence"),
+        score_by=params.get("confidence_score", "mean-logprob"),
+        chosen=verdict["rollout_id"] if verdict else None,
+    )
     best = kept[0]
+    selection = selection_of(state, candidates, best)
     threshold = params["uncertainty_threshold"]
     # An uncertain iteration keeps the reference it has; with none yet, any reference beats none.
     update_reference = (
@@ -38,25 +79,37 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         or best["confidence"] >= threshold
         or state.get("reference_answer") is None
     )
-    strategy, step, _ = step_of(state, runtime)
+    seen = State(**{**state, **screened.state, "candidates": candidates, "selection": selection})  # type: ignore[typeddict-item]
     with endpoint_errors((context_of(runtime).api_key,)):  # token counts of new items
-        result = strategy.distill(step, best, kept, update_reference)
+        result = strategy.distill(replace(step, state=seen), best, kept, update_reference)
 
     store = store_of(runtime)
     added = dict(result.added)
-    for rank, candidate in enumerate(kept):
+    ranks = {candidate["rollout_id"]: rank for rank, candidate in enumerate(kept)}
+    before = {c["rollout_id"]: c.get("excluded") for c in state.get("candidates") or []}
+    for candidate in candidates:
         rid = candidate["rollout_id"]
-        store.update_rollout(
-            rid,
-            rank=rank,
-            changed=result.changed if rank == 0 else None,
-            knowledge_added=json.dumps(added[rid]) if rid in added else None,
-        )
+        values: dict[str, Any] = {}
+        if rid in ranks:
+            values |= {
+                "rank": ranks[rid],
+                "changed": result.changed if ranks[rid] == 0 else None,
+                "knowledge_added": json.dumps(added[rid]) if rid in added else None,
+            }
+        if candidate.get("excluded") and candidate.get("excluded") != before.get(rid):
+            values["stop_reason"] = candidate["excluded"]
+        if values:
+            store.update_rollout(rid, **values)
     iteration = state.get("iteration", 0) + 1
-    store.update_run(state["run_id"], iterations_done=iteration)
+    run_values: dict[str, Any] = {"iterations_done": iteration}
+    if screened.state.get("confidence_threshold") is not None:
+        run_values["confidence_threshold"] = screened.state["confidence_threshold"]
+    store.update_run(state["run_id"], **run_values)
 
     usage = state.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0}
     update: dict[str, Any] = {
+        **screened.state,
+        **result.state,
         "reference": result.reference,
         "reference_answer": result.reference_answer,
         "answers": [best["answer"]],
@@ -69,11 +122,31 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         "candidates": [],
         "failed_streak": state.get("failed_streak", 0) + 1 if all(c["error"] for c in candidates) else 0,
     }
+    # a single thinker chosen by confidence needs no record of the choice (checkpoints stay as small as before)
+    if len(candidates) > 1 or selection["rule"] != "confidence":
+        update["selection"] = selection
+    if verdict is not None:
+        update["verdict"] = None
+    if uses_traces(params["stop_policy"], params["final_answer_rule"]):
+        update["traces"] = [
+            TraceVote(
+                rollout_id=c["rollout_id"],
+                iteration=iteration - 1,
+                answer=c["answer"],
+                measures=c.get("measures"),
+                counted=c["error"] is None and not c.get("excluded"),
+            )
+            for c in candidates
+        ]
     knowledge = knowledge_update(state.get("knowledge", []), result.knowledge)
     if knowledge:  # an unchanged record is not written again
         update["knowledge"] = knowledge
     if params["dynamic_temperature"] and params["thinkers"] > 1:
         update["temperature_range"] = thinkers.next_range(
-            state["temperature_range"], candidates, threshold, params["answer_type"]
+            state["temperature_range"],
+            candidates,
+            threshold,
+            params["answer_type"],
+            params.get("confidence_score", "mean-logprob"),
         )
     return update

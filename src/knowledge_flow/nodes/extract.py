@@ -50,6 +50,10 @@ def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 temperature=row.temperature if row.temperature is not None else params["temperature"],
                 confidence=row.confidence,
                 error=row.error,
+                thinker=row.index,
+                strategy=row.strategy,  # type: ignore[typeddict-item]
+                measures=row.measures,
+                excluded=row.stop_reason,
             )
         )
     if not candidates:

@@ -14,6 +14,17 @@ from knowledge_flow.nodes.common import context_of, package_version, store_of
 from knowledge_flow.params import resolve_run
 from knowledge_flow.state import State
 
+#: State of TRT, DeepConf and thinker selection, and its value at the start of a run on a thread that held one
+#: (a first run never writes them, so runs that do not use them keep checkpoints as small as before).
+RUN_FIELDS: dict[str, Any] = {
+    "selection": None,
+    "verdict": None,
+    "confidence_threshold": None,
+    "thinker_strategies": [],
+    "strategy_history": [],
+    "reflection": None,
+}
+
 
 def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     problem = state.get("problem")
@@ -48,6 +59,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "status": "running",
         "final_answer": None,
     }
-    if state.get("run_id"):  # a new run on a thread that held one: its growing lists start empty again
+    if state.get("run_id"):  # a new run on a thread that held one: what that run left starts empty again
         update |= {"answers": Overwrite([]), "reported": Overwrite([]), "knowledge": Overwrite([])}
+        update |= RUN_FIELDS | {"traces": Overwrite([])}
     return update

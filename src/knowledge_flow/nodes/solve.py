@@ -1,39 +1,74 @@
 """`solve`: the rollouts of one iteration (one per thinker). Full prompts and outputs go to the rollout
 store; the state gets their ids. After a crash, rollouts already stored are reused, never requested again.
 
-The strategy builds the prompt; the endpoint layer counts its tokens with the served tokenizer, fits the
-generation budget to the served context and picks the request path (see `knowledge_flow.endpoint.requests`).
+The strategy says how many thinkers the iteration has and builds one prompt per thinker (the same one for
+most strategies; TRT gives each thinker its own strategy). Thinkers with the same prompt share requests
+(one request with ``n`` at equal temperatures, see `endpoint.sample`); different prompts are sent
+concurrently. Each request's rollouts are stored as soon as it returns, so a crash in the middle of an
+iteration loses only the requests still in flight. The endpoint layer counts each prompt's tokens with the
+served tokenizer, fits the generation budget to the served context and picks the request path (see
+`knowledge_flow.endpoint.requests`).
 
-Faults: connection errors, timeouts, 5xx and 429 are retried by the client (then fail over to another
-replica); when those retries run out, the endpoint is down and the error stops the run, to be resumed.
-A response that cannot be used (invalid JSON, no choices) is requested again up to `CONTENT_ATTEMPTS` times;
-a request the server refuses as such (400, 422), or a prompt that leaves no room in the served context, is
-not. Either way the rollout is then stored as failed, with its reason, and the run goes on: a failed rollout
-has no answer, so it changes neither the knowledge nor the reference (`stop_check` ends a run whose rollouts
-keep failing).
+Streaming (strategies that ask for it, e.g. deepconf): every thinker is its own streamed request with top
+log-probabilities; the client stops a trace once its group confidence falls below the strategy's threshold
+(see `knowledge_flow.confidence.WindowMonitor`) and stores it with the tokens it received and the stop reason
+``gconf_threshold``. Streams go out concurrently, except to llama.cpp's server, which ends a running stream
+when another request arrives: there they go one after the other.
+
+With top log-probabilities (run option `top_logprobs`), each rollout is stored with its DeepConf measures
+and its per-token confidences.
+
+Faults follow `knowledge_flow.nodes.calls`: a rollout whose request failed for good is stored as failed, with
+its reason, and the run goes on: a failed rollout has no answer, so it changes neither the knowledge nor the
+reference (`stop_check` ends a run whose rollouts keep failing).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
-import openai
 from langgraph.runtime import Runtime
 
+from knowledge_flow.confidence import DEFAULT_WINDOW, WindowMonitor, measures, pack, token_confidences
 from knowledge_flow.context import Context
-from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, describe, prepare, sample, send
+from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, prepare, sample, send_stream
 from knowledge_flow.endpoint.client import endpoint_errors
-from knowledge_flow.endpoint.replicas import FAILOVER_ERRORS, get_pool
+from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD
+from knowledge_flow.nodes.calls import (
+    CONTENT_ATTEMPTS,
+    CONTENT_FAULTS,
+    REQUEST_FAULTS,
+    Endpoint,
+    Resends,
+    endpoint_of,
+    sampling_of,
+    with_faults,
+)
 from knowledge_flow.nodes.common import context_of, step_of, store_of
-from knowledge_flow.persistence.store import RolloutRow, utcnow
+from knowledge_flow.persistence.store import RolloutRow, Store, utcnow
 from knowledge_flow.state import State
+from knowledge_flow.strategies import RolloutPrompt, Streaming, get_strategy
 from knowledge_flow.thinkers import spread
+from knowledge_flow.tokens import estimate_tokens
 
-CONTENT_ATTEMPTS = 3
-CONTENT_FAULTS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, openai.APIResponseValidationError)
-REQUEST_FAULTS: tuple[type[Exception], ...] = (openai.BadRequestError, openai.UnprocessableEntityError)
+__all__ = ["CONTENT_ATTEMPTS", "CONTENT_FAULTS", "REQUEST_FAULTS", "rollout_id", "sample_or_fault", "solve"]
+
+STOPPED = "gconf_threshold"
+
+
+def cut_prompt_tokens(prepared: Prepared | None) -> int:
+    """A streamed rollout's prompt tokens when the server sent no usage (always for a stopped stream; some
+    servers never do): as counted before sending, or estimated when the server cannot count."""
+    if prepared is None:
+        return 0
+    if prepared.prompt_tokens is not None:
+        return prepared.prompt_tokens
+    return sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD for m in prepared.messages)
 
 
 def rollout_id(run_id: str, iteration: int, index: int = 0) -> str:
@@ -45,17 +80,157 @@ def sample_or_fault(
     sampling: Sampling,
     temperatures: list[float],
     secrets: tuple[str, ...],
-) -> tuple[list[Completion] | str, int]:
-    """The completions, or the reason the rollouts failed; and how many rounds of requests it took."""
-    reason = ""
-    for attempt in range(1, CONTENT_ATTEMPTS + 1):
+    resends: Resends | None = None,
+) -> list[Completion] | str:
+    """The completions, or the reason the rollouts failed."""
+    return with_faults(lambda: sample(send_one, sampling, temperatures), secrets, resends)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One thinker's result: its completion (or the reason it failed) and its per-token confidences."""
+
+    completion: Completion | None
+    error: str | None
+    confidences: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """What every request of the iteration shares."""
+
+    state: State
+    ids: list[str]
+    prompts: list[RolloutPrompt]
+    temperatures: list[float]
+    sampling: Sampling
+    streaming: Streaming | None
+    endpoint: Endpoint
+    store: Store
+
+    def store_outcomes(
+        self,
+        indices: list[int],
+        prepared: Prepared | None,
+        outcomes: list[Outcome],
+        *,
+        counted: int | None = None,
+        retries: int = 0,
+    ) -> None:
+        """Store the thinkers' rollouts; `counted`: the prompt's tokens as counted before sending (also when it
+        was too long to send); `retries`: requests sent again for them."""
+        state, params = self.state, self.state["params"]
+        prompt = self.prompts[indices[0]]
+        prompt_json = json.dumps(prompt.messages, ensure_ascii=False)
+        window = int(params.get("confidence_window") or DEFAULT_WINDOW)
+        for index, outcome in zip(indices, outcomes, strict=True):
+            completion = outcome.completion or Completion(
+                "", None, "error", 0, 0, 0.0, temperature=self.temperatures[index]
+            )
+            confidences = outcome.confidences
+            if confidences is None and completion.top_logprobs:
+                confidences = token_confidences(completion.top_logprobs)
+            if not params.get("top_logprobs"):  # measures only where the run asked for candidates
+                confidences = None
+            found = measures(confidences, window) if confidences else None
+            streamed = self.streaming is not None and outcome.completion is not None
+            prompt_tokens = completion.prompt_tokens or (cut_prompt_tokens(prepared) if streamed else 0)
+            self.store.add_rollout(
+                RolloutRow(
+                    id=self.ids[index],
+                    run_id=state["run_id"],
+                    thread_id=state["thread_id"],
+                    iteration=state.get("iteration", 0),
+                    index=index,
+                    created_at=utcnow(),
+                    prompt_json=prompt_json,
+                    prefill=prompt.prefill,
+                    request_path=prepared.path if prepared is not None else None,
+                    max_tokens_requested=prompt.max_tokens,
+                    max_tokens_sent=prepared.max_tokens if prepared is not None else None,
+                    prompt_tokens_counted=prepared.prompt_tokens if prepared is not None else counted,
+                    content=completion.content,
+                    reasoning=completion.reasoning,
+                    finish_reason=completion.finish_reason,
+                    prompt_tokens=prompt_tokens or 0,
+                    completion_tokens=completion.completion_tokens,
+                    latency_s=completion.latency_s,
+                    temperature=completion.temperature,
+                    confidence=completion.confidence,
+                    endpoint=completion.endpoint,
+                    error=outcome.error,
+                    retries=retries,
+                    strategy_json=json.dumps(prompt.strategy, ensure_ascii=False) if prompt.strategy else None,
+                    conf_tokens=found.tokens if found else None,
+                    conf_mean=found.mean if found else None,
+                    conf_lowest=found.lowest if found else None,
+                    conf_bottom10=found.bottom10 if found else None,
+                    conf_tail=found.tail if found else None,
+                    conf_window=window if found else None,
+                    conf_threshold=self.streaming.threshold if self.streaming is not None else None,
+                    stop_reason=STOPPED if completion.cancelled else None,
+                    token_confidence=pack(confidences) if confidences else None,
+                )
+            )
+
+    def run_batch(self, indices: list[int]) -> None:
+        """Thinkers with one prompt: requests with ``n`` (see `sample`), stored when they return."""
+        prompt = self.prompts[indices[0]]
+        endpoint = self.endpoint
+        prepared: Prepared | None = None
+        counted: int | None = None
+        resends = Resends()
         try:
-            return sample(send_one, sampling, temperatures), attempt
-        except REQUEST_FAULTS as exc:
-            return describe(exc, secrets), attempt
-        except CONTENT_FAULTS as exc:
-            reason = describe(exc, secrets)
-    return reason, CONTENT_ATTEMPTS
+            prepared = prepare(endpoint.served, prompt.messages, prompt.prefill, prompt.max_tokens)
+        except PromptTooLong as exc:
+            result: list[Completion] | str = str(exc)
+            counted = exc.prompt_tokens
+        if prepared is not None:
+            ready = prepared
+            result = sample_or_fault(
+                lambda s: endpoint.send(ready, s, resends),
+                self.sampling,
+                [self.temperatures[index] for index in indices],
+                endpoint.secrets,
+                resends,
+            )
+        outcomes = (
+            [Outcome(completion, None) for completion in result]
+            if not isinstance(result, str)
+            else [Outcome(None, result) for _ in indices]
+        )
+        self.store_outcomes(indices, prepared, outcomes, counted=counted, retries=resends.count)
+
+    def run_stream(self, index: int, prepared: Prepared | None, too_long: PromptTooLong | None) -> None:
+        """One streamed thinker, stopped below the threshold; stored when it ends."""
+        assert self.streaming is not None
+        streaming, endpoint = self.streaming, self.endpoint
+        sampling = replace(self.sampling, temperature=self.temperatures[index], n=1)
+        outcome = Outcome(None, str(too_long) if too_long is not None else None)
+        resends = Resends()
+        if prepared is not None:
+            ready = prepared
+
+            def attempt() -> Outcome:
+                def on(url: str) -> Outcome:
+                    monitor = WindowMonitor(streaming.threshold, streaming.window)  # fresh for each attempt
+                    completion = send_stream(
+                        endpoint.served,
+                        ready,
+                        sampling,
+                        url,
+                        timeout=endpoint.timeout,
+                        max_retries=endpoint.retries,
+                        on_position=monitor.push,
+                    )
+                    return Outcome(completion, None, monitor.confidences)
+
+                return endpoint.pool.call(lambda url: endpoint.on(url, lambda: on(url), resends))
+
+            result = with_faults(attempt, endpoint.secrets, resends)
+            outcome = result if isinstance(result, Outcome) else Outcome(None, result)
+        counted = too_long.prompt_tokens if too_long is not None else None
+        self.store_outcomes([index], prepared, [outcome], counted=counted, retries=resends.count)
 
 
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -67,92 +242,57 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     iteration = state.get("iteration", 0)
     store = store_of(runtime)
+    count = get_strategy(params["strategy"]).thinker_count(state)
     low, high = state["temperature_range"]  # set by `prepare`, adapted by `distill_knowledge`
-    temperatures = spread(low, high, params["thinkers"])
-    ids = [rollout_id(state["run_id"], iteration, index) for index in range(len(temperatures))]
+    temperatures = spread(low, high, count)
+    ids = [rollout_id(state["run_id"], iteration, index) for index in range(count)]
     stored = store.stored_rollouts(ids)
     missing = [index for index, rid in enumerate(ids) if rid not in stored]
     if not missing:
         return {"pending_rollouts": ids}
-    ctx = context_of(runtime)
     strategy, step, served = step_of(state, runtime)
     if iteration == 0:
         store.update_run(state["run_id"], served_json=json.dumps(served.info().as_dict()))
-    prompt = strategy.build_prompt(step)
-    sampling = Sampling(
-        model=params["model"],
-        temperature=params["temperature"],
-        top_p=params["top_p"],
-        top_k=params["top_k"],
-        min_p=params["min_p"],
-        repetition_penalty=params["repetition_penalty"],
-        max_tokens=prompt.max_tokens,
-        logprobs=params["thinkers"] > 1,
-        reasoning_effort=params["reasoning_effort"],
-        extra=params.get("extra_body"),
+    prompts = strategy.build_prompts(step, count)
+    if len(prompts) != count:
+        raise RuntimeError(f"strategy {strategy.name} built {len(prompts)} prompts for {count} thinkers")
+    streaming = strategy.streaming(step)
+    top = int(params.get("top_logprobs") or 0)
+    sampling = sampling_of(
+        params, prompts[0].max_tokens, logprobs=params["thinkers"] > 1 or streaming is not None, top_logprobs=top
     )
-    pool = get_pool(ctx.base_url)
-    # With several replicas, fail over at once instead of retrying a dead one.
-    retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
-    secrets = (ctx.api_key,)
-    prepared: Prepared | None = None
-    counted: int | None = None
-    try:
-        prepared = prepare(served, prompt.messages, prompt.prefill, prompt.max_tokens)
-        counted = prepared.prompt_tokens
-    except PromptTooLong as exc:
-        outcome: list[Completion] | str = str(exc)
-        counted = exc.prompt_tokens
-    resent = 0
-    if prepared is not None:
-        ready = prepared
-
-        def on(url: str, s: Sampling) -> list[Completion]:
-            nonlocal resent
-            try:
-                return send(served, ready, s, url, timeout=ctx.request_timeout, max_retries=retries)
-            except FAILOVER_ERRORS:
-                resent += 1  # another replica gets it (when there is one)
-                raise
-
-        def send_one(s: Sampling) -> list[Completion]:
-            return pool.call(lambda url: on(url, s))
-
-        outcome, rounds = sample_or_fault(send_one, sampling, [temperatures[index] for index in missing], secrets)
-        resent += rounds - 1
-    error = outcome if isinstance(outcome, str) else None
-    completions = (
-        outcome
-        if not isinstance(outcome, str)
-        else [Completion("", None, "error", 0, 0, 0.0, temperature=temperatures[index]) for index in missing]
-    )
-    prompt_json = json.dumps(prompt.messages, ensure_ascii=False)
-    for index, completion in zip(missing, completions, strict=True):
-        store.add_rollout(
-            RolloutRow(
-                id=ids[index],
-                run_id=state["run_id"],
-                thread_id=state["thread_id"],
-                iteration=iteration,
-                index=index,
-                created_at=utcnow(),
-                prompt_json=prompt_json,
-                prefill=prompt.prefill,
-                request_path=prepared.path if prepared is not None else None,
-                max_tokens_requested=prompt.max_tokens,
-                max_tokens_sent=prepared.max_tokens if prepared is not None else None,
-                prompt_tokens_counted=counted,
-                content=completion.content,
-                reasoning=completion.reasoning,
-                finish_reason=completion.finish_reason,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                latency_s=completion.latency_s,
-                temperature=completion.temperature,
-                confidence=completion.confidence,
-                endpoint=completion.endpoint,
-                error=error,
-                retries=resent,
-            )
-        )
+    work = Iteration(state, ids, prompts, temperatures, sampling, streaming, endpoint_of(runtime, served), store)
+    # thinkers whose prompts are the same request share requests (and one count of the prompt's tokens)
+    groups: list[list[int]] = []
+    for index in missing:
+        group = next((g for g in groups if prompts[g[0]].same_request(prompts[index])), None)
+        if group is None:
+            groups.append([index])
+        else:
+            group.append(index)
+    tasks: list[Callable[[], None]] = []
+    for group in groups:
+        batch = replace(work, sampling=replace(sampling, max_tokens=prompts[group[0]].max_tokens))
+        if streaming is None:
+            tasks.append(partial(batch.run_batch, group))
+            continue
+        prompt = prompts[group[0]]
+        prepared: Prepared | None = None
+        too_long: PromptTooLong | None = None
+        try:
+            prepared = prepare(served, prompt.messages, prompt.prefill, prompt.max_tokens)
+        except PromptTooLong as exc:
+            too_long = exc
+        for index in group:
+            tasks.append(partial(batch.run_stream, index, prepared, too_long))
+    # llama.cpp's server stops a running stream when another request arrives: stream one at a time there
+    one_at_a_time = streaming is not None and served.info().server == "llama.cpp"
+    if len(tasks) == 1 or one_at_a_time:
+        for task in tasks:
+            task()
+    else:
+        with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+            futures = [pool.submit(task) for task in tasks]
+            for future in futures:
+                future.result()  # the first endpoint error stops the run; finished requests are stored
     return {"pending_rollouts": ids}

@@ -1,5 +1,8 @@
 """`stop_check`: the stop policy decides; the final-answer rule picks the answer (see `policies`).
 
+The run goes on to `reflect` (strategies with a reflect step, e.g. trt) or straight to `solve`; a run that
+stops skips the reflection that would only prepare an iteration never run.
+
 A run whose rollouts keep failing is not done but failed: after `MAX_FAILED_STREAK` iterations in a row whose
 every rollout failed (the cause is the setup, not the model), or when the budget ran out without a single
 rollout that succeeded. A failed run can be resumed: its failed iterations are tried again.
@@ -15,6 +18,7 @@ from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import store_of
 from knowledge_flow.policies import final_answer, should_stop
 from knowledge_flow.state import State
+from knowledge_flow.strategies import get_strategy
 
 MAX_FAILED_STREAK = 3
 
@@ -24,15 +28,24 @@ def stop_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     answers = state.get("answers", [])
     streak = state.get("failed_streak", 0)
     failing = streak >= MAX_FAILED_STREAK or (streak >= len(answers) >= params["iterations"])
+    traces = state.get("traces", [])
     if not failing and not should_stop(
-        params["stop_policy"], params["iterations"], answers, state.get("reported", []), params["answer_type"]
+        params["stop_policy"],
+        params["iterations"],
+        answers,
+        state.get("reported", []),
+        params["answer_type"],
+        traces,
+        params["final_answer_rule"],
     ):
         return {}
-    answer = final_answer(params["final_answer_rule"], answers, params["answer_type"])
+    answer = final_answer(params["final_answer_rule"], answers, params["answer_type"], traces)
     status = "failed" if failing else "done"
     store_of(runtime).update_run(state["run_id"], status=status, final_answer=answer)
     return {"status": status, "final_answer": answer, "stopped_early": len(answers) < params["iterations"]}
 
 
-def route_after_stop_check(state: State) -> Literal["solve", "__end__"]:
-    return "__end__" if state.get("status") in ("done", "failed") else "solve"
+def route_after_stop_check(state: State) -> Literal["reflect", "solve", "__end__"]:
+    if state.get("status") in ("done", "failed"):
+        return "__end__"
+    return "reflect" if get_strategy(state["params"]["strategy"]).reflects else "solve"

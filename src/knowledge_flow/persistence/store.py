@@ -7,7 +7,12 @@ Tables (in the same SQLite file as the LangGraph checkpoints):
 - ``kf_rollouts``: one row per rollout: the full prompt, the full output and reasoning text, parsed fields,
   token usage, latency and finish reason. Long texts are stored compressed (read them through the store).
   Its id is ``{run_id}:{iteration}:{index}``, so a rollout whose
-  response was received is found again after a crash and never requested twice.
+  response was received is found again after a crash and never requested twice. With log-probabilities it
+  also holds DeepConf's trace measures (``conf_*``), its per-token confidences (packed float16,
+  compressed) and, for a trace kept out of votes, why (``stop_reason``).
+- ``kf_calls``: LLM calls outside the rollouts (TRT's planning, reflection and verifier calls), with their
+  prompt, output and what was made of it; id ``{run_id}:{iteration}:{kind}``, so a stored call is never
+  requested twice either.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -44,12 +50,16 @@ from knowledge_flow.persistence.files import check_db_path
 from knowledge_flow.prompts import PromptSet, from_source
 from knowledge_flow.strategies.base import StoredRollout
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
 before stay readable. 4: prompt sets (``kf_prompt_sets``); rollouts gain the request path, prefill, budgets
-(requested and sent), counted prompt tokens and what was parsed; runs gain what the endpoint served."""
+(requested and sent), counted prompt tokens and what was parsed; runs gain what the endpoint served. 5: calls
+outside the rollouts (``kf_calls``: TRT planning, reflection, verifier); rollouts gain the TRT strategy they
+followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the online threshold in force,
+the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
+(``retries``); runs gain DeepConf's threshold."""
 
 
 class SchemaError(RuntimeError):
@@ -88,6 +98,8 @@ class RunRow(Base):
     final_answer: Mapped[str | None] = mapped_column(Text)
     served_json: Mapped[str | None] = mapped_column(Text)
     """What the endpoint served: model name, context length, server kind, how tokens were counted."""
+    confidence_threshold: Mapped[float | None] = mapped_column(Float)
+    """deepconf: the online threshold the warm-up wave set."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -152,6 +164,39 @@ class RolloutRow(Base):
     retries: Mapped[int | None] = mapped_column(Integer)
     """Requests sent again for its iteration: after an unusable response, or to another replica after one
     failed (the OpenAI client's own retries of a request are not counted)."""
+    strategy_json: Mapped[str | None] = mapped_column(Text)
+    """trt: the approach the thinker followed (key_technique, what_to_try)."""
+    conf_tokens: Mapped[int | None] = mapped_column(Integer)
+    """DeepConf: positions with top log-probabilities (the measures below are over them)."""
+    conf_mean: Mapped[float | None] = mapped_column(Float)
+    conf_lowest: Mapped[float | None] = mapped_column(Float)
+    conf_bottom10: Mapped[float | None] = mapped_column(Float)
+    conf_tail: Mapped[float | None] = mapped_column(Float)
+    conf_window: Mapped[int | None] = mapped_column(Integer)
+    conf_threshold: Mapped[float | None] = mapped_column(Float)
+    """deepconf: the online threshold in force when the trace was sampled (None during the warm-up)."""
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    """Why the trace is kept out of votes: gconf_threshold (stopped by the client mid-stream) or
+    below_threshold (finished, its lowest group confidence under the threshold)."""
+    token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    """Per-token confidences, packed (`knowledge_flow.confidence.pack`); read with `Store.token_confidences`."""
+
+    @property
+    def strategy(self) -> dict[str, str] | None:
+        return json.loads(self.strategy_json) if self.strategy_json else None
+
+    @property
+    def measures(self) -> dict[str, float] | None:
+        """DeepConf measures (with `tokens`), or None when the rollout had no top log-probabilities."""
+        if self.conf_lowest is None:
+            return None
+        return {
+            "tokens": float(self.conf_tokens or 0),
+            "mean": float(self.conf_mean or 0.0),
+            "lowest": float(self.conf_lowest),
+            "bottom10": float(self.conf_bottom10 or 0.0),
+            "tail": float(self.conf_tail or 0.0),
+        }
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -167,6 +212,45 @@ class RolloutRow(Base):
         if self.request_path is None and messages and messages[-1]["role"] == "assistant":
             return messages[-1]["content"] + self.content
         return self.content
+
+
+class CallRow(Base):
+    """An LLM call outside the rollouts (TRT: ``plan``, ``reflect``, ``verify``)."""
+
+    __tablename__ = "kf_calls"
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    """``{run_id}:{iteration}:{kind}``."""
+    run_id: Mapped[str] = mapped_column(ForeignKey("kf_runs.run_id"), index=True)
+    thread_id: Mapped[str] = mapped_column(String(256), index=True)
+    iteration: Mapped[int] = mapped_column(Integer)
+    """plan and reflect: the iteration they prepare; verify: the iteration whose candidates it ranks."""
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[str] = mapped_column(String(40))
+    prompt_json: Mapped[str] = mapped_column(CompressedText)
+    prefill: Mapped[str | None] = mapped_column(CompressedText)
+    request_path: Mapped[str | None] = mapped_column(String(16))
+    max_tokens_sent: Mapped[int | None] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(CompressedText)
+    reasoning: Mapped[str | None] = mapped_column(CompressedText)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    endpoint: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    """Why the call failed (no usable response after retries)."""
+    outcome_json: Mapped[str | None] = mapped_column(Text)
+    """What the call changed, as applied (small JSON)."""
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        value: list[dict[str, str]] = json.loads(self.prompt_json)
+        return value
+
+    @property
+    def outcome(self) -> dict[str, Any] | None:
+        return json.loads(self.outcome_json) if self.outcome_json else None
 
 
 class EvalRow(Base):
@@ -443,6 +527,41 @@ class Store:
 
     def update_rollout(self, rollout_id: str, **values: Any) -> None:
         self._update(RolloutRow, rollout_id, f"rollout {rollout_id!r}", values)
+
+    def iteration_rollouts(self, run_id: str, iteration: int) -> Sequence[RolloutRow]:
+        """One iteration's rollouts, by thinker."""
+        with self.session() as session:
+            statement = (
+                select(RolloutRow)
+                .where(RolloutRow.run_id == run_id, RolloutRow.iteration == iteration)
+                .order_by(RolloutRow.index)
+            )
+            return session.scalars(statement).all()
+
+    def token_confidences(self, rollout_id: str) -> list[float] | None:
+        """A rollout's per-token confidences (DeepConf), when it had top log-probabilities."""
+        from knowledge_flow.confidence import unpack
+
+        with self.session() as session:
+            blob = session.scalars(select(RolloutRow.token_confidence).where(RolloutRow.id == rollout_id)).first()
+        return unpack(blob) if blob else None
+
+    # calls outside the rollouts ---------------------------------------------------------------------
+    def get_call(self, call_id: str) -> CallRow | None:
+        with self.session() as session:
+            return session.get(CallRow, call_id)
+
+    def add_call(self, row: CallRow) -> None:
+        with self.session() as session:
+            session.add(row)
+
+    def update_call(self, call_id: str, **values: Any) -> None:
+        self._update(CallRow, call_id, f"call {call_id!r}", values)
+
+    def calls(self, run_id: str) -> Sequence[CallRow]:
+        with self.session() as session:
+            statement = select(CallRow).where(CallRow.run_id == run_id).order_by(CallRow.iteration, CallRow.created_at)
+            return session.scalars(statement).all()
 
     def rollouts(self, run_id: str) -> Sequence[RolloutRow]:
         with self.session() as session:

@@ -11,17 +11,37 @@ from typing import TYPE_CHECKING
 
 from knowledge_flow.prompts import PromptSet
 from knowledge_flow.records import KnowledgeItem
-from knowledge_flow.strategies.base import Distilled, History, RolloutPrompt, Step, Strategy
+from knowledge_flow.strategies.base import (
+    Distilled,
+    History,
+    Reflecting,
+    RolloutPrompt,
+    RoundRollout,
+    Screened,
+    Step,
+    Strategy,
+    Streaming,
+)
+from knowledge_flow.strategies.deepconf import DeepConf
 from knowledge_flow.strategies.knowledge_flow import KnowledgeFlow
 from knowledge_flow.strategies.markovian import Markovian
 from knowledge_flow.strategies.positive_knowledge import PositiveKnowledge
 from knowledge_flow.strategies.regeneration import Regeneration
 from knowledge_flow.strategies.self_consistency import SelfConsistency
+from knowledge_flow.strategies.trt import Trt
 
 if TYPE_CHECKING:
     from knowledge_flow.state import State
 
-_ALL: tuple[Strategy, ...] = (KnowledgeFlow(), Regeneration(), PositiveKnowledge(), Markovian(), SelfConsistency())
+_ALL: tuple[Strategy, ...] = (
+    KnowledgeFlow(),
+    Regeneration(),
+    PositiveKnowledge(),
+    Markovian(),
+    SelfConsistency(),
+    Trt(),
+    DeepConf(),
+)
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in _ALL}
 
 
@@ -42,9 +62,13 @@ __all__ = [
     "STRATEGIES",
     "Distilled",
     "History",
+    "Reflecting",
     "RolloutPrompt",
+    "RoundRollout",
+    "Screened",
     "Step",
     "Strategy",
+    "Streaming",
     "get_strategy",
     "shown_knowledge",
 ]

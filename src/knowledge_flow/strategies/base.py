@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from knowledge_flow.answers import equivalent
 from knowledge_flow.parsing import ParsedRollout
 from knowledge_flow.prompts import PromptSpec, PromptTable
-from knowledge_flow.records import AnswerType, CurrentRollout, KnowledgeItem, RunParams
+from knowledge_flow.records import AnswerType, CurrentRollout, KnowledgeItem, RunParams, ThinkerStrategy
 from knowledge_flow.tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -69,6 +69,30 @@ class RolloutPrompt:
     messages: list[Message]
     max_tokens: int
     prefill: str | None = None
+    strategy: ThinkerStrategy | None = None
+    """trt: the approach this thinker follows (stored with the rollout)."""
+
+    def same_request(self, other: RolloutPrompt) -> bool:
+        """Whether both send the same request (thinkers that may share one request with ``n``)."""
+        return (self.messages, self.max_tokens, self.prefill) == (other.messages, other.max_tokens, other.prefill)
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How `solve` streams a strategy's rollouts: with top log-probabilities, stopping a trace once its
+    group confidence over `window` tokens falls below `threshold` (None: never stop)."""
+
+    threshold: float | None
+    window: int
+
+
+@dataclass(frozen=True)
+class Screened:
+    """The iteration's rollouts after a strategy's screening (before the thinkers are selected)."""
+
+    candidates: list[CurrentRollout]
+    state: dict[str, Any] = field(default_factory=dict)
+    """State fields the screening sets (e.g. DeepConf's online threshold)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,8 @@ class Distilled:
     """Whether the iteration's answer differs from the reference answer (None for the first iteration)."""
     added: list[tuple[str, KnowledgeItem]] = field(default_factory=list)
     """(rollout id, item) for each item this iteration added."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Other state fields the strategy sets (e.g. TRT's strategy history)."""
 
 
 class Strategy(Protocol):
@@ -112,6 +138,35 @@ class Strategy(Protocol):
     spec: PromptSpec
     final_answer_rule: str
     """The default label-free final-answer rule (see `knowledge_flow.policies`)."""
+    stop_policy: str
+    """The default stop policy."""
+    select_rule: str
+    """The default way the iteration's answer is chosen among its thinkers (see `knowledge_flow.thinkers`)."""
+    confidence_score: str
+    """The default thinker score."""
+    default_thinkers: int
+    default_iterations: int | None
+    """None: the run default."""
+    reflects: bool
+    """Whether the graph runs `reflect` before each iteration (the strategy is then a `Reflecting`)."""
+    verifies: bool
+    """Whether the strategy's prompt-set table has a verifier (select rule `verifier`)."""
+
+    def thinker_count(self, state: State) -> int:
+        """Rollouts of the next iteration."""
+        ...
+
+    def build_prompts(self, step: Step, count: int) -> list[RolloutPrompt]:
+        """One prompt per thinker of the next iteration (thinkers with equal prompts share a request)."""
+        ...
+
+    def streaming(self, step: Step) -> Streaming | None:
+        """Whether the next iteration's rollouts are streamed, and when a trace is stopped."""
+        ...
+
+    def screen(self, step: Step, candidates: list[CurrentRollout]) -> Screened:
+        """The iteration's parsed rollouts as selection sees them (e.g. marked as kept out of votes)."""
+        ...
 
     def section_names(self, rules: Any) -> tuple[str, ...]:
         """Output sections the parser must recognise (besides the summary and answer)."""
@@ -140,13 +195,66 @@ class Strategy(Protocol):
         ...
 
 
+class Reflecting(Strategy, Protocol):
+    """A strategy with a `reflect` step: one stored LLM call before each iteration (TRT: planning before the
+    first round, reflection before the others)."""
+
+    def reflect_prompt(self, step: Step, kind: str, rounds: Sequence[RoundRollout]) -> RolloutPrompt:
+        """The call's prompt; `rounds` are the last round's rollouts (empty for planning)."""
+        ...
+
+    def apply_reflection(self, step: Step, kind: str, call_id: str, final_text: str | None) -> dict[str, Any]:
+        """The state update from the call's final text (None when the call failed)."""
+        ...
+
+    def verify_prompt(self, step: Step, candidates: Sequence[CurrentRollout]) -> RolloutPrompt:
+        """The verifier's prompt over the numbered candidates (1-based, in order)."""
+        ...
+
+    def parse_verdict(self, final_text: str, count: int) -> int | None:
+        """The 1-based number of the candidate the verifier chose, or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class RoundRollout:
+    """A rollout of the last round as a reflection sees it."""
+
+    thinker: int
+    rollout_id: str
+    answer: str | None
+    summary: str | None
+    strategy: ThinkerStrategy | None
+    outcome: str
+    error: str | None
+
+
 class BaseStrategy:
     """Defaults: the prompt set's `first`/`later` templates with the common variables, no knowledge shown, and
     the reference solution following the best rollout's summary and answer."""
 
     name = "base"
     final_answer_rule = "last"
+    stop_policy = "fixed"
+    select_rule = "confidence"
+    confidence_score = "mean-logprob"
+    default_thinkers = 1
+    default_iterations: int | None = None
+    reflects = False
+    verifies = False
     spec: PromptSpec
+
+    def thinker_count(self, state: State) -> int:
+        return state["params"]["thinkers"]
+
+    def build_prompts(self, step: Step, count: int) -> list[RolloutPrompt]:
+        return [self.build_prompt(step)] * count
+
+    def streaming(self, step: Step) -> Streaming | None:
+        return None
+
+    def screen(self, step: Step, candidates: list[CurrentRollout]) -> Screened:
+        return Screened(candidates)
 
     def section_names(self, rules: Any) -> tuple[str, ...]:
         return ()

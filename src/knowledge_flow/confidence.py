@@ -1,0 +1,181 @@
+"""DeepConf confidence measures (Fu et al., "Deep Think with Confidence", arXiv 2508.15260), computed from the
+log-probabilities an OpenAI-compatible server returns.
+
+- Token confidence: ``C_i = -mean_j logprob_j`` over the top-k candidates at position i (``top_logprobs``;
+  vLLM returns up to 20). Not the sampled token's log-probability. A peaked distribution gives a high C_i.
+  Positions without candidates are skipped; values at or below `LOGPROB_FLOOR` (vLLM writes -inf as
+  -9999.0) and non-finite values are left out of the mean, so one sentinel does not swamp it.
+- Group confidence: the mean of C_i over a sliding window of `window` tokens (stride 1; 2048 in the paper). A
+  trace shorter than the window has one group: the mean of all its tokens.
+- Trace measures (higher is more confident): ``lowest`` (the smallest group confidence), ``bottom10`` (the
+  mean of the lowest 10% of group confidences, at least one), ``tail`` (the mean of the last `window`
+  tokens), ``mean`` (the mean of all tokens).
+- Online filtering (`WindowMonitor`): once `window` tokens are in, a trace whose current group confidence
+  falls below the threshold is stopped by the client. The threshold is the ``100 - keep`` percentile of the
+  warm-up traces' ``lowest`` measures (`warmup_threshold`; keep = 90 is DeepConf-high, 10 DeepConf-low).
+- Voting (`weighted_vote`): each trace adds its weight to its answer; optionally only the top ``eta`` percent
+  most confident traces vote (`keep_top`, ties at the cut kept, as the reference implementation does).
+
+Values are not rounded (the reference implementation rounds C_i and group means to 3 decimals).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import struct
+import zlib
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, TypeVar, get_args
+
+Measure = Literal["lowest", "bottom10", "tail", "mean"]
+MEASURES: tuple[Measure, ...] = get_args(Measure)
+DEFAULT_WINDOW = 2048
+DEFAULT_TOP_LOGPROBS = 20
+#: Log-probabilities at or below this are sentinels for -inf, not values.
+LOGPROB_FLOOR = -1000.0
+BOTTOM_SHARE = 0.1
+#: The largest float16 value (stored confidences are capped there).
+HALF_MAX = 65504.0
+
+K = TypeVar("K", bound=Hashable)
+
+
+def token_confidence(top_logprobs: Iterable[float]) -> float | None:
+    """``-mean`` of a position's top-k log-probabilities; None when it has none that count."""
+    total, count = 0.0, 0
+    for value in top_logprobs:
+        if math.isfinite(value) and value > LOGPROB_FLOOR:
+            total += value
+            count += 1
+    return -total / count if count else None
+
+
+def token_confidences(positions: Iterable[Iterable[float]]) -> list[float]:
+    """Per position with candidates, its token confidence."""
+    values = (token_confidence(top) for top in positions)
+    return [value for value in values if value is not None]
+
+
+def group_confidences(confidences: Sequence[float], window: int) -> list[float]:
+    """Means of every window of `window` consecutive tokens (one group of all tokens when fewer)."""
+    if not confidences:
+        return []
+    if len(confidences) <= window:
+        return [math.fsum(confidences) / len(confidences)]
+    sums = [0.0]
+    for value in confidences:
+        sums.append(sums[-1] + value)
+    return [(sums[i + window] - sums[i]) / window for i in range(len(confidences) - window + 1)]
+
+
+@dataclass(frozen=True)
+class Measures:
+    tokens: int
+    """Positions that had candidates."""
+    mean: float
+    lowest: float
+    bottom10: float
+    tail: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(value) for name, value in asdict(self).items()}
+
+
+def measures(confidences: Sequence[float], window: int = DEFAULT_WINDOW) -> Measures | None:
+    """The trace measures of a trace's token confidences; None for a trace without any."""
+    groups = group_confidences(confidences, window)
+    if not groups:
+        return None
+    bottom = heapq.nsmallest(max(1, int(len(groups) * BOTTOM_SHARE)), groups)
+    tail = confidences[-window:]
+    return Measures(
+        tokens=len(confidences),
+        mean=math.fsum(confidences) / len(confidences),
+        lowest=min(groups),
+        bottom10=math.fsum(bottom) / len(bottom),
+        tail=math.fsum(tail) / len(tail),
+    )
+
+
+class WindowMonitor:
+    """Online check of a streamed trace: `push` each position's top-k log-probabilities; it returns True once
+    the last `window` tokens' mean confidence is below `threshold` (never before `window` tokens are in)."""
+
+    def __init__(self, threshold: float | None, window: int = DEFAULT_WINDOW) -> None:
+        self.threshold = threshold
+        self.window = window
+        self.confidences: list[float] = []
+        self._recent: deque[float] = deque()
+        self._sum = 0.0
+        self.stopped_at: int | None = None
+        """Tokens received when the trace fell below the threshold."""
+
+    def push(self, top_logprobs: Iterable[float]) -> bool:
+        value = token_confidence(top_logprobs)
+        if value is None:
+            return False
+        self.confidences.append(value)
+        self._recent.append(value)
+        self._sum += value
+        if len(self._recent) > self.window:
+            self._sum -= self._recent.popleft()
+        if self.threshold is None or len(self._recent) < self.window:
+            return False
+        if self._sum / self.window < self.threshold:
+            self.stopped_at = len(self.confidences)
+            return True
+        return False
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between ranks (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * min(max(q, 0.0), 100.0) / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def warmup_threshold(lowest: Sequence[float], keep_percent: float) -> float | None:
+    """The online threshold: the ``100 - keep`` percentile of the warm-up traces' lowest group confidence
+    (about `keep_percent` percent of traces like them stay above it); None without warm-up measures."""
+    return percentile(lowest, 100.0 - keep_percent) if lowest else None
+
+
+def keep_top(weights: Sequence[float], eta_percent: float) -> list[bool]:
+    """Which traces are among the top `eta_percent` percent by weight (all at the cut are kept)."""
+    if not weights:
+        return []
+    cut = percentile(weights, 100.0 - eta_percent)
+    return [w >= cut for w in weights]
+
+
+def weighted_vote(votes: Iterable[tuple[K, float]]) -> dict[K, float]:
+    """Total weight per answer."""
+    totals: dict[K, float] = {}
+    for key, weight in votes:
+        totals[key] = totals.get(key, 0.0) + weight
+    return totals
+
+
+def share_of_leader(totals: Mapping[K, float]) -> float:
+    """The leading answer's share of all weight (0 when there is none)."""
+    whole = math.fsum(totals.values())
+    return max(totals.values()) / whole if totals and whole > 0 else 0.0
+
+
+def pack(confidences: Sequence[float]) -> bytes:
+    """Per-token confidences as stored: little-endian float16 (3 significant digits, as the reference
+    implementation rounds), zlib-compressed: about 2 bytes a token before compression."""
+    capped = [min(value, HALF_MAX) for value in confidences]
+    return zlib.compress(struct.pack(f"<{len(capped)}e", *capped), 6)
+
+
+def unpack(blob: bytes) -> list[float]:
+    raw = zlib.decompress(blob)
+    return list(struct.unpack(f"<{len(raw) // 2}e", raw))

@@ -1,0 +1,218 @@
+"""Figures of TRT and DeepConf runs, read from the rollout store (for `kflow show`, `kflow report`, notebooks).
+
+- `trt_rounds`: per round, each thinker's strategy and answer, the selected answer, the agreement with it,
+  how it was selected (and the verifier's call), and what the reflection that followed changed.
+- `deepconf_traces`: the online threshold, traces sampled, stopped by the client, kept out of votes, the
+  tokens they cost, an estimate of the tokens the stops and an early consensus saved, and the vote.
+- `run_figures`: the figures that fit a run's strategy (both for a run that has rounds and measures).
+- `totals`: the same over many runs (an evaluation's problems).
+- `trace_votes`: stored rollouts as the traces of a confidence vote (to re-grade with ``conf-vote``).
+
+Everything is plain JSON-ready data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from knowledge_flow.answers import normalize
+from knowledge_flow.confidence import share_of_leader
+from knowledge_flow.persistence.store import CallRow, RolloutRow, Store
+from knowledge_flow.policies import ConfVote, parse_final_answer_rule, trace_tally
+from knowledge_flow.state import AnswerType, TraceVote
+
+STOPPED, BELOW = "gconf_threshold", "below_threshold"
+
+
+def _by_iteration(rows: Sequence[RolloutRow]) -> dict[int, list[RolloutRow]]:
+    grouped: dict[int, list[RolloutRow]] = {}
+    for row in rows:
+        grouped.setdefault(row.iteration, []).append(row)
+    return grouped
+
+
+def _call_view(call: CallRow | None) -> dict[str, Any] | None:
+    if call is None:
+        return None
+    return {
+        "id": call.id,
+        "outcome": call.outcome,
+        "error": call.error,
+        "prompt_tokens": call.prompt_tokens,
+        "completion_tokens": call.completion_tokens,
+    }
+
+
+def trt_rounds(store: Store, run_id: str) -> dict[str, Any]:
+    """Per round: strategies, answers, the selected answer, agreement, selection and the reflection after it."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r}")
+    answer_type: AnswerType = run.params.get("answer_type", "integer")
+    calls = {call.id: call for call in store.calls(run_id)}
+    rounds = []
+    for iteration, rows in sorted(_by_iteration(store.rollouts(run_id)).items()):
+        selected = next((row for row in rows if row.rank == 0), None)
+        key = normalize(selected.answer, answer_type) if selected is not None else None
+        agreeing = sum(1 for row in rows if key is not None and normalize(row.answer, answer_type) == key)
+        rounds.append(
+            {
+                "round": iteration + 1,
+                "thinkers": [
+                    {
+                        "thinker": row.index,
+                        "key_technique": (row.strategy or {}).get("key_technique"),
+                        "what_to_try": (row.strategy or {}).get("what_to_try"),
+                        "answer": row.answer,
+                        "selected": row.rank == 0,
+                        "error": row.error,
+                        "completion_tokens": row.completion_tokens,
+                    }
+                    for row in rows
+                ],
+                "selected_answer": selected.answer if selected is not None else None,
+                "agreement": round(agreeing / len(rows), 4) if rows else 0.0,
+                "verifier": _call_view(calls.get(f"{run_id}:{iteration}:verify")),
+                "reflection_after": _call_view(calls.get(f"{run_id}:{iteration + 1}:reflect")),
+            }
+        )
+    extra = list(calls.values())
+    return {
+        "run_id": run_id,
+        "strategy": run.strategy,
+        "plan": _call_view(calls.get(f"{run_id}:0:plan")),
+        "rounds": rounds,
+        "final_answer": run.final_answer,
+        "calls": len(extra),
+        "call_tokens": {
+            "prompt_tokens": sum(call.prompt_tokens for call in extra),
+            "completion_tokens": sum(call.completion_tokens for call in extra),
+        },
+    }
+
+
+def trace_votes(rows: Sequence[RolloutRow]) -> list[TraceVote]:
+    """Stored rollouts as the traces of a confidence vote, e.g. to re-grade a run with
+    ``policies.final_answer("conf-vote:...", answers, answer_type, trace_votes(store.rollouts(run_id)))``."""
+    return [
+        TraceVote(
+            rollout_id=row.id,
+            iteration=row.iteration,
+            answer=row.answer,
+            measures=row.measures,
+            counted=row.error is None and row.stop_reason is None,
+        )
+        for row in rows
+    ]
+
+
+def deepconf_traces(store: Store, run_id: str) -> dict[str, Any]:
+    """The online filter's figures: threshold, stops, tokens paid and saved (estimated), the vote."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r}")
+    params = run.params
+    answer_type: AnswerType = params.get("answer_type", "integer")
+    rows = list(store.rollouts(run_id))
+    stopped = [row for row in rows if row.stop_reason == STOPPED]
+    below = [row for row in rows if row.stop_reason == BELOW]
+    finished = [row for row in rows if row.error is None and row.stop_reason != STOPPED]
+    mean_finished = sum(row.completion_tokens for row in finished) / len(finished) if finished else 0.0
+    saved_by_stops = sum(max(0.0, mean_finished - row.completion_tokens) for row in stopped)
+    warmup = int(params.get("warmup_traces") or 0) if run.strategy == "deepconf" else 0
+    thinkers = int(params.get("thinkers", 1))
+    iterations = int(params.get("iterations", 1))
+    budget = (warmup + thinkers * (iterations - 1)) if warmup else thinkers * iterations
+    not_sampled = max(0, budget - len(rows))
+    traces = trace_votes(rows)
+    rule = parse_final_answer_rule(str(params.get("final_answer_rule", "last")))
+    measure = rule.measure if isinstance(rule, ConfVote) else "lowest"
+    totals, _, original = trace_tally(traces, answer_type, measure)
+    thresholds = [run.confidence_threshold] + [row.conf_threshold for row in rows]
+    thresholds = [value for value in thresholds if value is not None]
+    return {
+        "run_id": run_id,
+        "strategy": run.strategy,
+        "threshold": thresholds[0] if thresholds else None,
+        "window": next((row.conf_window for row in rows if row.conf_window), params.get("confidence_window")),
+        "keep_percent": params.get("confidence_keep"),
+        "traces": len(rows),
+        "warmup_traces": min(warmup, len(rows)),
+        "budget": budget,
+        "stopped": len(stopped),
+        "below_threshold": len(below),
+        "counted": sum(1 for trace in traces if trace["counted"]),
+        "failed": sum(1 for row in rows if row.error is not None),
+        "tokens": {
+            "completion": sum(row.completion_tokens for row in rows),
+            "paid_by_stopped": sum(row.completion_tokens for row in stopped),
+            "mean_finished_trace": round(mean_finished, 1),
+            "saved_by_stops_estimate": round(saved_by_stops),
+            "not_sampled_traces": not_sampled,
+            "saved_by_consensus_estimate": round(not_sampled * mean_finished),
+        },
+        "vote": {
+            "measure": measure,
+            "weights": {original[key]: round(weight, 6) for key, weight in totals.items()},
+            "leader_share": round(share_of_leader(totals), 4) if totals else 0.0,
+        },
+        "final_answer": run.final_answer,
+    }
+
+
+def run_figures(store: Store, run_id: str) -> dict[str, Any]:
+    """`trt_rounds` for runs with strategies per thinker or extra calls, `deepconf_traces` for runs with
+    confidence measures; both keys may be there."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r}")
+    figures: dict[str, Any] = {"run_id": run_id, "strategy": run.strategy}
+    rows = store.rollouts(run_id)
+    if run.strategy == "trt" or any(row.strategy_json for row in rows) or store.calls(run_id):
+        figures["trt"] = trt_rounds(store, run_id)
+    if run.strategy == "deepconf" or any(row.conf_lowest is not None for row in rows):
+        figures["deepconf"] = deepconf_traces(store, run_id)
+    return figures
+
+
+def totals(store: Store, run_ids: Sequence[str]) -> dict[str, Any]:
+    """Over many runs (an evaluation's problems): TRT's mean agreement and the share of rounds whose selected
+    answer changed, per round; DeepConf's traces, stops and tokens; the tokens of calls outside the rollouts."""
+    per_round: dict[int, list[tuple[float, bool]]] = {}
+    deepconf = {"runs": 0, "traces": 0, "stopped": 0, "below_threshold": 0, "counted": 0}
+    tokens = {"paid_by_stopped": 0, "saved_by_stops_estimate": 0, "saved_by_consensus_estimate": 0}
+    calls = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for run_id in run_ids:
+        figures = run_figures(store, run_id)
+        if "trt" in figures:
+            trt = figures["trt"]
+            calls["calls"] += trt["calls"]
+            calls["prompt_tokens"] += trt["call_tokens"]["prompt_tokens"]
+            calls["completion_tokens"] += trt["call_tokens"]["completion_tokens"]
+            previous = None
+            for entry in trt["rounds"]:
+                changed = previous is not None and entry["selected_answer"] != previous
+                per_round.setdefault(entry["round"], []).append((entry["agreement"], changed))
+                previous = entry["selected_answer"]
+        if "deepconf" in figures:
+            found = figures["deepconf"]
+            deepconf["runs"] += 1
+            for key in ("traces", "stopped", "below_threshold", "counted"):
+                deepconf[key] += found[key]
+            for key in tokens:
+                tokens[key] += found["tokens"][key]
+    return {
+        "runs": len(run_ids),
+        "trt_rounds": [
+            {
+                "round": number,
+                "runs": len(values),
+                "mean_agreement": round(sum(a for a, _ in values) / len(values), 4),
+                "answer_changed_share": round(sum(1 for _, c in values if c) / len(values), 4),
+            }
+            for number, values in sorted(per_round.items())
+        ],
+        "deepconf": {**deepconf, "tokens": tokens},
+        "calls": calls,
+    }

@@ -1,0 +1,105 @@
+"""`deepconf`: parallel sampling with online confidence filtering and a confidence-weighted vote (DeepConf,
+Fu et al., arXiv 2508.15260), on a stock OpenAI-compatible server: no patched engine.
+
+- Iteration 0 is the warm-up wave: `warmup_traces` rollouts (16), streamed with `top_logprobs` (20) and never
+  stopped. Their lowest group confidences set the online threshold: the ``100 - confidence_keep``
+  percentile (keep 90: DeepConf-high, the default; 10: DeepConf-low). Warm-up traces below it do not vote.
+- Each later iteration is a wave of `thinkers` rollouts (16), streamed; the client closes a stream as soon as
+  the mean confidence of its last `confidence_window` tokens (2048) falls below the threshold. A stopped trace
+  is stored (the tokens received are the tokens paid for; stop reason ``gconf_threshold``) and does not vote;
+  nor does a finished trace whose lowest group confidence is below the threshold (``below_threshold``: a
+  trace shorter than the window is never stopped mid-way).
+- The iteration's answer is the wave's confidence-weighted vote (`select_rule` ``conf-vote``, weight
+  `confidence_score` ``lowest``); the run stops once the vote over every counted trace is decided (stop
+  policy ``consensus:0.95``) or after `iterations` waves (16: 16 + 15 x 16 = 256 traces at most, the
+  reference implementation's budget); the final answer is ``conf-vote:lowest`` over every counted trace.
+
+Every rollout sends the prompt set's ``[deepconf]`` ``first`` template; no knowledge passes between them.
+Without log-probabilities from the server there is no threshold: nothing is stopped and votes are plain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from knowledge_flow.confidence import DEFAULT_WINDOW, warmup_threshold
+from knowledge_flow.prompts import PromptSpec
+from knowledge_flow.state import CurrentRollout, State
+from knowledge_flow.strategies.base import (
+    COMMON_VARIABLES,
+    BaseStrategy,
+    Distilled,
+    RolloutPrompt,
+    Rules,
+    Screened,
+    Step,
+    Streaming,
+)
+
+CANCELLED = "gconf_threshold"
+BELOW = "below_threshold"
+
+
+class DeepConfRules(Rules):
+    pass
+
+
+SPEC = PromptSpec(
+    table="deepconf",
+    required=("first",),
+    optional=("system", "prefill_first"),
+    variables=COMMON_VARIABLES,
+    rules=DeepConfRules,
+)
+
+
+class DeepConf(BaseStrategy):
+    name = "deepconf"
+    spec = SPEC
+    final_answer_rule = "conf-vote:lowest"
+    stop_policy = "consensus:0.95"
+    select_rule = "conf-vote"
+    confidence_score = "lowest"
+    default_thinkers = 16
+    default_iterations: int | None = 16
+
+    def thinker_count(self, state: State) -> int:
+        params = state["params"]
+        if state.get("iteration", 0) == 0:
+            return int(params.get("warmup_traces") or params["thinkers"])
+        return params["thinkers"]
+
+    def build_prompt(self, step: Step) -> RolloutPrompt:
+        return self.render(step, "first", self.variables(step), step.rules.max_tokens_fraction)
+
+    def streaming(self, step: Step) -> Streaming:
+        threshold = step.state.get("confidence_threshold") if step.iteration > 0 else None
+        return Streaming(threshold, int(step.params.get("confidence_window") or DEFAULT_WINDOW))
+
+    def screen(self, step: Step, candidates: list[CurrentRollout]) -> Screened:
+        """After the warm-up wave, set the threshold; keep every trace below it out of votes."""
+        update: dict[str, Any] = {}
+        threshold = step.state.get("confidence_threshold")
+        if step.iteration == 0:
+            warmup = [
+                (c.get("measures") or {})["lowest"]
+                for c in candidates
+                if c["error"] is None and (c.get("measures") or {}).get("lowest") is not None
+            ]
+            threshold = warmup_threshold(warmup, float(step.params.get("confidence_keep") or 90.0))
+            update["confidence_threshold"] = threshold
+        screened = []
+        for candidate in candidates:
+            lowest = (candidate.get("measures") or {}).get("lowest")
+            below = threshold is not None and lowest is not None and lowest < threshold
+            if below and not candidate.get("excluded") and candidate["error"] is None:
+                candidate = CurrentRollout(**{**candidate, "excluded": BELOW})
+            screened.append(candidate)
+        return Screened(screened, update)
+
+    def distill(
+        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
+    ) -> Distilled:
+        _, answer, changed = self.reference_update(step.state, best, update_reference)
+        return Distilled([], None, answer, changed)
