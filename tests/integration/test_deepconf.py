@@ -4,6 +4,7 @@ and thinker score for other strategies."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from knowledge_flow.figures import deepconf_traces, run_figures, totals, trace_votes
 from knowledge_flow.persistence import get_store
 from knowledge_flow.policies import final_answer
+from tests.conftest import run_kflow
 from tests.integration.strategy_support import run_recorded
 from tests.support.scripted_server import Reply, Request, ScriptedServer
 
@@ -115,6 +117,14 @@ def test_online_filter_stops_a_stream_and_the_vote_decides(scripted: type[Script
     assert [v["counted"] for v in votes] == [t["counted"] for t in final["traces"]]
     assert final_answer("conf-vote:lowest", final["answers"], "integer", votes) == "5"
     assert final_answer("conf-vote:lowest:10", final["answers"], "integer", votes) == "5"
+    # `kflow show` has the same figures
+    shown = run_kflow(["show", final["thread_id"], "--db", str(db), "--json"])
+    assert shown.returncode == 0, shown.stderr
+    payload = json.loads(shown.stdout)
+    assert payload["deepconf"]["stopped"] == 1 and payload["deepconf"]["tokens"]["paid_by_stopped"] == 10
+    assert [r.get("stop_reason") for r in payload["rollouts"]].count("gconf_threshold") == 1
+    text = run_kflow(["show", final["thread_id"], "--db", str(db)]).stdout
+    assert "DeepConf: threshold 2.6000" in text and "1 stopped (10 tokens paid)" in text
 
 
 def test_without_log_probabilities_nothing_is_stopped(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -322,3 +322,38 @@ def test_report_regrades_stored_outputs_by_answer_rule(scripted: type[ScriptedSe
         (tmp_path / "res" / "vllm_512_knowledge-flow" / "gpt-oss-120b" / "predictions_0.json").read_text()
     )
     assert [entry["predicted"] for entry in predictions[1:]] == [12, -4]  # integers, as the original scripts write
+
+
+def test_report_compare_pairs_runs_on_the_same_problems(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    """`kflow report A --compare B`: accuracy with its Wilson interval, wins/losses of B against A on the same
+    problems with the exact McNemar p, per-iteration pass@1 and flips."""
+    data = rows(AIME25)[:12]
+    dataset = tmp_path / "twelve.jsonl"
+    dataset.write_text("\n".join(json.dumps(row) for row in data))
+    order = [row["problem"] for row in data]
+    golds = {row["problem"]: int(row["answer"]) for row in data}
+
+    def every_other(key: str, k: int) -> str:  # right when position + k is even
+        gold = golds[key]
+        return str(gold) if (order.index(key) + k) % 2 == 0 else str((gold + 1) % 1000)
+
+    runs = {"base": aime_answer(golds, order), "other": every_other}
+    for name, answer in runs.items():
+        server = scripted(eval_responder(answer), keys=order).start()
+        proc = run_kflow(eval_args(server, tmp_path, dataset, 4, name))
+        assert proc.returncode == 0, proc.stderr
+    args = ["report", "base", "--compare", "other", "--db", str(tmp_path / "eval.db"), "--out", str(tmp_path / "r")]
+    report = run_kflow([*args, "--json"])
+    assert report.returncode == 0, report.stderr
+    base, other = json.loads(report.stdout)["comparison"]
+    # last answers (iteration 3): base right at positions 0, 3, 6, 9; other at the odd positions
+    assert (base["correct"], other["correct"], other["problems"]) == (4, 6, 12)
+    assert base["paired"] is None
+    assert (other["paired"]["wins"], other["paired"]["losses"]) == (4, 2)  # 1, 5, 7, 11 against 0, 6
+    assert other["paired"]["p_value"] == pytest.approx(44 / 64)
+    low, high = other["interval"]
+    assert low == pytest.approx(0.2538, abs=1e-4) and high == pytest.approx(0.7462, abs=1e-4)
+    assert other["pass_at_1"] == [0.5, 0.5, 0.5, 0.5]
+    assert (other["right_to_wrong"], other["wrong_to_right"]) == (18, 18)  # every step flips every problem
+    text = run_kflow(args)
+    assert "4/2" in text.stdout and "0.688" in text.stdout and "50.0% (6/12)" in text.stdout

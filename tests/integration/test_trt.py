@@ -12,6 +12,7 @@ from knowledge_flow import Context, compile_graph
 from knowledge_flow.figures import run_figures, totals, trt_rounds
 from knowledge_flow.persistence import SqliteCheckpointer, get_store
 from knowledge_flow.prompts import load_prompt_set
+from tests.conftest import run_kflow
 from tests.integration.strategy_support import run_recorded
 from tests.integration.trt_support import TrtModel, kind_of, plan_reply, reflect_reply, technique_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer
@@ -233,3 +234,28 @@ def test_replaying_any_step_pays_for_nothing(scripted: type[ScriptedServer], tmp
     finally:
         checkpointer.close()
     assert not silent.requests and len(server.requests) == sent
+
+
+def test_from_the_command_line_and_shown_per_round(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    model = TrtModel(
+        plan=plan_reply("A", "B"),
+        reflect=[reflect_reply(["A", "C"], "one")],
+        solve={"A": ("5", -0.1), "B": ("7", -1.0), "C": ("5", -0.5)},
+    )
+    server = scripted(model).start()
+    db = tmp_path / "cli.db"
+    common = ["--db", str(db), "--base-url", server.base_url]
+    solved = run_kflow(["solve", "Find x.", "--strategy", "trt", "--iterations", "2", "--json", *common])
+    assert solved.returncode == 0, solved.stderr
+    result = json.loads(solved.stdout)
+    assert result["final_answer"] == "5"
+    assert kinds(server) == ["plan", "solve", "solve", "reflect", "solve", "solve"]
+    shown = run_kflow(["show", result["thread_id"], "--db", str(db), "--json"])
+    assert shown.returncode == 0, shown.stderr
+    rounds = json.loads(shown.stdout)["trt"]["rounds"]
+    assert [(r["round"], r["selected_answer"], r["agreement"]) for r in rounds] == [(1, "5", 0.5), (2, "5", 1.0)]
+    assert [t["key_technique"] for t in rounds[1]["thinkers"]] == ["A", "C"]
+    assert rounds[0]["reflection_after"]["outcome"]["added"].startswith("Pattern: pattern one")
+    text = run_kflow(["show", result["thread_id"], "--db", str(db)])
+    assert text.returncode == 0, text.stderr
+    assert "A -> 5; B -> 7" in text.stdout and "50%" in text.stdout and "next: A, C" in text.stdout

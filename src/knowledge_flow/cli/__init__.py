@@ -1,7 +1,7 @@
 """`kflow`: the command line. Commands live one group per module; they are registered here, in one place.
 
 - `run`: solve, resume, demo; `inspect`: show, threads;
-- `evaluate`: eval, report;
+- `evaluate`: eval; `report`: report;
 - `serve`: serve vllm | local | stop;
 - `prompts`: prompts list | show | export.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from knowledge_flow.cli import evaluate, inspect, prompts, run, serve
+from knowledge_flow.cli import evaluate, inspect, prompts, report, run, serve
 
 app = typer.Typer(
     help="Knowledge Flow: solve hard problems in many rollouts that pass knowledge, not context.",
@@ -27,7 +27,7 @@ app.command()(inspect.show)
 app.command()(inspect.threads)
 app.command()(run.demo)
 app.command("eval")(evaluate.evaluate)
-app.command()(evaluate.report)
+app.command()(report.report)
 
 serve_app = typer.Typer(help="Start and stop model servers.", no_args_is_help=True)
 serve_app.command("vllm")(serve.serve_vllm)

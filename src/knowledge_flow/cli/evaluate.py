@@ -28,15 +28,13 @@ from knowledge_flow.cli.common import (
     open_store,
     out,
     resolve_db,
-    table,
 )
 from knowledge_flow.cli.options import with_run_options
+from knowledge_flow.cli.report import print_report
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 
 if TYPE_CHECKING:
-    from knowledge_flow.evaluation.report import EvalReport
     from knowledge_flow.evaluation.runner import Progress as Counters
-    from knowledge_flow.persistence.store import Store
 
 
 @with_run_options
@@ -298,115 +296,3 @@ class ProgressDisplay:
         else:
             err.print(self.counters.line())
         self.counters = None
-
-
-def print_report(report: EvalReport) -> None:
-    answers = f", answers re-read by rule {report.answer_rule}" if report.answer_rule != "default" else ""
-    out.print(
-        Text(
-            clean(
-                f"{report.eval_id}: {report.dataset}, {report.problems} problems, model {report.model}, "
-                f"strategy {report.strategy}, status {report.status}{answers}"
-            ),
-            style="bold",
-        )
-    )
-    iterations = table(
-        "iteration",
-        "pass@1",
-        "solved ≥1",
-        f"final ({report.final_answer_rule})",
-        "rollouts",
-        "failed",
-        "cut off",
-        "retried",
-        "prompt tok",
-        "completion tok",
-        "cumulative tok",
-    )
-    for f in report.per_iteration:
-        iterations.add_row(
-            str(f.iteration),
-            f"{100 * f.accuracy:.1f}%",
-            f"{100 * f.cumulative_solved:.1f}%",
-            f"{100 * f.final_accuracy:.1f}%",
-            str(f.rollouts),
-            str(f.failed_rollouts),
-            str(f.truncated_rollouts),
-            str(f.retried_rollouts),
-            f"{f.prompt_tokens:,}",
-            f"{f.completion_tokens:,}",
-            f"{f.cumulative_tokens:,}",
-        )
-    out.print(iterations)
-    out.print(
-        f"label-free final answer accuracy ({report.final_answer_rule}): {100 * report.final_accuracy:.1f}%   "
-        f"total tokens: {report.total_tokens:,}   rollouts failed: {report.failed_rollouts:,}, cut off at the "
-        f"token limit: {report.truncated_rollouts:,}, retried: {report.retried_rollouts:,}"
-        + (f"   failed problems: {report.failed}" if report.failed else "")
-    )
-    if len(report.replicas) > 1 or report.failed_rollouts:
-        replicas = table("endpoint", "rollouts", "failed", "cut off", "retried", "prompt tok", "completion tok")
-        for entry in report.replicas:
-            replicas.add_row(
-                Text(str(entry["url"])),
-                f"{entry['rollouts']:,}",
-                f"{entry['failed_rollouts']:,}",
-                f"{entry['truncated_rollouts']:,}",
-                f"{entry['retried_rollouts']:,}",
-                f"{entry['prompt_tokens']:,}",
-                f"{entry['completion_tokens']:,}",
-            )
-        out.print(replicas)
-    out.print(
-        f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
-        f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"
-    )
-
-
-def report(
-    run_id: Annotated[str, typer.Argument(help="The evaluation run.")],
-    db: DbOpt = None,
-    out_dir: Annotated[str, typer.Option("--out", help="Folder for the plot.")] = "results",
-    compare: Annotated[list[str] | None, typer.Option("--compare", help="Other runs to overlay.")] = None,
-    answer_rule: Annotated[
-        str,
-        typer.Option(
-            "--answer-rule",
-            help="Re-grade the stored outputs, without a request: default, last-boxed, first-boxed, last-integer, "
-            "paper (the original scripts' rule for the model family).",
-        ),
-    ] = "default",
-    as_json: JsonOpt = False,
-) -> None:
-    """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; a PNG plot."""
-    from knowledge_flow.answer_rules import check_rule
-    from knowledge_flow.evaluation.report import build_report, plot_reports
-
-    try:
-        check_rule(answer_rule)
-        db_path = resolve_db(db)
-        folder = Path(out_dir).expanduser()
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"{folder} is a file, not a folder; choose another --out")
-        store: Store = open_store(db_path, must_exist=True)
-        reports = []
-        for name in [run_id, *(compare or [])]:
-            if store.get_eval(name) is None:
-                raise UsageError(f"no evaluation run {name!r} in {db_path}")
-            reports.append(build_report(store, name, answer_rule))
-    except (UsageError, ValueError) as exc:
-        raise fail(str(exc)) from None
-    plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
-    datasets = sorted({r.dataset for r in reports})
-    if len(datasets) > 1:
-        err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
-    if as_json:
-        payload: dict[str, Any] = {**reports[0].to_json(), "plot": str(plot), "same_dataset": len(datasets) == 1}
-        if compare:
-            payload["compare"] = [r.to_json() for r in reports[1:]]
-        sys.stdout.write(json.dumps(payload) + "\n")
-        return
-    for item in reports:
-        print_report(item)
-    out.print(f"plot: {plot}")

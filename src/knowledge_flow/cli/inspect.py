@@ -54,6 +54,8 @@ def show(
             "confidence": r.confidence,
             "rank": r.rank,
             "error": r.error,
+            **({"strategy": r.strategy} if r.strategy else {}),
+            **({"measures": r.measures, "stop_reason": r.stop_reason} if r.measures or r.stop_reason else {}),
             **(
                 {"messages": r.messages, "content": r.content, "reasoning": r.reasoning, "summary": r.summary}
                 if texts
@@ -62,8 +64,11 @@ def show(
         }
         for r in rows
     ]
+    from knowledge_flow.figures import run_figures
+
+    figures = run_figures(store, run.run_id)
     if as_json:
-        payload = {
+        payload: dict[str, Any] = {
             "thread_id": run.thread_id,
             "run_id": run.run_id,
             "status": run.status,
@@ -72,6 +77,7 @@ def show(
             "problem": run.problem,
             **({"evaluation": item.eval_id, "gold": gold} if item is not None else {}),
             "rollouts": rollouts,
+            **({key: figures[key] for key in ("trt", "deepconf") if key in figures}),
         }
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
         return
@@ -95,6 +101,7 @@ def show(
             Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
         )
     out.print(rollout_table)
+    print_figures(figures)
     for r in rollouts if texts else []:
         out.rule(Text(f"rollout {r['iteration']}.{r['thinker']}"))
         for message in r["messages"]:
@@ -154,3 +161,57 @@ def threads(
             item["created_at"],
         )
     out.print(listing_table)
+
+
+def print_figures(figures: dict[str, Any]) -> None:
+    """TRT's rounds (strategies, selected answer, agreement, reflection) and DeepConf's stops, when the run has
+    them."""
+    trt = figures.get("trt")
+    if trt is not None:
+        rounds = table("round", "thinker strategies -> answers", "selected", "agreement", "reflection after")
+        for entry in trt["rounds"]:
+            tried = "; ".join(
+                f"{clean(t['key_technique'] or 'own approach', 40)} -> {clean(t['answer'], 20)}"
+                for t in entry["thinkers"]
+            )
+            reflection = entry["reflection_after"]
+            rounds.add_row(
+                str(entry["round"]),
+                Text(tried),
+                Text(clean(entry["selected_answer"], 30)),
+                f"{100 * entry['agreement']:.0f}%",
+                Text(clean(describe_call(reflection), 90)),
+            )
+        out.print(rounds)
+    deepconf = figures.get("deepconf")
+    if deepconf is not None:
+        tokens = deepconf["tokens"]
+        threshold = deepconf["threshold"]
+        out.print(
+            Text(
+                f"DeepConf: threshold {'—' if threshold is None else f'{threshold:.4f}'} "
+                f"(window {deepconf['window']}, keep {deepconf['keep_percent']}%), {deepconf['traces']} traces, "
+                f"{deepconf['stopped']} stopped ({tokens['paid_by_stopped']:,} tokens paid), "
+                f"{deepconf['below_threshold']} below the threshold, {deepconf['counted']} voted; saved about "
+                f"{tokens['saved_by_stops_estimate']:,} tokens by stops and {tokens['saved_by_consensus_estimate']:,} "
+                f"by early consensus; vote share of the leader {100 * deepconf['vote']['leader_share']:.0f}%"
+            )
+        )
+
+
+def describe_call(call: dict[str, Any] | None) -> str:
+    if call is None:
+        return "—"
+    if call.get("error"):
+        return f"failed: {call['error']}"
+    outcome = call.get("outcome") or {}
+    parts = []
+    if outcome.get("strategies"):
+        parts.append("next: " + ", ".join(str(s.get("key_technique")) for s in outcome["strategies"]))
+    if outcome.get("added"):
+        parts.append(f"added {str(outcome['added']).splitlines()[0]}")
+    if outcome.get("disabled"):
+        parts.append(f"disabled item {outcome['disabled']}")
+    if outcome.get("note"):
+        parts.append(str(outcome["note"]))
+    return "; ".join(parts) or "no change"

@@ -126,19 +126,43 @@ def serve_vllm(
 def serve_local(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    model_path: Annotated[Path | None, typer.Option("--model-path", help="Another GGUF file.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="A packaged model: qwen2.5-coder-0.5b (default, the local extra) or qwen2.5-coder-1.5b "
+            "(the local-1.5b extra).",
+        ),
+    ] = None,
+    model_path: Annotated[
+        Path | None, typer.Option("--model-path", help="Another GGUF file, served under its own model name.")
+    ] = None,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length.")] = 4096,
 ) -> None:
-    """Start the embedded CPU model server in the background (pid file; stop with `kflow serve stop`)."""
+    """Start the embedded CPU model server in the background (pid file; stop with `kflow serve stop`).
+
+    The server reports the model's own name (the packaged model's, or a GGUF file's `general.name`); runs
+    against it send that name (`--model NAME`)."""
     from knowledge_flow.server_launch.local import start_local
-    from knowledge_flow.server_launch.model_files import ModelError
+    from knowledge_flow.server_launch.model_files import ModelError, packaged_model
     from knowledge_flow.server_launch.process import ServerError
 
+    if model is not None and model_path is not None:
+        raise fail("give either --model (a packaged model) or --model-path (a GGUF file), not both")
     try:
-        server = start_local(host=host, port=port, model_path=model_path, n_ctx=n_ctx, progress=lambda m: err.print(m))
+        if model is not None:
+            packaged_model(model)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    try:
+        server = start_local(
+            host=host, port=port, model=model, model_path=model_path, n_ctx=n_ctx, progress=lambda m: err.print(m)
+        )
     except (ServerError, ModelError) as exc:
         raise fail(str(exc), code=1) from None
-    out.print(f"local model server running at {server.base_url} (pid {server.pid}, log {server.log_path})")
+    out.print(
+        f"local model server for {server.model} running at {server.base_url} (pid {server.pid}, log {server.log_path})"
+    )
 
 
 def serve_stop(

@@ -1,4 +1,11 @@
-"""The embedded CPU model server: llama-cpp-python's OpenAI-compatible server on 127.0.0.1."""
+"""The embedded CPU model server: llama-cpp-python's OpenAI-compatible server on 127.0.0.1.
+
+It serves one packaged model (`model_files.PACKAGED_MODELS`, assembled and verified on first use) or any
+GGUF file (`model_path`), under that model's own name: the packaged model's served name, or the file's
+``general.name`` metadata (else its file name). llama-cpp-python answers requests for any model name, so a
+wrong name would go unnoticed: the name the server reports is what runs must send and record
+(`ServerProcess.model`, also kept in the pid file; `served_model` asks a running server).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,36 @@ from collections.abc import Callable
 from pathlib import Path
 
 from knowledge_flow.context import DEFAULT_LOCAL_PORT
-from knowledge_flow.params import LOCAL_MODEL_ALIAS
-from knowledge_flow.server_launch.model_files import INSTALL_HINT, cache_dir, ensure_model
-from knowledge_flow.server_launch.process import ServerError, ServerProcess, read_pid_file, start_server
+from knowledge_flow.server_launch.model_files import (
+    DEFAULT_MODEL,
+    INSTALL_HINT,
+    PackagedModel,
+    cache_dir,
+    ensure_model,
+    packaged_model,
+    served_name_for,
+)
+from knowledge_flow.server_launch.process import (
+    ServerError,
+    ServerProcess,
+    read_pid_file,
+    served_model,
+    start_server,
+)
 
 DEFAULT_N_CTX = 4096
+
+__all__ = [
+    "DEFAULT_N_CTX",
+    "command",
+    "local_base_url",
+    "pid_file",
+    "resolve_model",
+    "served_model",
+    "servers_dir",
+    "start_local",
+    "stop_servers",
+]
 
 
 def local_base_url(host: str = "127.0.0.1", port: int = DEFAULT_LOCAL_PORT) -> str:
@@ -29,8 +61,8 @@ def servers_dir() -> Path:
     return cache_dir() / "servers"
 
 
-def command(model_path: Path, host: str, port: int, n_ctx: int, alias: str) -> list[str]:
-    threads = str(max(1, os.cpu_count() or 1))
+def command(model_path: Path, host: str, port: int, n_ctx: int, alias: str, threads: int | None = None) -> list[str]:
+    count = str(threads or max(1, os.cpu_count() or 1))
     return [
         sys.executable,
         "-m",
@@ -46,39 +78,58 @@ def command(model_path: Path, host: str, port: int, n_ctx: int, alias: str) -> l
         "--n_ctx",
         str(n_ctx),
         "--n_threads",
-        threads,
+        count,
         "--n_threads_batch",
-        threads,
+        count,
     ]
+
+
+def resolve_model(
+    model: str | None = None,
+    model_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Path, str]:
+    """(GGUF file, served name) for a packaged model by name (default: the 0.5B) or a GGUF file."""
+    if model is not None and model_path is not None:
+        raise ServerError("give either a packaged model (--model) or a GGUF file (--model-path), not both")
+    if model_path is not None:
+        if not model_path.is_file():
+            raise ServerError(f"model file {model_path} does not exist")
+        return model_path, served_name_for(model_path)
+    chosen: PackagedModel = packaged_model(model or DEFAULT_MODEL)
+    return ensure_model(progress=progress, model=chosen), chosen.served_name
 
 
 def start_local(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_LOCAL_PORT,
+    model: str | None = None,
     model_path: Path | None = None,
     n_ctx: int = DEFAULT_N_CTX,
-    alias: str = LOCAL_MODEL_ALIAS,
+    alias: str | None = None,
+    threads: int | None = None,
     write_pid_file: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ServerProcess:
-    """Assemble the packaged model if needed and start the server; returns once it answers."""
+    """Assemble the packaged model if needed and start the server; returns once it answers. `model` names a
+    packaged model (default: the 0.5B), `model_path` any GGUF file; `alias` overrides the served name."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise ServerError(f"the embedded CPU server needs the local extra: {INSTALL_HINT}")
-    path = model_path or ensure_model(progress=progress)
-    if not path.is_file():
-        raise ServerError(f"model file {path} does not exist")
+    path, name = resolve_model(model, model_path, progress)
+    served = alias or name
     say = progress or (lambda _message: None)
     base_url = local_base_url(host, port)
     log_path = servers_dir() / f"local-{port}.log"
-    say(f"starting the local model server on {base_url} (log: {log_path})")
+    say(f"starting the local model server for {served} on {base_url} (log: {log_path})")
     return start_server(
-        command(path, host, port, n_ctx, alias),
+        command(path, host, port, n_ctx, served, threads),
         base_url=base_url,
         host=host,
         port=port,
         log_path=log_path,
         pid_path=pid_file(port) if write_pid_file else None,
+        model=served,
     )
 
 

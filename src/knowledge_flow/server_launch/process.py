@@ -35,6 +35,24 @@ def models_ready(base_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def served_models(base_url: str, timeout: float = 5.0) -> list[str]:
+    """The model ids ``{base_url}/models`` lists (empty when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout) as response:
+            data = json.loads(response.read() or b"{}").get("data")
+    except (OSError, ValueError, AttributeError, urllib.error.URLError):
+        return []
+    if not isinstance(data, list):
+        return []
+    return [str(entry["id"]) for entry in data if isinstance(entry, dict) and entry.get("id")]
+
+
+def served_model(base_url: str, timeout: float = 5.0) -> str | None:
+    """The model a single-model server reports, or None (no answer, or several models)."""
+    models = served_models(base_url, timeout)
+    return models[0] if len(models) == 1 else None
+
+
 def health_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -59,6 +77,8 @@ class ServerProcess:
     log_path: Path
     pid_path: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
+    model: str | None = None
+    """The model name the server reports (``/v1/models``), when known."""
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -100,6 +120,7 @@ def start_server(
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 180.0,
     health_url: str | None = None,
+    model: str | None = None,
 ) -> ServerProcess:
     """Start `command`, wait until `health_url` (if any) answers 200 and `base_url` lists models; on failure
     stop it and raise with the log tail. The server runs in its own process group, so it outlives us."""
@@ -115,7 +136,7 @@ def start_server(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    server = ServerProcess(popen.pid, base_url, log_path, pid_path, popen)
+    server = ServerProcess(popen.pid, base_url, log_path, pid_path, popen, model)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if not server.alive():
@@ -124,9 +145,16 @@ def start_server(
                 f"Last lines of {log_path}:\n{log_tail(log_path)}"
             )
         if (health_url is None or health_ok(health_url)) and models_ready(base_url):
+            server.model = served_model(base_url) or model
             if pid_path is not None:
                 pid_path.parent.mkdir(parents=True, exist_ok=True)
-                record = {"pid": popen.pid, "base_url": base_url, "log": str(log_path), "program": command[0]}
+                record = {
+                    "pid": popen.pid,
+                    "base_url": base_url,
+                    "log": str(log_path),
+                    "program": command[0],
+                    "model": server.model,
+                }
                 pid_path.write_text(json.dumps(record))
             return server
         time.sleep(0.5)
@@ -153,7 +181,10 @@ def read_pid_file(pid_path: Path) -> ServerProcess | None:
     """The server a pid file records, or None when the file is unreadable or its process is gone."""
     try:
         data = json.loads(pid_path.read_text())
-        server = ServerProcess(int(data["pid"]), str(data["base_url"]), Path(data["log"]), pid_path)
+        model = data.get("model")
+        server = ServerProcess(
+            int(data["pid"]), str(data["base_url"]), Path(data["log"]), pid_path, None, str(model) if model else None
+        )
         program = str(data.get("program") or "")
     except (OSError, ValueError, KeyError, TypeError):
         return None

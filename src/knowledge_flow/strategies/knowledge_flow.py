@@ -9,17 +9,37 @@ Rules of the Wrong Answer List (the prompt set's top-level ``[rules]`` table set
 - The record is append-only. A prompt shows it newest first, at most `items_per_wrong_answer` items for each
   wrong answer (2 in the Qwen script, 1 in the gpt-oss one), within the run's knowledge token budget.
 - Each item's cost is counted once, when it is made, with the served model's tokenizer where there is one.
+
+The guard (label-free; every rule defaults to the paper's behaviour, which kf-gpt-oss and kf-qwen keep; the
+kf-instruct set turns it on for small instruct models). Votes are the iterations' answers so far, this one's
+included (the best rollout of each iteration; equal answers after normalisation):
+
+- ``reference_rule = "plurality"``: a changed answer replaces the reference (solution and answer) only when
+  more iterations have given it than the reference's answer; otherwise the reference stays. (``"latest"``,
+  the paper: the latest answer always becomes the reference.)
+- ``list_rule = "outvoted"``: a changed answer lists the reference answer as wrong only when more iterations
+  have given the new answer than the reference answer, so an answer rollouts agree on is not called wrong
+  until more rollouts refute it. (``"changed"``, the paper: every changed answer with a report lists it.)
+- ``independent_on_tie``: while the most given answers tie (two or more different answers with the same
+  count), the next rollout is independent: the ``first`` prompt, no reference and no list, a fresh vote.
+- ``reference_min_votes = k``: the reference (and the list) is shown only once k iterations have given its
+  answer; until then rollouts are independent (1, the paper: from rollout 1 on).
+- ``independent_every = k``: rollouts k, 2k, ... are independent as well (0: never).
+- ``final_answer``: the final-answer rule a run with this set uses when it names none (``majority:all``:
+  the most frequent answer of the trajectory); None: the strategy's default (``last``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from knowledge_flow.answers import equivalent, normalize
 from knowledge_flow.parsing import REPORT, ParsedRollout
+from knowledge_flow.policies import parse_final_answer_rule
 from knowledge_flow.prompts import PromptSpec
 from knowledge_flow.records import AnswerType, CurrentRollout, KnowledgeItem
 from knowledge_flow.strategies.base import (
@@ -28,6 +48,7 @@ from knowledge_flow.strategies.base import (
     ITEM_OVERHEAD,
     BaseStrategy,
     Distilled,
+    RolloutPrompt,
     Rules,
     Step,
     item_tokens,
@@ -48,6 +69,36 @@ class KnowledgeFlowRules(Rules):
         "report", description="report: the report section only; after_header: everything after its header."
     )
     skip_na_report: bool = Field(True, description="Whether a report of N/A adds no item.")
+    reference_rule: Literal["latest", "plurality"] = Field(
+        "latest",
+        description="latest: the latest answer becomes the reference (the paper); plurality: a changed answer "
+        "replaces it only when more iterations have given it than the reference's answer.",
+    )
+    list_rule: Literal["changed", "outvoted"] = Field(
+        "changed",
+        description="changed: a changed answer with a report lists the reference answer as wrong (the paper); "
+        "outvoted: only when more iterations have given the new answer than the reference answer.",
+    )
+    independent_on_tie: bool = Field(
+        False, description="While the most given answers tie, the next rollout is independent (the first prompt)."
+    )
+    reference_min_votes: int = Field(
+        1,
+        ge=1,
+        description="The reference is shown once this many iterations gave its answer; before, rollouts "
+        "are independent.",
+    )
+    independent_every: int = Field(0, ge=0, description="Rollouts k, 2k, ... are independent (0: never).")
+    final_answer: str | None = Field(
+        None, description="The final-answer rule of runs that name none (last, majority:W); None: last."
+    )
+
+    @field_validator("final_answer")
+    @classmethod
+    def _known_rule(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_final_answer_rule(value)
+        return value
 
 
 SPEC = PromptSpec(
@@ -75,6 +126,22 @@ def new_item(
     wrong = normalize(previous_answer, answer_type) or previous_answer
     text = text.strip()
     return KnowledgeItem(wrong_answer=wrong, text=text, iteration=iteration, tokens=counter.count(text) + ITEM_OVERHEAD)
+
+
+def tally(answers: Iterable[str | None], answer_type: AnswerType) -> Counter[str]:
+    """How many times each answer was given (normalised; missing answers are not counted)."""
+    return Counter(key for key in (normalize(a, answer_type) for a in answers) if key is not None)
+
+
+def votes_for(votes: Counter[str], answer: str | None, answer_type: AnswerType) -> int:
+    key = normalize(answer, answer_type)
+    return votes[key] if key is not None else 0
+
+
+def tied_at_top(votes: Counter[str]) -> bool:
+    """Whether two or more different answers share the highest count."""
+    counts = sorted(votes.values(), reverse=True)
+    return len(counts) >= 2 and counts[0] == counts[1]
 
 
 def visible_items(
@@ -141,21 +208,54 @@ class KnowledgeFlow(BaseStrategy):
     def variables(self, step: Step) -> dict[str, Any]:
         return {**super().variables(step), "knowledge": numbered(self.visible_knowledge(step.state, step.rules))}
 
+    def independent(self, step: Step) -> bool:
+        """Whether the next rollout is an independent one (the `first` prompt), by the guard's rules."""
+        rules, iteration = step.rules, step.iteration
+        if iteration == 0:
+            return True
+        if rules.independent_every and iteration % rules.independent_every == 0:
+            return True
+        answer_type = step.params["answer_type"]
+        votes = tally(step.state.get("answers", []), answer_type)
+        reference_votes = votes_for(votes, step.state.get("reference_answer"), answer_type)
+        if rules.reference_min_votes > 1 and reference_votes < rules.reference_min_votes:
+            return True
+        return bool(rules.independent_on_tie) and tied_at_top(votes)
+
+    def build_prompt(self, step: Step) -> RolloutPrompt:
+        key = "first" if self.independent(step) else "later"
+        return self.render(step, key, self.variables(step), step.rules.max_tokens_fraction)
+
     def distill(
         self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
     ) -> Distilled:
         """A kept rollout whose answer differs from the reference answer and that wrote an error report adds
         an item whose wrong answer is the reference (previous) answer; the best rollout's comes first."""
         state = step.state
+        rules = step.rules
         answer_type = state["params"]["answer_type"]
         record = list(state.get("knowledge", []))
         previous = state.get("reference_answer")
+        votes = tally([*state.get("answers", []), best["answer"]], answer_type)
         added: list[tuple[str, KnowledgeItem]] = []
         for candidate in kept:
             text = candidate["extras"].get(ITEM)
             item = new_item(previous, candidate["answer"], text, step.iteration, answer_type, step.tokens)
+            if (
+                item is not None
+                and rules.list_rule == "outvoted"
+                and votes_for(votes, candidate["answer"], answer_type) <= votes_for(votes, previous, answer_type)
+            ):
+                item = None
             if item is not None and all(item["text"] != other["text"] for _, other in added):
                 added.append((candidate["rollout_id"], item))
         record.extend(item for _, item in added)
         reference, answer, changed = self.reference_update(state, best, update_reference)
+        if (
+            rules.reference_rule == "plurality"
+            and changed
+            and previous is not None
+            and votes_for(votes, best["answer"], answer_type) <= votes_for(votes, previous, answer_type)
+        ):
+            reference, answer = state.get("reference"), previous
         return Distilled(record, reference, answer, changed, added)

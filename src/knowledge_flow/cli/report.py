@@ -1,0 +1,208 @@
+"""`kflow report`: an evaluation run's figures, TRT's and DeepConf's where the runs have them, and runs side by
+side (`--compare`: the first run is the baseline of the paired comparison)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.text import Text
+
+from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, err, fail, open_store, out, resolve_db, table
+
+if TYPE_CHECKING:
+    from knowledge_flow.evaluation.compare import RunComparison
+    from knowledge_flow.evaluation.report import EvalReport
+    from knowledge_flow.persistence.store import Store
+
+
+def print_report(report: EvalReport) -> None:
+    answers = f", answers re-read by rule {report.answer_rule}" if report.answer_rule != "default" else ""
+    out.print(
+        Text(
+            clean(
+                f"{report.eval_id}: {report.dataset}, {report.problems} problems, model {report.model}, "
+                f"strategy {report.strategy}, status {report.status}{answers}"
+            ),
+            style="bold",
+        )
+    )
+    iterations = table(
+        "iteration",
+        "pass@1",
+        "solved ≥1",
+        f"final ({report.final_answer_rule})",
+        "rollouts",
+        "failed",
+        "cut off",
+        "retried",
+        "prompt tok",
+        "completion tok",
+        "cumulative tok",
+    )
+    for f in report.per_iteration:
+        iterations.add_row(
+            str(f.iteration),
+            f"{100 * f.accuracy:.1f}%",
+            f"{100 * f.cumulative_solved:.1f}%",
+            f"{100 * f.final_accuracy:.1f}%",
+            str(f.rollouts),
+            str(f.failed_rollouts),
+            str(f.truncated_rollouts),
+            str(f.retried_rollouts),
+            f"{f.prompt_tokens:,}",
+            f"{f.completion_tokens:,}",
+            f"{f.cumulative_tokens:,}",
+        )
+    out.print(iterations)
+    out.print(
+        f"label-free final answer accuracy ({report.final_answer_rule}): {100 * report.final_accuracy:.1f}%   "
+        f"total tokens: {report.total_tokens:,}   rollouts failed: {report.failed_rollouts:,}, cut off at the "
+        f"token limit: {report.truncated_rollouts:,}, retried: {report.retried_rollouts:,}"
+        + (f"   failed problems: {report.failed}" if report.failed else "")
+    )
+    if len(report.replicas) > 1 or report.failed_rollouts:
+        replicas = table("endpoint", "rollouts", "failed", "cut off", "retried", "prompt tok", "completion tok")
+        for entry in report.replicas:
+            replicas.add_row(
+                Text(str(entry["url"])),
+                f"{entry['rollouts']:,}",
+                f"{entry['failed_rollouts']:,}",
+                f"{entry['truncated_rollouts']:,}",
+                f"{entry['retried_rollouts']:,}",
+                f"{entry['prompt_tokens']:,}",
+                f"{entry['completion_tokens']:,}",
+            )
+        out.print(replicas)
+    out.print(
+        f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
+        f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"
+    )
+
+
+def report(
+    run_id: Annotated[str, typer.Argument(help="The evaluation run.")],
+    db: DbOpt = None,
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the plot.")] = "results",
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            help="Other runs to overlay and to pair with this one (the baseline): accuracy with 95% Wilson "
+            "intervals, wins/losses on the same problems with the exact McNemar p, tokens, flips.",
+        ),
+    ] = None,
+    answer_rule: Annotated[
+        str,
+        typer.Option(
+            "--answer-rule",
+            help="Re-grade the stored outputs, without a request: default, last-boxed, first-boxed, last-integer, "
+            "paper (the original scripts' rule for the model family).",
+        ),
+    ] = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
+    stops where the runs have them; with --compare, the runs side by side; a PNG plot."""
+    from knowledge_flow.answer_rules import check_rule
+    from knowledge_flow.evaluation.report import build_report, plot_reports
+
+    try:
+        check_rule(answer_rule)
+        db_path = resolve_db(db)
+        folder = Path(out_dir).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file, not a folder; choose another --out")
+        store: Store = open_store(db_path, must_exist=True)
+        reports = []
+        for name in [run_id, *(compare or [])]:
+            if store.get_eval(name) is None:
+                raise UsageError(f"no evaluation run {name!r} in {db_path}")
+            reports.append(build_report(store, name, answer_rule))
+    except (UsageError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
+    datasets = sorted({r.dataset for r in reports})
+    if len(datasets) > 1:
+        err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
+    strategies = [strategy_totals(store, r.eval_id) for r in reports]
+    comparison = compared(store, reports) if compare else []
+    if as_json:
+        payload: dict[str, Any] = {
+            **reports[0].to_json(),
+            "strategy_figures": strategies[0],
+            "plot": str(plot),
+            "same_dataset": len(datasets) == 1,
+        }
+        if compare:
+            others = zip(reports[1:], strategies[1:], strict=True)
+            payload["compare"] = [r.to_json() | {"strategy_figures": f} for r, f in others]
+            payload["comparison"] = [entry.to_json() for entry in comparison]
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    for item, figures in zip(reports, strategies, strict=True):
+        print_report(item)
+        print_strategy_totals(figures)
+    if comparison:
+        print_comparison(comparison)
+    out.print(f"plot: {plot}")
+
+
+def strategy_totals(store: Store, eval_id: str) -> dict[str, Any] | None:
+    """TRT's per-round agreement and DeepConf's stops over the evaluation's problems (None for runs of other
+    strategies, which have neither)."""
+    from knowledge_flow.figures import totals
+
+    run_ids = [item.run_id for item in store.eval_items(eval_id) if item.run_id]
+    figures = totals(store, run_ids)
+    if not figures["trt_rounds"] and not figures["deepconf"]["runs"] and not figures["calls"]["calls"]:
+        return None
+    return figures
+
+
+def print_strategy_totals(figures: dict[str, Any] | None) -> None:
+    if figures is None:
+        return
+    if figures["trt_rounds"]:
+        rounds = table("round", "problems", "mean agreement", "answer changed")
+        for entry in figures["trt_rounds"]:
+            rounds.add_row(
+                str(entry["round"]),
+                str(entry["runs"]),
+                f"{100 * entry['mean_agreement']:.0f}%",
+                f"{100 * entry['answer_changed_share']:.0f}%",
+            )
+        out.print(rounds)
+        calls = figures["calls"]
+        out.print(
+            f"calls outside the rollouts (planning, reflection, verifier): {calls['calls']:,}, "
+            f"{calls['prompt_tokens']:,}+{calls['completion_tokens']:,} tokens"
+        )
+    deepconf = figures["deepconf"]
+    if deepconf["runs"]:
+        tokens = deepconf["tokens"]
+        out.print(
+            f"DeepConf: {deepconf['traces']:,} traces, {deepconf['stopped']:,} stopped by the client below the "
+            f"threshold ({tokens['paid_by_stopped']:,} tokens paid), {deepconf['below_threshold']:,} finished "
+            f"below it, {deepconf['counted']:,} voted; tokens saved (estimated): {tokens['saved_by_stops_estimate']:,} "
+            f"by stops, {tokens['saved_by_consensus_estimate']:,} by early consensus"
+        )
+
+
+def compared(store: Store, reports: list[EvalReport]) -> list[RunComparison]:
+    """The runs side by side, each paired with the first on the problems both finished (stored grades)."""
+    from knowledge_flow.evaluation.compare import compare_items
+
+    return compare_items([(r.eval_id, store.eval_items(r.eval_id)) for r in reports])
+
+
+def print_comparison(comparison: list[RunComparison]) -> None:
+    from knowledge_flow.evaluation.compare import COLUMNS, cells
+
+    side_by_side = table(*COLUMNS)
+    for entry in comparison:
+        side_by_side.add_row(*(Text(cell) for cell in cells(entry)))
+    out.print(side_by_side)
