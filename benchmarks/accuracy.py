@@ -170,6 +170,7 @@ def run_variant(
     """Run (or read back, or continue) one variant; returns its evaluation id."""
     from knowledge_flow.context import Context
     from knowledge_flow.evaluation.datasets import load_problems
+    from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.evaluation.session import DatasetSpec, create_eval, execute
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.params import resolve_params
@@ -202,7 +203,7 @@ def run_variant(
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     eval_id = f"{variant.name}-{digest}" + (f"-{int(time.time())}" if fresh else "")
     store = get_store(store_path)
-    row = store.get_eval(eval_id)
+    row = EvalStore(store).get_eval(eval_id)
     if row is not None and row.status == "done":
         say(f"{variant.name}: reusing finished run {eval_id}")
         return eval_id
@@ -241,8 +242,10 @@ def run_variant(
 
 def server_seconds(store: Any, eval_id: str) -> float:
     """Seconds the server spent on the run's requests (the sum of rollout latencies)."""
+    from knowledge_flow.evaluation.rows import EvalStore
+
     total = 0.0
-    for item in store.eval_items(eval_id):
+    for item in EvalStore(store).eval_items(eval_id):
         if item.run_id:
             total += sum(row.latency_s for row in store.rollouts(item.run_id))
     return total
@@ -254,9 +257,11 @@ def figures(store: Any, runs: dict[str, str], rollouts: int) -> list[dict[str, A
 
     records: list[RunRecords] = []
     labels: list[tuple[str, str, float]] = []
+    from knowledge_flow.evaluation.rows import EvalStore
+
     for name, eval_id in runs.items():
         variant = VARIANTS[name]
-        items = list(store.eval_items(eval_id))
+        items = list(EvalStore(store).eval_items(eval_id))
         seconds = server_seconds(store, eval_id)
         if variant.strategy == "self-consistency":
             sc = records_from_items(f"self-consistency, majority of {rollouts}", items, final_rule="majority:all")

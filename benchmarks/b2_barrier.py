@@ -19,9 +19,9 @@ import httpx
 
 from benchmarks.common import SimServer, header, run_product, table, write_dataset
 from benchmarks.simserver import SimParams
-from knowledge_flow.parsing import parse_rollout
 from knowledge_flow.prompts import load_prompt_set
 from knowledge_flow.strategies.knowledge_flow import SPEC
+from knowledge_flow.text.parsing import parse_rollout
 
 
 def barrier_loop(base_url: str, problems: list[str], iterations: int) -> float:

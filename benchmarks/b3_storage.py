@@ -23,10 +23,10 @@ PROBLEM = "[P3] " + "Find the number of ordered pairs of integers (x, y) with x^
 
 def empty_database(folder: Path) -> int:
     """Bytes of a database with the schema and no run (the fixed part of every file)."""
-    from knowledge_flow.persistence import SqliteCheckpointer, Store
+    from knowledge_flow.persistence import RolloutStore, SqliteCheckpointer
 
     db = folder / "empty.db"
-    Store(db).close()
+    RolloutStore(db).close()
     checkpointer = SqliteCheckpointer(db)
     checkpointer.setup()
     checkpointer.close()
@@ -35,7 +35,7 @@ def empty_database(folder: Path) -> int:
 
 def measure(base_url: str, folder: Path, iterations: int, empty: int) -> list[object]:
     from knowledge_flow import Context, compile_graph
-    from knowledge_flow.persistence import SqliteCheckpointer, Store
+    from knowledge_flow.persistence import RolloutStore, SqliteCheckpointer
 
     db = folder / f"storage_{iterations}.db"
     checkpointer = SqliteCheckpointer(db)
@@ -48,7 +48,7 @@ def measure(base_url: str, folder: Path, iterations: int, empty: int) -> list[ob
     )
     wall = time.monotonic() - started
     checkpointer.close()
-    store = Store(db)
+    store = RolloutStore(db)
     rows = [row for run in store.list_runs() for row in store.rollouts(run.run_id)]
     store.close()
     generated = sum(len(row.content.encode()) + len((row.reasoning or "").encode()) for row in rows)

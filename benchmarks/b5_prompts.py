@@ -17,10 +17,10 @@ from benchmarks.simserver import SimParams
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     from knowledge_flow import Context, compile_graph
-    from knowledge_flow.persistence import SqliteCheckpointer, Store
+    from knowledge_flow.persistence import RolloutStore, SqliteCheckpointer
     from knowledge_flow.prompts import load_prompt_set
     from knowledge_flow.strategies.knowledge_flow import SPEC
-    from knowledge_flow.tokens import estimate_tokens as count_tokens
+    from knowledge_flow.text.tokens import estimate_tokens as count_tokens
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=64)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             context=Context(base_url=server.base_url, db_path=str(db)),
         )
         checkpointer.close()
-        store = Store(db)
+        store = RolloutStore(db)
         rows = [(row.iteration, row.prompt_json, row.summary) for row in store.rollouts(final["run_id"])]
         store.close()
     empty = {"problem": "", "answer_slot": "<integer>", "iteration": 1, "reference": "", "knowledge": []}

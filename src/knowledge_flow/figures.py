@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from knowledge_flow.answers import normalize
-from knowledge_flow.confidence import share_of_leader
-from knowledge_flow.persistence.store import CallRow, RolloutRow, Store
-from knowledge_flow.policies import ConfVote, parse_final_answer_rule, trace_tally
-from knowledge_flow.state import AnswerType, TraceVote
+from knowledge_flow.persistence.store import CallRow, RolloutRow, RolloutStore
+from knowledge_flow.records import AnswerType, TraceVote
+from knowledge_flow.strategies.confidence import share_of_leader
+from knowledge_flow.strategies.policies import ConfVote, parse_final_answer_rule, trace_tally
+from knowledge_flow.text.answers import normalize
 
 STOPPED, BELOW = "gconf_threshold", "below_threshold"
 
@@ -44,7 +44,7 @@ def _call_view(call: CallRow | None) -> dict[str, Any] | None:
     }
 
 
-def trt_rounds(store: Store, run_id: str) -> dict[str, Any]:
+def trt_rounds(store: RolloutStore, run_id: str) -> dict[str, Any]:
     """Per round: strategies, answers, the selected answer, agreement, selection and the reflection after it."""
     run = store.get_run(run_id)
     if run is None:
@@ -107,7 +107,7 @@ def trace_votes(rows: Sequence[RolloutRow]) -> list[TraceVote]:
     ]
 
 
-def deepconf_traces(store: Store, run_id: str) -> dict[str, Any]:
+def deepconf_traces(store: RolloutStore, run_id: str) -> dict[str, Any]:
     """The online filter's figures: threshold, stops, tokens paid and saved (estimated), the vote."""
     run = store.get_run(run_id)
     if run is None:
@@ -161,7 +161,7 @@ def deepconf_traces(store: Store, run_id: str) -> dict[str, Any]:
     }
 
 
-def run_figures(store: Store, run_id: str) -> dict[str, Any]:
+def run_figures(store: RolloutStore, run_id: str) -> dict[str, Any]:
     """`trt_rounds` for runs with strategies per thinker or extra calls, `deepconf_traces` for runs with
     confidence measures; both keys may be there."""
     run = store.get_run(run_id)
@@ -176,7 +176,7 @@ def run_figures(store: Store, run_id: str) -> dict[str, Any]:
     return figures
 
 
-def totals(store: Store, run_ids: Sequence[str]) -> dict[str, Any]:
+def totals(store: RolloutStore, run_ids: Sequence[str]) -> dict[str, Any]:
     """Over many runs (an evaluation's problems): TRT's mean agreement and the share of rounds whose selected
     answer changed, per round; DeepConf's traces, stops and tokens; the tokens of calls outside the rollouts."""
     per_round: dict[int, list[tuple[float, bool]]] = {}

@@ -19,8 +19,6 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
-from knowledge_flow.confidence import DEFAULT_WINDOW
-
 AnswerType = Literal["integer", "latex", "text"]
 ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
 ReasoningEffort = Literal["low", "medium", "high"]
@@ -35,6 +33,9 @@ MAX_THINKERS = 64
 #: Largest top-k of log-probabilities a server returns (vLLM's default --max-logprobs).
 MAX_TOP_LOGPROBS = 20
 MAX_WARMUP_TRACES = 512
+#: DeepConf's group size in tokens, and the candidates per position its measures need (the paper's values).
+DEFAULT_WINDOW = 2048
+DEFAULT_TOP_LOGPROBS = 20
 
 
 def _not_bool(value: Any) -> Any:

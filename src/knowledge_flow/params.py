@@ -10,13 +10,20 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from knowledge_flow.confidence import DEFAULT_TOP_LOGPROBS, MEASURES
-from knowledge_flow.options import MAX_ITERATIONS, OPTION_NAMES, ModelFamily, RunOptions, parse_options
-from knowledge_flow.policies import ConfVote, Consensus, parse_final_answer_rule, parse_stop_policy
+from knowledge_flow.context import LOCAL_MODEL_ALIAS
+from knowledge_flow.options import (
+    DEFAULT_TOP_LOGPROBS,
+    MAX_ITERATIONS,
+    OPTION_NAMES,
+    ModelFamily,
+    RunOptions,
+    parse_options,
+)
 from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, load_prompt_set
 from knowledge_flow.records import RunParams
+from knowledge_flow.strategies.confidence import MEASURES
+from knowledge_flow.strategies.policies import ConfVote, Consensus, parse_final_answer_rule, parse_stop_policy
 
-LOCAL_MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
 #: The original method runs 64 rollouts (`reflex_size`); strategies may default to fewer.
 DEFAULT_ITERATIONS = 64
 

@@ -5,6 +5,7 @@ command's input never loads the graph machinery.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, NotRequired
 
 # pydantic (which LangGraph uses for the input and output JSON schemas) needs typing_extensions' TypedDict
@@ -15,16 +16,18 @@ from knowledge_flow.options import AnswerType, ConfidenceScore, ModelFamily, Sel
 
 __all__ = [
     "AnswerType",
+    "Candidate",
     "ConfidenceScore",
-    "CurrentRollout",
     "HistoryEntry",
     "KnowledgeItem",
+    "Message",
     "ModelFamily",
     "Reflection",
     "RunParams",
     "RunStatus",
     "SelectRule",
     "Selection",
+    "StoredRollout",
     "StrategyRound",
     "ThinkerStrategy",
     "TraceVote",
@@ -34,6 +37,8 @@ __all__ = [
 
 
 RunStatus = Literal["running", "done", "failed"]
+Message = dict[str, str]
+"""A chat message: ``{"role": ..., "content": ...}``."""
 
 
 class RunParams(TypedDict):
@@ -198,7 +203,7 @@ class Usage(TypedDict):
     completion_tokens: int
 
 
-class CurrentRollout(TypedDict):
+class Candidate(TypedDict):
     """What `extract_answer` read from one rollout (one thinker); consumed by `distill_knowledge`."""
 
     rollout_id: str
@@ -226,3 +231,13 @@ class CurrentRollout(TypedDict):
     excluded: NotRequired[str | None]
     """Why it is kept out of votes: `gconf_threshold` (stopped by the client below the online threshold) or
     `below_threshold` (finished, but its lowest group confidence is below it)."""
+
+
+@dataclass(frozen=True)
+class StoredRollout:
+    """A stored rollout's texts, as later prompts need them."""
+
+    messages: list[Message]
+    prefill: str | None
+    content: str
+    reasoning: str | None

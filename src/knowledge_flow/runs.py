@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Overwrite
 
-from knowledge_flow.persistence.store import Store
+from knowledge_flow.persistence.store import RolloutStore
 
 
 def predecessor(graph: CompiledStateGraph[Any, Any, Any, Any], node: str) -> str:
@@ -33,7 +33,7 @@ def predecessor(graph: CompiledStateGraph[Any, Any, Any, Any], node: str) -> str
     raise ValueError(f"no node leads to {node!r}")
 
 
-def failed_tail(store: Store, run_id: str, done: int) -> int:
+def failed_tail(store: RolloutStore, run_id: str, done: int) -> int:
     """How many of the run's last iterations had every rollout fail."""
     by_iteration: dict[int, list[bool]] = {}
     for row in store.rollouts(run_id):
@@ -50,7 +50,7 @@ def failed_tail(store: Store, run_id: str, done: int) -> int:
 def reopen(
     graph: CompiledStateGraph[Any, Any, Any, Any],
     config: RunnableConfig,
-    store: Store,
+    store: RolloutStore,
     *,
     iterations: int | None = None,
 ) -> bool:
@@ -79,7 +79,7 @@ def reopen(
         update |= {
             "iteration": first,
             "answers": Overwrite(answers[:first]),
-            "reported": Overwrite(list(values.get("reported", []))[:first]),
+            "changed_with_report": Overwrite(list(values.get("changed_with_report", []))[:first]),
             "failed_streak": 0,
         }
         done = first

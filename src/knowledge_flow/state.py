@@ -4,7 +4,7 @@ The state holds small values only: parameters, answers, the knowledge record, th
 solution and rollout ids. Full prompts and model outputs live in the rollout store
 (:mod:`knowledge_flow.persistence.store`), so each checkpoint stays small.
 
-The lists that grow with every iteration (answers, reported, the knowledge record) are LangGraph delta
+The lists that grow with every iteration (answers, changed_with_report, the knowledge record) are LangGraph delta
 channels: a node writes only the new items (or an `Overwrite` when it replaces the list), checkpoints do
 not copy them, and LangGraph rebuilds them from the stored writes. Each item is stored once, so the
 database grows linearly with the number of rollouts, not quadratically.
@@ -26,8 +26,8 @@ from typing_extensions import TypedDict
 from knowledge_flow.options import RunOptions
 from knowledge_flow.records import (
     AnswerType,
+    Candidate,
     ConfidenceScore,
-    CurrentRollout,
     HistoryEntry,
     KnowledgeItem,
     ModelFamily,
@@ -45,8 +45,8 @@ from knowledge_flow.records import (
 
 __all__ = [
     "AnswerType",
+    "Candidate",
     "ConfidenceScore",
-    "CurrentRollout",
     "HistoryEntry",
     "InputState",
     "KnowledgeItem",
@@ -116,7 +116,7 @@ class State(TypedDict, total=False):
     """Rollouts completed so far."""
     pending_rollouts: list[str]
     """Ids of the rollouts (one per thinker) `solve` just stored, for `extract_answer`."""
-    candidates: list[CurrentRollout]
+    candidates: list[Candidate]
     """The parsed rollouts of the current iteration, for `distill_knowledge`."""
     temperature_range: list[float]
     """[low, high] of the thinkers' temperatures for the next iteration."""
@@ -125,7 +125,7 @@ class State(TypedDict, total=False):
     reference_answer: str | None
     answers: Annotated[list[str | None], DeltaChannel(append)]
     """One answer per completed iteration, in order (None where none was found). Write new items only."""
-    reported: Annotated[list[bool], DeltaChannel(append)]
+    changed_with_report: Annotated[list[bool], DeltaChannel(append)]
     """Per iteration: whether the chosen rollout wrote an error report (a changed answer). Write new items
     only."""
     knowledge: Annotated[list[KnowledgeItem], DeltaChannel(append)]
@@ -160,7 +160,7 @@ class OutputState(TypedDict):
     run_id: NotRequired[str]
     pending_rollouts: NotRequired[list[str]]
     """The ids of the rollouts `solve` just stored (the rollout store has their texts)."""
-    candidates: NotRequired[list[CurrentRollout]]
+    candidates: NotRequired[list[Candidate]]
     """What `extract_answer` read from them: answer, summary, error report, tokens."""
     status: NotRequired[RunStatus]
     final_answer: NotRequired[str | None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from knowledge_flow.state import KnowledgeItem
 from knowledge_flow.strategies.base import ITEM_OVERHEAD
-from knowledge_flow.tokens import estimate_tokens
+from knowledge_flow.text.tokens import estimate_tokens
 from tests.support import legacy_prompts as prompts
 from tests.support.scripted_server import kf_output
 

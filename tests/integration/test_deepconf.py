@@ -12,7 +12,7 @@ import pytest
 
 from knowledge_flow.figures import deepconf_traces, run_figures, totals, trace_votes
 from knowledge_flow.persistence import get_store
-from knowledge_flow.policies import final_answer
+from knowledge_flow.strategies.policies import final_answer
 from tests.conftest import run_kflow
 from tests.integration.strategy_support import run_recorded
 from tests.support.scripted_server import Reply, Request, ScriptedServer

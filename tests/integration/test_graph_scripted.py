@@ -77,7 +77,7 @@ def test_exact_prompts_knowledge_and_answers(scripted: type[ScriptedServer], tmp
     # an empty snapshot), and each knowledge item and answer is written once.
     checkpoints, writes = checkpoints_and_writes(db)
     assert len(checkpoints) >= 4 * 8  # one per step: solve, extract, distill, stop-check
-    for channel in ("knowledge", "answers", "reported"):
+    for channel in ("knowledge", "answers", "changed_with_report"):
         stored = [checkpoint["channel_values"].get(channel) for checkpoint in checkpoints]
         assert all(value is None or getattr(value, "value", value) == [] for value in stored)
     written = [value for channel, value in writes if channel == "knowledge"]

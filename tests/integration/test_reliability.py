@@ -251,9 +251,9 @@ def test_endpoint_down_for_good_then_resume(scripted: type[ScriptedServer], tmp_
 
 def test_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "newer.db"
-    from knowledge_flow.persistence.store import Store
+    from knowledge_flow.persistence.store import RolloutStore
 
-    Store(db).close()
+    RolloutStore(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE kf_meta SET value = '999'")
     with sqlite3.connect(db) as conn:  # fold the WAL into the file, so its bytes are the whole content

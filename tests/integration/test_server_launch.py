@@ -183,7 +183,7 @@ def test_replicas_spread_load_and_survive_a_crash(scripted: type[ScriptedServer]
             str(tmp_path / "r.db"),
             "--output-dir",
             str(tmp_path / "results"),
-            "--run-id",
+            "--eval-id",
             "rep",
             "--json",
         ]

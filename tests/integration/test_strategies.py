@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from knowledge_flow.persistence import get_store
-from knowledge_flow.sentences import tail_sentences
+from knowledge_flow.text.sentences import tail_sentences
 from tests.integration.strategy_support import PROBLEM, run_recorded
 from tests.support import legacy_prompts as prompts
 from tests.support.scripted_server import Reply, Request, ScriptedServer, kf_output, script_responder

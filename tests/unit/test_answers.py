@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from knowledge_flow.answers import equivalent, normalize
+from knowledge_flow.text.answers import equivalent, normalize
 
 
 def test_integer_equivalence() -> None:

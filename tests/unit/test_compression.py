@@ -7,7 +7,7 @@ from pathlib import Path
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from knowledge_flow.persistence.compression import MIN_BYTES, CompressingSerializer, pack
-from knowledge_flow.persistence.store import RolloutRow, Store, utcnow
+from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
 
 LONG = "We count the ordered pairs (x, y) with x^2 + y^2 = 2025 by factoring over the Gaussian integers. " * 40
 
@@ -53,7 +53,7 @@ def rollout(rollout_id: str, content: str) -> RolloutRow:
 
 def test_long_texts_are_stored_compressed_and_read_back(tmp_path: Path) -> None:
     path = tmp_path / "kf.db"
-    store = Store(path)
+    store = RolloutStore(path)
     store.create_run(run_id="run", thread_id="t", problem="p", params={}, base_url=None, package_version="0")
     store.add_rollout(rollout("run:0", LONG + "\\boxed{12}"))
     store.add_rollout(rollout("run:1", "short \\boxed{3}"))

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from knowledge_flow.confidence import (
+from knowledge_flow.strategies.confidence import (
     WindowMonitor,
     group_confidences,
     keep_top,

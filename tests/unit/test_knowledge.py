@@ -3,7 +3,7 @@ from __future__ import annotations
 from knowledge_flow.state import KnowledgeItem
 from knowledge_flow.strategies.base import ITEM_OVERHEAD, item_tokens
 from knowledge_flow.strategies.knowledge_flow import new_item, visible_items
-from knowledge_flow.tokens import ESTIMATE, estimate_tokens
+from knowledge_flow.text.tokens import ESTIMATE, estimate_tokens
 
 
 class Counter:

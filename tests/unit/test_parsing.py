@@ -4,14 +4,12 @@ import time
 
 import pytest
 
-from knowledge_flow.parsing import (
-    boxed_contents,
-    extract_answer,
+from knowledge_flow.text.boxed import boxed_contents, last_boxed, normalize_integer
+from knowledge_flow.text.parsing import (
     find_sections,
     is_na,
-    last_boxed,
-    normalize_integer,
     parse_rollout,
+    read_answer,
     split_thinking,
     summary_fallback,
 )
@@ -95,19 +93,19 @@ def test_repeated_headers_last_non_empty_wins() -> None:
 
 
 def test_several_boxed_last_wins() -> None:
-    assert extract_answer("\\boxed{1} then \\boxed{2} and finally \\boxed{3}", "integer") == "3"
+    assert read_answer("\\boxed{1} then \\boxed{2} and finally \\boxed{3}", "integer") == "3"
 
 
 def test_nested_braces() -> None:
     assert last_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
     assert last_boxed("x \\boxed{\\sqrt{\\frac{a}{b^{2}}}} y") == "\\sqrt{\\frac{a}{b^{2}}}"
-    assert extract_answer("\\boxed{\\frac{\\sqrt{2}}{2}}", "latex") == "\\frac{\\sqrt{2}}{2}"
+    assert read_answer("\\boxed{\\frac{\\sqrt{2}}{2}}", "latex") == "\\frac{\\sqrt{2}}{2}"
 
 
 def test_unbalanced_boxed_is_skipped() -> None:
     assert last_boxed("\\boxed{5} and then \\boxed{6") == "5"
     assert boxed_contents("\\boxed{") == []
-    assert extract_answer("\\boxed{", "latex") is None
+    assert read_answer("\\boxed{", "latex") is None
 
 
 def test_escaped_braces_do_not_count() -> None:
@@ -115,8 +113,8 @@ def test_escaped_braces_do_not_count() -> None:
 
 
 def test_fbox_and_empty_boxed() -> None:
-    assert extract_answer("\\fbox{8}", "integer") == "8"
-    assert extract_answer("\\boxed{} and 9 is it", "integer") == "9"
+    assert read_answer("\\fbox{8}", "integer") == "8"
+    assert read_answer("\\boxed{} and 9 is it", "integer") == "9"
 
 
 def test_think_is_dropped_before_parsing() -> None:
@@ -148,11 +146,11 @@ def test_empty_and_none_output() -> None:
 
 
 def test_integer_fallback_to_last_integer() -> None:
-    assert extract_answer("She makes 9 + 9 = 18 dollars.", "integer") == "18"
-    assert extract_answer("The total is 1,234 eggs.", "integer") == "1234"
-    assert extract_answer("[Answer]: 42\nCheck: 3 steps", "integer") == "42"
-    assert extract_answer("no numbers here", "integer") is None
-    assert extract_answer("no box here 5", "latex") is None
+    assert read_answer("She makes 9 + 9 = 18 dollars.", "integer") == "18"
+    assert read_answer("The total is 1,234 eggs.", "integer") == "1234"
+    assert read_answer("[Answer]: 42\nCheck: 3 steps", "integer") == "42"
+    assert read_answer("no numbers here", "integer") is None
+    assert read_answer("no box here 5", "latex") is None
 
 
 @pytest.mark.parametrize(
@@ -173,7 +171,7 @@ def test_integer_fallback_to_last_integer() -> None:
     ],
 )
 def test_integer_normalisation_of_boxed(boxed: str, expected: str) -> None:
-    assert extract_answer(f"[Answer]: \\boxed{{{boxed}}}", "integer") == expected
+    assert read_answer(f"[Answer]: \\boxed{{{boxed}}}", "integer") == expected
 
 
 def test_normalize_integer_rejects_non_integers() -> None:

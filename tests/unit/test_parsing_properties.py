@@ -7,9 +7,10 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from knowledge_flow.parsing import boxed_contents, find_sections, parse_rollout, split_thinking
 from knowledge_flow.prompts import load_prompt_set
 from knowledge_flow.strategies import STRATEGIES
+from knowledge_flow.text.boxed import boxed_contents
+from knowledge_flow.text.parsing import find_sections, parse_rollout, split_thinking
 
 PIECES = st.sampled_from(
     [

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from knowledge_flow.policies import final_answer, parse_final_answer_rule, parse_stop_policy, should_stop
+from knowledge_flow.strategies.policies import final_answer, parse_final_answer_rule, parse_stop_policy, should_stop
 
 
 def test_parse() -> None:

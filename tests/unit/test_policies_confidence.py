@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from knowledge_flow.policies import (
+from knowledge_flow.state import TraceVote
+from knowledge_flow.strategies.policies import (
     ConfVote,
     Consensus,
     final_answer,
@@ -13,7 +14,6 @@ from knowledge_flow.policies import (
     should_stop,
     uses_traces,
 )
-from knowledge_flow.state import TraceVote
 
 
 def trace(answer: str | None, lowest: float | None, counted: bool = True, tail: float = 1.0) -> TraceVote:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from knowledge_flow.sentences import sentences, tail_sentences
-from knowledge_flow.tokens import estimate_tokens as count_tokens
+from knowledge_flow.text.sentences import sentences, tail_sentences
+from knowledge_flow.text.tokens import estimate_tokens as count_tokens
 
 
 def test_sentences_round_trip() -> None:

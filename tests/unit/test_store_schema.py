@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from knowledge_flow.persistence.store import SCHEMA_VERSION, SchemaError, Store
+from knowledge_flow.persistence.store import SCHEMA_VERSION, RolloutStore, SchemaError
 
 
 def columns(path: Path, table: str) -> set[str]:
@@ -15,7 +15,7 @@ def columns(path: Path, table: str) -> set[str]:
 
 def test_version_1_database_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    Store(path).close()
+    RolloutStore(path).close()
     with sqlite3.connect(path) as conn:  # make it look like a version-1 file
         for column in ("temperature", "confidence", "rank"):
             conn.execute(f"ALTER TABLE kf_rollouts DROP COLUMN {column}")
@@ -23,7 +23,7 @@ def test_version_1_database_is_migrated(tmp_path: Path) -> None:
         conn.execute("DROP TABLE kf_evals")
         conn.execute("UPDATE kf_meta SET value = '1' WHERE key = 'schema_version'")
     assert "rank" not in columns(path, "kf_rollouts")
-    store = Store(path)
+    store = RolloutStore(path)
     assert {"temperature", "confidence", "rank"} <= columns(path, "kf_rollouts")
     assert "eval_id" in columns(path, "kf_evals")
     with sqlite3.connect(path) as conn:
@@ -33,7 +33,7 @@ def test_version_1_database_is_migrated(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
-    Store(path).close()
+    RolloutStore(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE kf_meta SET value = '99' WHERE key = 'schema_version'")
         conn.execute("DROP TABLE kf_evals")
@@ -41,7 +41,7 @@ def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = path.read_bytes()
     with pytest.raises(SchemaError, match="newer knowledge-flow"):
-        Store(path)
+        RolloutStore(path)
     assert path.read_bytes() == before
     with sqlite3.connect(path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import math
 
-from knowledge_flow.state import CurrentRollout
-from knowledge_flow.thinkers import agreement, next_range, score, select, similarity, spread
+from knowledge_flow.state import Candidate
+from knowledge_flow.strategies.thinkers import agreement, next_range, score, select, similarity, spread
 
 
-def cand(rid: str, answer: str | None, summary: str, confidence: float | None) -> CurrentRollout:
-    return CurrentRollout(
+def cand(rid: str, answer: str | None, summary: str, confidence: float | None) -> Candidate:
+    return Candidate(
         rollout_id=rid,
         answer=answer,
         summary=summary,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from knowledge_flow.state import CurrentRollout
-from knowledge_flow.thinkers import score, select, tally
+from knowledge_flow.state import Candidate
+from knowledge_flow.strategies.thinkers import score, select, tally
 
 
-def thinker(rid: str, answer: str | None, confidence: float | None = None, **extra: Any) -> CurrentRollout:
-    return CurrentRollout(
+def thinker(rid: str, answer: str | None, confidence: float | None = None, **extra: Any) -> Candidate:
+    return Candidate(
         rollout_id=rid,
         answer=answer,
         summary=None,
@@ -25,7 +25,7 @@ def thinker(rid: str, answer: str | None, confidence: float | None = None, **ext
     )
 
 
-def ids(kept: list[CurrentRollout]) -> list[str]:
+def ids(kept: list[Candidate]) -> list[str]:
     return [c["rollout_id"] for c in kept]
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from knowledge_flow.params import recursion_limit, resolve_params
-from knowledge_flow.persistence.store import SCHEMA_VERSION, Store
-from knowledge_flow.strategies.trt import json_objects, lesson_text, read_lesson, read_strategies, reply_object
+from knowledge_flow.persistence.store import SCHEMA_VERSION, RolloutStore
+from knowledge_flow.strategies.trt_replies import json_objects, lesson_text, read_lesson, read_strategies, reply_object
 
 
 def test_strategy_defaults() -> None:
@@ -75,7 +75,7 @@ def columns(path: Path, table: str) -> set[str]:
 
 def test_version_4_database_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "v4.db"
-    Store(path).close()
+    RolloutStore(path).close()
     new = ("strategy_json", "conf_lowest", "conf_bottom10", "conf_tail", "stop_reason", "token_confidence")
     with sqlite3.connect(path) as conn:  # make it look like a version-4 file
         for column in new:
@@ -83,7 +83,7 @@ def test_version_4_database_is_migrated(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE kf_runs DROP COLUMN confidence_threshold")
         conn.execute("DROP TABLE kf_calls")
         conn.execute("UPDATE kf_meta SET value = '4' WHERE key = 'schema_version'")
-    store = Store(path)
+    store = RolloutStore(path)
     assert set(new) <= columns(path, "kf_rollouts") and "outcome_json" in columns(path, "kf_calls")
     assert "confidence_threshold" in columns(path, "kf_runs")
     with sqlite3.connect(path) as conn:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from knowledge_flow.server_launch.model_files import MODEL_SHA256
-from knowledge_flow.server_launch.vllm import find_vllm
+from knowledge_flow.server_launch.vllm_install import find_vllm
 from knowledge_flow.server_launch.vllm_model import verify_converted
 from tests.conftest import run_kflow
 from tests.vllm.conftest import (

@@ -1,6 +1,6 @@
 """`kflow`: the command line. Commands live one group per module; they are registered here, in one place.
 
-- `run`: solve, resume, demo; `inspect`: show, threads;
+- `run`: solve, resume; `demo`: demo; `inspect`: show, threads;
 - `evaluate`: eval; `report`: report;
 - `serve`: serve vllm | local | stop;
 - `prompts`: prompts list | show | export.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from knowledge_flow.cli import evaluate, inspect, prompts, report, run, serve
+from knowledge_flow.cli import demo, evaluate, inspect, prompts, report, run, serve
 
 app = typer.Typer(
     help="Knowledge Flow: solve hard problems in many rollouts that pass knowledge, not context.",
@@ -25,7 +25,7 @@ app.command()(run.solve)
 app.command()(run.resume)
 app.command()(inspect.show)
 app.command()(inspect.threads)
-app.command()(run.demo)
+app.command()(demo.demo)
 app.command("eval")(evaluate.evaluate)
 app.command()(report.report)
 

@@ -23,7 +23,7 @@ from rich.text import Text
 from knowledge_flow.context import DEFAULT_DB, DEFAULT_LOCAL_BASE_URL
 
 if TYPE_CHECKING:
-    from knowledge_flow.persistence.store import Store
+    from knowledge_flow.persistence.store import RolloutStore
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -67,7 +67,7 @@ def resolve_db(db: str | None) -> str:
         raise UsageError(str(exc)) from None
 
 
-def open_store(db: str, must_exist: bool = False) -> Store:
+def open_store(db: str, must_exist: bool = False) -> RolloutStore:
     from knowledge_flow.persistence.store import SchemaError, get_store
 
     if must_exist and not Path(db).is_file():

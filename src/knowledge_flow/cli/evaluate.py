@@ -55,7 +55,10 @@ def evaluate(
     output_dir: Annotated[str, typer.Option("--output-dir", help="Where results/ files go.")] = "results",
     db: DbOpt = None,
     limit: Annotated[int | None, typer.Option(help="Only the first K problems.")] = None,
-    run_id: Annotated[str | None, typer.Option("--run-id", help="Name of this evaluation run.")] = None,
+    eval_id_given: Annotated[
+        str | None,
+        typer.Option("--eval-id", "--run-id", help="Name of this evaluation (--run-id: the older name)."),
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -76,6 +79,8 @@ def evaluate(
     options: dict[str, Any],
 ) -> None:
     """Evaluate a whole benchmark: one thread per problem, all in flight, resumable."""
+    from knowledge_flow.evaluation.rows import EvalStore
+
     if resume is None and dataset is None:
         raise fail("--dataset is required (or --resume RUN_ID)")
     if concurrency is not None and concurrency < 1:
@@ -97,7 +102,7 @@ def evaluate(
         db_path = resolve_db(db)
         if resume is not None:
             store = open_store(db_path, must_exist=True)
-            row = store.get_eval(resume)
+            row = EvalStore(store).get_eval(resume)
             if row is None:
                 raise UsageError(f"no evaluation run {resume!r} in {db_path}")
             manifest = row.manifest
@@ -122,12 +127,12 @@ def evaluate(
             spec = DatasetSpec(source, problem_field, answer_field, id_field, answer_type, limit)
             loaded = spec.load()
             params = dict(resolve_params({**given, "answer_type": loaded.answer_type}))
-            eval_id = run_id or new_eval_id()
+            eval_id = eval_id_given or new_eval_id()
             postfix = output_postfix or str(params["strategy"])
             folder = Path(output_dir).expanduser().resolve()
             check_output_dir(folder, {"params": params, "output_postfix": postfix})
             store = open_store(db_path)
-            if store.get_eval(eval_id) is not None:
+            if EvalStore(store).get_eval(eval_id) is not None:
                 raise UsageError(f"evaluation run {eval_id!r} already exists; continue it with --resume {eval_id}")
             concurrency = concurrency or DEFAULT_CONCURRENCY
             create_eval(

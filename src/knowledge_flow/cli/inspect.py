@@ -24,6 +24,8 @@ def show(
     """Show a run: per rollout the answer, whether it changed, the knowledge it added, tokens, latency.
 
     The database stores long texts compressed; `--texts` reads them back."""
+    from knowledge_flow.evaluation.rows import EvalStore
+
     try:
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
@@ -32,10 +34,10 @@ def show(
             raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
     except UsageError as exc:
         raise fail(str(exc)) from None
-    from knowledge_flow.answers import equivalent
+    from knowledge_flow.text.answers import equivalent
 
     rows = store.rollouts(run.run_id)
-    item = store.eval_item_of_thread(thread_id)
+    item = EvalStore(store).eval_item_of_thread(thread_id)
     gold = item.gold if item is not None else None
     answer_type = run.params.get("answer_type", "integer")
     rollouts: list[dict[str, Any]] = [
@@ -121,16 +123,18 @@ def threads(
     as_json: JsonOpt = False,
 ) -> None:
     """List the runs in a database, oldest first, with their status."""
+    from knowledge_flow.evaluation.rows import EvalStore
+
     try:
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
-        if evaluation is not None and store.get_eval(evaluation) is None:
+        if evaluation is not None and EvalStore(store).get_eval(evaluation) is None:
             raise UsageError(f"no evaluation run {evaluation!r} in {db_path}")
     except UsageError as exc:
         raise fail(str(exc)) from None
     runs = store.list_runs()
     if evaluation is not None:
-        wanted = {item.thread_id for item in store.eval_items(evaluation)}
+        wanted = {item.thread_id for item in EvalStore(store).eval_items(evaluation)}
         runs = [r for r in runs if r.thread_id in wanted]
     listing: list[dict[str, Any]] = [
         {

@@ -16,7 +16,7 @@ from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, err, fa
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.compare import RunComparison
     from knowledge_flow.evaluation.report import EvalReport
-    from knowledge_flow.persistence.store import Store
+    from knowledge_flow.persistence.store import RolloutStore
 
 
 def print_report(report: EvalReport) -> None:
@@ -107,8 +107,9 @@ def report(
 ) -> None:
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
     stops where the runs have them; with --compare, the runs side by side; a PNG plot."""
-    from knowledge_flow.answer_rules import check_rule
     from knowledge_flow.evaluation.report import build_report, plot_reports
+    from knowledge_flow.evaluation.rows import EvalStore
+    from knowledge_flow.text.answer_rules import check_rule
 
     try:
         check_rule(answer_rule)
@@ -116,10 +117,10 @@ def report(
         folder = Path(out_dir).expanduser()
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder} is a file, not a folder; choose another --out")
-        store: Store = open_store(db_path, must_exist=True)
+        store: RolloutStore = open_store(db_path, must_exist=True)
         reports = []
         for name in [run_id, *(compare or [])]:
-            if store.get_eval(name) is None:
+            if EvalStore(store).get_eval(name) is None:
                 raise UsageError(f"no evaluation run {name!r} in {db_path}")
             reports.append(build_report(store, name, answer_rule))
     except (UsageError, ValueError) as exc:
@@ -151,12 +152,13 @@ def report(
     out.print(f"plot: {plot}")
 
 
-def strategy_totals(store: Store, eval_id: str) -> dict[str, Any] | None:
+def strategy_totals(store: RolloutStore, eval_id: str) -> dict[str, Any] | None:
     """TRT's per-round agreement and DeepConf's stops over the evaluation's problems (None for runs of other
     strategies, which have neither)."""
+    from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.figures import totals
 
-    run_ids = [item.run_id for item in store.eval_items(eval_id) if item.run_id]
+    run_ids = [item.run_id for item in EvalStore(store).eval_items(eval_id) if item.run_id]
     figures = totals(store, run_ids)
     if not figures["trt_rounds"] and not figures["deepconf"]["runs"] and not figures["calls"]["calls"]:
         return None
@@ -192,11 +194,12 @@ def print_strategy_totals(figures: dict[str, Any] | None) -> None:
         )
 
 
-def compared(store: Store, reports: list[EvalReport]) -> list[RunComparison]:
+def compared(store: RolloutStore, reports: list[EvalReport]) -> list[RunComparison]:
     """The runs side by side, each paired with the first on the problems both finished (stored grades)."""
     from knowledge_flow.evaluation.compare import compare_items
+    from knowledge_flow.evaluation.rows import EvalStore
 
-    return compare_items([(r.eval_id, store.eval_items(r.eval_id)) for r in reports])
+    return compare_items([(r.eval_id, EvalStore(store).eval_items(r.eval_id)) for r in reports])
 
 
 def print_comparison(comparison: list[RunComparison]) -> None:

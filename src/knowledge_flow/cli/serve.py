@@ -51,17 +51,13 @@ def serve_vllm(
     from knowledge_flow.server_launch.local import servers_dir
     from knowledge_flow.server_launch.model_files import ModelError
     from knowledge_flow.server_launch.process import ServerError, port_in_use
-    from knowledge_flow.server_launch.vllm import (
+    from knowledge_flow.server_launch.vllm import build_launch, check_launch, prepare_model, profile_release, start_vllm
+    from knowledge_flow.server_launch.vllm_install import (
         INSTALL_HINT,
         VllmSetupError,
-        build_launch,
         capabilities,
-        check_launch,
         default_python,
         find_vllm,
-        prepare_model,
-        profile_release,
-        start_vllm,
     )
 
     def stop_with(message: str, code: int) -> typer.Exit:

@@ -1,7 +1,8 @@
 """The OpenAI-compatible endpoint: requests and their budgets, what the server serves, replicas and failover.
 
-Modules: `client` (the OpenAI SDK requests), `requests` (paths, budgets, sampling), `served` (context length,
-tokenizer, thinking templates), `replicas` (spreading requests, failover). The names below load on first use.
+Modules: `client` (the OpenAI SDK requests), `stream` (streams the client can stop), `requests` (paths,
+budgets, sampling), `served` (context length, tokenizer, thinking templates), `replicas` (spreading requests,
+failover). The names below load on first use.
 """
 
 from __future__ import annotations

@@ -23,19 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from knowledge_flow.endpoint.client import (
-    Completion,
-    Message,
-    PositionHook,
-    Sampling,
-    chat,
-    chat_stream,
-    client_for,
-    complete_ids,
-    complete_ids_stream,
-)
+from knowledge_flow.endpoint.client import Completion, Message, Sampling, chat, client_for, complete_ids
 from knowledge_flow.endpoint.served import THINK_END, Served
-from knowledge_flow.tokens import estimate_tokens
+from knowledge_flow.endpoint.stream import PositionHook, chat_stream, complete_ids_stream
+from knowledge_flow.text.tokens import estimate_tokens
 
 Path = Literal["chat", "chat-continue", "completion"]
 #: Tokens kept free between the prompt and the context's end (template details the count may miss).

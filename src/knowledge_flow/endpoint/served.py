@@ -25,7 +25,7 @@ import openai
 
 from knowledge_flow.endpoint.client import client_for
 from knowledge_flow.endpoint.replicas import ReplicaPool, get_pool
-from knowledge_flow.tokens import estimate_tokens
+from knowledge_flow.text.tokens import estimate_tokens
 
 ServerKind = Literal["vllm", "llama.cpp", "other"]
 THINK_START, THINK_END = "<think>", "</think>"

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any, Protocol
 
-from knowledge_flow.answers import equivalent
-from knowledge_flow.policies import final_answer
 from knowledge_flow.records import AnswerType
+from knowledge_flow.strategies.policies import final_answer
+from knowledge_flow.text.answers import equivalent
 
 Z95 = 1.959963984540054
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from knowledge_flow.parsing import normalize_integer
 from knowledge_flow.records import AnswerType
+from knowledge_flow.text.boxed import normalize_integer
 
 
 class DatasetError(ValueError):

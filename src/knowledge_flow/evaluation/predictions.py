@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from knowledge_flow.parsing import normalize_integer
-from knowledge_flow.persistence.store import EvalRow, Store
+from knowledge_flow.evaluation.rows import EvalRow, EvalStore
+from knowledge_flow.persistence.store import RolloutStore
+from knowledge_flow.text.boxed import normalize_integer
 
 
 def model_basename(model: str) -> str:
@@ -42,12 +43,12 @@ def prompt_as_sent(messages: list[dict[str, str]], prefill: str | None) -> str:
     return "\n\n".join([*(m["content"] for m in messages), *([prefill] if prefill else [])])
 
 
-def write_predictions(store: Store, eval_row: EvalRow, root: Path, *, done_only: bool = False) -> list[Path]:
+def write_predictions(store: RolloutStore, eval_row: EvalRow, root: Path, *, done_only: bool = False) -> list[Path]:
     """Write one file per iteration; returns their paths. Each file is written atomically. With `done_only`
     (an interrupted run), only the problems complete so far are in the files."""
     manifest = eval_row.manifest
     iterations = int(manifest["params"]["iterations"])
-    items = [item for item in store.eval_items(eval_row.eval_id) if item.status == "done" or not done_only]
+    items = [item for item in EvalStore(store).eval_items(eval_row.eval_id) if item.status == "done" or not done_only]
     chosen = store.chosen_rows([item.run_id for item in items if item.run_id])
     rows = {item.position: chosen[item.run_id] for item in items if item.run_id}
     integer = manifest["params"]["answer_type"] == "integer"

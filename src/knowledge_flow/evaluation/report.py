@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from knowledge_flow.answer_rules import check_rule, regrade_answer
-from knowledge_flow.answers import equivalent
-from knowledge_flow.persistence.store import EvalItemRow, Store
-from knowledge_flow.policies import final_answer
+from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
+from knowledge_flow.persistence.store import RolloutStore
+from knowledge_flow.strategies.policies import final_answer
+from knowledge_flow.text.answer_rules import check_rule, regrade_answer
+from knowledge_flow.text.answers import equivalent
 
 ROLLOUT_COUNTS = ("rollouts", "failed_rollouts", "truncated_rollouts", "retried_rollouts")
 
@@ -64,7 +65,7 @@ class EvalReport:
     retried_rollouts: int
     """Rollouts whose iteration sent requests again (an unusable response, a failed replica)."""
     answer_rule: str = "default"
-    """How answers were read from the outputs (see `knowledge_flow.answer_rules`)."""
+    """How answers were read from the outputs (see `knowledge_flow.text.answer_rules`)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +100,7 @@ def stored_grades(items: list[EvalItemRow], params: dict[str, Any]) -> list[Grad
     ]
 
 
-def regraded(store: Store, items: list[EvalItemRow], params: dict[str, Any], rule: str) -> list[Grades]:
+def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], rule: str) -> list[Grades]:
     """Grades with answers read again from the stored outputs by `rule`; no request is sent."""
     answer_type = params["answer_type"]
     family = str(params.get("model_family", "instruct"))
@@ -120,11 +121,11 @@ def regraded(store: Store, items: list[EvalItemRow], params: dict[str, Any], rul
     return grades
 
 
-def build_report(store: Store, eval_id: str, answer_rule: str = "default") -> EvalReport:
-    row = store.require_eval(eval_id)
+def build_report(store: RolloutStore, eval_id: str, answer_rule: str = "default") -> EvalReport:
+    row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
-    items = list(store.eval_items(eval_id))
+    items = list(EvalStore(store).eval_items(eval_id))
     total = len(items)
     iterations = int(params["iterations"])
     check_rule(answer_rule)

@@ -20,13 +20,14 @@ from typing import Any, cast
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
-from knowledge_flow.answers import equivalent
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import describe
+from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
 from knowledge_flow.params import recursion_limit
-from knowledge_flow.persistence.store import EvalItemRow, Store, utcnow
+from knowledge_flow.persistence.store import RolloutStore, utcnow
 from knowledge_flow.runs import reopen
 from knowledge_flow.state import AnswerType, OutputState, State
+from knowledge_flow.text.answers import equivalent
 
 Graph = CompiledStateGraph[State, Context, Any, OutputState]
 
@@ -90,7 +91,7 @@ INTERRUPTED = "interrupted"
 
 def _solve_one(
     graph: Graph,
-    store: Store,
+    store: RolloutStore,
     item: EvalItemRow,
     params: dict[str, Any],
     context: Context,
@@ -137,7 +138,7 @@ def _solve_one(
 
 
 def grade_item(
-    store: Store, eval_id: str, item: EvalItemRow, values: dict[str, Any], answer_type: AnswerType
+    store: RolloutStore, eval_id: str, item: EvalItemRow, values: dict[str, Any], answer_type: AnswerType
 ) -> bool | None:
     """Grade every rollout of a finished problem against its gold answer and record it."""
     answers: list[str | None] = list(values.get("answers", []))
@@ -150,7 +151,7 @@ def grade_item(
             completion_tokens[row.iteration] += row.completion_tokens
     final = values.get("final_answer")
     final_correct = equivalent(item.gold, final, answer_type)
-    store.update_eval_item(
+    EvalStore(store).update_eval_item(
         eval_id,
         item.position,
         status="done",
@@ -173,7 +174,7 @@ def _dumps(value: Any) -> str:
 def run_items(
     *,
     graph: Graph,
-    store: Store,
+    store: RolloutStore,
     eval_id: str,
     items: Sequence[EvalItemRow],
     params: dict[str, Any],
@@ -213,12 +214,17 @@ def run_items(
                 break
     finally:
         pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
-    store.update_eval(eval_id, updated_at=utcnow())
+    EvalStore(store).update_eval(eval_id, updated_at=utcnow())
     return results
 
 
 def record(
-    store: Store, eval_id: str, item: EvalItemRow, result: ItemResult, answer_type: AnswerType, progress: Progress
+    store: RolloutStore,
+    eval_id: str,
+    item: EvalItemRow,
+    result: ItemResult,
+    answer_type: AnswerType,
+    progress: Progress,
 ) -> None:
     """Grade a finished problem, or record why it did not finish (an interrupted one stays pending)."""
     values = result.values
@@ -232,6 +238,6 @@ def record(
     if result.error == INTERRUPTED:
         return
     error = result.error or "its rollouts kept failing (see `kflow show` of its thread for the reasons)"
-    store.update_eval_item(eval_id, item.position, status="failed", error=error)
+    EvalStore(store).update_eval_item(eval_id, item.position, status="failed", error=error)
     with progress.lock:
         progress.failed += 1

@@ -13,11 +13,12 @@ from typing import Any
 from knowledge_flow.context import Context
 from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
 from knowledge_flow.evaluation.predictions import write_predictions
+from knowledge_flow.evaluation.rows import EvalItemRow, EvalRow, EvalStore
 from knowledge_flow.evaluation.runner import Graph, ItemResult, Progress, run_items, thread_id_for
-from knowledge_flow.nodes.common import package_version
-from knowledge_flow.persistence.store import EvalItemRow, EvalRow, Store, utcnow
+from knowledge_flow.persistence.store import RolloutStore, utcnow
 from knowledge_flow.records import AnswerType
 from knowledge_flow.runs import reopen
+from knowledge_flow.version import package_version
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def new_eval_id() -> str:
 
 
 def create_eval(
-    store: Store,
+    store: RolloutStore,
     *,
     eval_id: str,
     spec: DatasetSpec,
@@ -105,15 +106,15 @@ def create_eval(
         )
         for position, problem in enumerate(dataset.problems)
     ]
-    store.create_eval(row, items)
+    EvalStore(store).create_eval(row, items)
     return row
 
 
-def extend(graph: Graph, store: Store, eval_id: str, iterations: int) -> int:
+def extend(graph: Graph, store: RolloutStore, eval_id: str, iterations: int) -> int:
     """Raise an evaluation's iteration budget to `iterations`: every problem's run continues from where it
     stopped, nothing stored is requested again; the change is recorded in the manifest. Returns the old
     budget. ValueError when `iterations` is smaller."""
-    row = store.require_eval(eval_id)
+    row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
     before = int(manifest["params"]["iterations"])
     if iterations < before:
@@ -122,23 +123,23 @@ def extend(graph: Graph, store: Store, eval_id: str, iterations: int) -> int:
         )
     if iterations == before:
         return before
-    for item in store.eval_items(eval_id):
+    for item in EvalStore(store).eval_items(eval_id):
         config: Any = {"configurable": {"thread_id": item.thread_id}}
         if graph.get_state(config).values:
             reopen(graph, config, store, iterations=iterations)
         if item.status == "done":
-            store.update_eval_item(eval_id, item.position, status="pending")
+            EvalStore(store).update_eval_item(eval_id, item.position, status="pending")
     manifest["params"]["iterations"] = iterations
     manifest.setdefault("extensions", []).append({"at": utcnow(), "from": before, "to": iterations})
     manifest["finished_at"] = None
-    store.update_eval(eval_id, manifest_json=manifest_json(manifest), status="running")
+    EvalStore(store).update_eval(eval_id, manifest_json=manifest_json(manifest), status="running")
     return before
 
 
 def execute(
     *,
     graph: Graph,
-    store: Store,
+    store: RolloutStore,
     eval_id: str,
     context: Context,
     concurrency: int,
@@ -148,10 +149,10 @@ def execute(
 ) -> tuple[EvalRow, list[ItemResult], list[Path]]:
     """Run (or continue) an evaluation; write the prediction files once every problem is done (when `stop`
     was set, for the problems complete so far)."""
-    row = store.require_eval(eval_id)
+    row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
-    items = store.eval_items(eval_id)
+    items = EvalStore(store).eval_items(eval_id)
     iterations = int(params["iterations"])
     progress = Progress(problems=len(items), rollouts_total=len(items) * iterations)
     for item in items:
@@ -162,7 +163,7 @@ def execute(
             progress.correct_final += int(bool(item.final_correct))
             progress.tokens += sum(item.prompt_tokens) + sum(item.completion_tokens)
     progress.rollouts_at_start = progress.rollouts_done
-    store.update_eval(eval_id, status="running")
+    EvalStore(store).update_eval(eval_id, status="running")
     on_start(progress)
     results = run_items(
         graph=graph,
@@ -176,25 +177,25 @@ def execute(
         stop=stop,
         on_tick=on_tick,
     )
-    row = store.get_eval(eval_id) or row
+    row = EvalStore(store).get_eval(eval_id) or row
     manifest = row.manifest
-    items = store.eval_items(eval_id)
+    items = EvalStore(store).eval_items(eval_id)
     written: list[Path] = []
     if all(item.status == "done" for item in items):
         finished = utcnow()
         manifest["finished_at"] = finished
-        store.update_eval(
+        EvalStore(store).update_eval(
             eval_id,
             status="done",
             finished_at=finished,
             manifest_json=manifest_json(manifest),
         )
-        row = store.get_eval(eval_id) or row
+        row = EvalStore(store).get_eval(eval_id) or row
         written = write_predictions(store, row, Path(manifest["output_dir"]))
     else:
-        store.update_eval(eval_id, status="interrupted" if stop.is_set() else "incomplete")
+        EvalStore(store).update_eval(eval_id, status="interrupted" if stop.is_set() else "incomplete")
         if stop.is_set() and any(item.status == "done" for item in items):
             written = write_predictions(
-                store, store.get_eval(eval_id) or row, Path(manifest["output_dir"]), done_only=True
+                store, EvalStore(store).get_eval(eval_id) or row, Path(manifest["output_dir"]), done_only=True
             )
-    return store.get_eval(eval_id) or row, results, written
+    return EvalStore(store).get_eval(eval_id) or row, results, written

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Served, get_served
-from knowledge_flow.persistence.store import Store, get_store
+from knowledge_flow.persistence.store import RolloutStore, get_store
 from knowledge_flow.state import State
 from knowledge_flow.strategies import Step, Strategy, get_strategy
 
@@ -18,7 +16,7 @@ def context_of(runtime: Runtime[Context]) -> Context:
     return runtime.context if isinstance(runtime.context, Context) else Context()
 
 
-def store_of(runtime: Runtime[Context]) -> Store:
+def store_of(runtime: Runtime[Context]) -> RolloutStore:
     return get_store(context_of(runtime).db_path)
 
 
@@ -37,10 +35,3 @@ def step_of(state: State, runtime: Runtime[Context]) -> tuple[Strategy, Step, Se
     table = store.prompt_set(params["prompt_hash"]).table(strategy.spec)
     served = served_of(runtime, params["model"])
     return strategy, Step(state, table, served, store), served
-
-
-def package_version() -> str:
-    try:
-        return version("knowledge-flow")
-    except PackageNotFoundError:
-        return "0+unknown"

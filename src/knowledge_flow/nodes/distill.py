@@ -1,5 +1,5 @@
 """`distill_knowledge`: screen the iteration's rollouts, select among the thinkers (by confidence, vote,
-confidence-weighted vote or the verifier's verdict; see `knowledge_flow.thinkers`), then let the strategy
+confidence-weighted vote or the verifier's verdict; see `knowledge_flow.strategies.thinkers`), then let the strategy
 update knowledge and reference."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
-from knowledge_flow import thinkers
-from knowledge_flow.answers import normalize
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint.client import endpoint_errors
 from knowledge_flow.nodes.common import context_of, step_of, store_of
-from knowledge_flow.policies import uses_traces
-from knowledge_flow.state import CurrentRollout, KnowledgeItem, Selection, State, TraceVote
+from knowledge_flow.state import Candidate, KnowledgeItem, Selection, State, TraceVote
+from knowledge_flow.strategies import thinkers
+from knowledge_flow.strategies.policies import uses_traces
+from knowledge_flow.text.answers import normalize
 
 
 def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list[KnowledgeItem] | Overwrite:
@@ -28,7 +28,7 @@ def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list
     return Overwrite(new)
 
 
-def selection_of(state: State, candidates: list[CurrentRollout], best: CurrentRollout) -> Selection:
+def selection_of(state: State, candidates: list[Candidate], best: Candidate) -> Selection:
     params = state["params"]
     answer_type = params["answer_type"]
     rule = params.get("select_rule", "confidence")
@@ -113,7 +113,7 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         "reference": result.reference,
         "reference_answer": result.reference_answer,
         "answers": [best["answer"]],
-        "reported": [bool(result.changed) and best["error_report"] is not None],
+        "changed_with_report": [bool(result.changed) and best["error_report"] is not None],
         "usage": {
             "prompt_tokens": usage["prompt_tokens"] + sum(c["prompt_tokens"] for c in candidates),
             "completion_tokens": usage["completion_tokens"] + sum(c["completion_tokens"] for c in candidates),

@@ -8,8 +8,8 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import step_of, store_of
-from knowledge_flow.parsing import parse_rollout
-from knowledge_flow.state import CurrentRollout, State
+from knowledge_flow.state import Candidate, State
+from knowledge_flow.text.parsing import parse_rollout
 
 
 def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -17,7 +17,7 @@ def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, _ = step_of(state, runtime)
     rules = step.rules
     store = store_of(runtime)
-    candidates: list[CurrentRollout] = []
+    candidates: list[Candidate] = []
     for rid in state.get("pending_rollouts") or []:
         row = store.get_rollout(rid)
         if row is None:
@@ -38,7 +38,7 @@ def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             parsed_from=parsed.parsed_from if row.error is None else None,
         )
         candidates.append(
-            CurrentRollout(
+            Candidate(
                 rollout_id=row.id,
                 answer=parsed.answer,
                 summary=parsed.summary_raw,

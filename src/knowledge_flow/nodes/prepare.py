@@ -10,9 +10,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from knowledge_flow.context import Context
-from knowledge_flow.nodes.common import context_of, package_version, store_of
+from knowledge_flow.nodes.common import context_of, store_of
 from knowledge_flow.params import resolve_run
 from knowledge_flow.state import State
+from knowledge_flow.version import package_version
 
 #: State of TRT, DeepConf and thinker selection, and its value at the start of a run on a thread that held one
 #: (a first run never writes them, so runs that do not use them keep checkpoints as small as before).
@@ -60,6 +61,6 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "final_answer": None,
     }
     if state.get("run_id"):  # a new run on a thread that held one: what that run left starts empty again
-        update |= {"answers": Overwrite([]), "reported": Overwrite([]), "knowledge": Overwrite([])}
+        update |= {"answers": Overwrite([]), "changed_with_report": Overwrite([]), "knowledge": Overwrite([])}
         update |= RUN_FIELDS | {"traces": Overwrite([])}
     return update

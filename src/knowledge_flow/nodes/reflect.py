@@ -16,17 +16,17 @@ from typing import Any, Literal, cast
 
 from langgraph.runtime import Runtime
 
-from knowledge_flow.answers import normalize
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion
 from knowledge_flow.endpoint.served import Served
 from knowledge_flow.nodes.calls import endpoint_of, request_once, sampling_of
 from knowledge_flow.nodes.common import step_of, store_of
 from knowledge_flow.nodes.distill import knowledge_update
-from knowledge_flow.persistence.store import CallRow, Store, utcnow
-from knowledge_flow.state import CurrentRollout, State, ThinkerStrategy, Usage, Verdict
+from knowledge_flow.persistence.store import CallRow, RolloutStore, utcnow
+from knowledge_flow.state import Candidate, State, ThinkerStrategy, Usage, Verdict
 from knowledge_flow.strategies import Reflecting, RolloutPrompt, RoundRollout, get_strategy
 from knowledge_flow.strategies.trt import PLAN, REFLECT, VERIFY, final_text
+from knowledge_flow.text.answers import normalize
 
 __all__ = ["reflect", "route_after_extract", "route_after_prepare", "verify"]
 
@@ -81,7 +81,7 @@ def reply_text(row: CallRow) -> str | None:
     return None if row.error is not None else final_text(row.content, row.reasoning)
 
 
-def last_round(state: State, store: Store) -> list[RoundRollout]:
+def last_round(state: State, store: RolloutStore) -> list[RoundRollout]:
     """The rollouts of the iteration just distilled, with their outcomes from the strategy history."""
     history = state.get("strategy_history") or []
     outcomes = {e["rollout_id"]: e["outcome"] for e in history[-1]["entries"]} if history else {}
@@ -119,7 +119,7 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return {**update, "usage": with_usage(state, row)}
 
 
-def eligible(state: State) -> list[CurrentRollout]:
+def eligible(state: State) -> list[Candidate]:
     """The candidates a verifier chooses among: rollouts with an answer that may vote."""
     answer_type = state["params"]["answer_type"]
     return [

@@ -11,7 +11,7 @@ served tokenizer, fits the generation budget to the served context and picks the
 
 Streaming (strategies that ask for it, e.g. deepconf): every thinker is its own streamed request with top
 log-probabilities; the client stops a trace once its group confidence falls below the strategy's threshold
-(see `knowledge_flow.confidence.WindowMonitor`) and stores it with the tokens it received and the stop reason
+(see `knowledge_flow.strategies.confidence.WindowMonitor`) and stores it with the tokens it received and the stop reason
 ``gconf_threshold``. Streams go out concurrently, except to llama.cpp's server, which ends a running stream
 when another request arrives: there they go one after the other.
 
@@ -34,7 +34,6 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from knowledge_flow.confidence import DEFAULT_WINDOW, WindowMonitor, measures, pack, token_confidences
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, prepare, sample, send_stream
 from knowledge_flow.endpoint.client import endpoint_errors
@@ -50,11 +49,13 @@ from knowledge_flow.nodes.calls import (
     with_faults,
 )
 from knowledge_flow.nodes.common import context_of, step_of, store_of
-from knowledge_flow.persistence.store import RolloutRow, Store, utcnow
+from knowledge_flow.options import DEFAULT_WINDOW
+from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
 from knowledge_flow.state import State
 from knowledge_flow.strategies import RolloutPrompt, Streaming, get_strategy
-from knowledge_flow.thinkers import spread
-from knowledge_flow.tokens import estimate_tokens
+from knowledge_flow.strategies.confidence import WindowMonitor, measures, pack, token_confidences
+from knowledge_flow.strategies.thinkers import spread
+from knowledge_flow.text.tokens import estimate_tokens
 
 __all__ = ["CONTENT_ATTEMPTS", "CONTENT_FAULTS", "REQUEST_FAULTS", "rollout_id", "sample_or_fault", "solve"]
 
@@ -106,7 +107,7 @@ class Iteration:
     sampling: Sampling
     streaming: Streaming | None
     endpoint: Endpoint
-    store: Store
+    store: RolloutStore
 
     def store_outcomes(
         self,
@@ -117,7 +118,7 @@ class Iteration:
         counted: int | None = None,
         retries: int = 0,
     ) -> None:
-        """Store the thinkers' rollouts; `counted`: the prompt's tokens as counted before sending (also when it
+        """RolloutStore the thinkers' rollouts; `counted`: the prompt's tokens as counted before sending (also when it
         was too long to send); `retries`: requests sent again for them."""
         state, params = self.state, self.state["params"]
         prompt = self.prompts[indices[0]]

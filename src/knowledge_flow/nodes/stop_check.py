@@ -16,9 +16,9 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import store_of
-from knowledge_flow.policies import final_answer, should_stop
 from knowledge_flow.state import State
 from knowledge_flow.strategies import get_strategy
+from knowledge_flow.strategies.policies import final_answer, should_stop
 
 MAX_FAILED_STREAK = 3
 
@@ -33,7 +33,7 @@ def stop_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         params["stop_policy"],
         params["iterations"],
         answers,
-        state.get("reported", []),
+        state.get("changed_with_report", []),
         params["answer_type"],
         traces,
         params["final_answer_rule"],

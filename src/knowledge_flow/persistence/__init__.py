@@ -1,7 +1,8 @@
 """SQLite persistence: LangGraph checkpoints and the rollout store share one file.
 
 Modules: `files` (the file checks, standard library only), `checkpointer` (LangGraph's SQLite saver, opened
-lazily, compressed), `store` (runs, rollouts, prompt sets, evaluations), `leases` (one process per run).
+lazily, compressed), `rows` and `schema` (the tables, opening and migrating a file), `store` (runs, rollouts, calls,
+prompt sets), `leases` (one process per run).
 The names below load on first use.
 """
 
@@ -12,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from knowledge_flow.persistence.checkpointer import SqliteCheckpointer, connect
-    from knowledge_flow.persistence.store import RolloutRow, RunRow, Store, get_store
+    from knowledge_flow.persistence.store import RolloutRow, RolloutStore, RunRow, get_store
 
 _EXPORTS = {
     "SqliteCheckpointer": "knowledge_flow.persistence.checkpointer",
     "connect": "knowledge_flow.persistence.checkpointer",
     "RolloutRow": "knowledge_flow.persistence.store",
     "RunRow": "knowledge_flow.persistence.store",
-    "Store": "knowledge_flow.persistence.store",
+    "RolloutStore": "knowledge_flow.persistence.store",
     "get_store": "knowledge_flow.persistence.store",
 }
 
@@ -30,4 +31,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'knowledge_flow.persistence' has no attribute {name!r}")
 
 
-__all__ = ["RolloutRow", "RunRow", "SqliteCheckpointer", "Store", "connect", "get_store"]
+__all__ = ["RolloutRow", "RolloutStore", "RunRow", "SqliteCheckpointer", "connect", "get_store"]

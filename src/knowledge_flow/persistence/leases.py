@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from knowledge_flow.persistence.store import Base, Store, utcnow
+from knowledge_flow.persistence.rows import Base, utcnow
+from knowledge_flow.persistence.store import RolloutStore
 
 HEARTBEAT_S = 5.0
 EXPIRY_S = 30.0
@@ -62,7 +63,7 @@ def _alive_here(row: LeaseRow) -> bool:
 
 @dataclass
 class Lease:
-    store: Store
+    store: RolloutStore
     key: str
     token: str
     _stop: threading.Event
@@ -84,7 +85,7 @@ class Lease:
         self.release()
 
 
-def acquire(store: Store, key: str, *, heartbeat: bool = True) -> Lease:
+def acquire(store: RolloutStore, key: str, *, heartbeat: bool = True) -> Lease:
     """Take the lease on `key` or raise `LeaseHeld`; renews itself until released."""
     token = uuid.uuid4().hex
     now = time.time()
@@ -115,7 +116,7 @@ def _renew(lease: Lease) -> None:
             row.heartbeat = time.time()
 
 
-def holder(store: Store, key: str) -> LeaseRow | None:
+def holder(store: RolloutStore, key: str) -> LeaseRow | None:
     """The live holder of `key`, if any."""
     with store.session() as session:
         row = session.get(LeaseRow, key)

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from knowledge_flow.params import LOCAL_MODEL_ALIAS
+from knowledge_flow.context import LOCAL_MODEL_ALIAS
 from knowledge_flow.server_launch.model_files import MODEL_SHA256, cache_dir, ensure_model
 from knowledge_flow.server_launch.process import ServerError
 

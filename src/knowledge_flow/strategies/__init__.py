@@ -13,9 +13,9 @@ from knowledge_flow.prompts import PromptSet
 from knowledge_flow.records import KnowledgeItem
 from knowledge_flow.strategies.base import (
     Distilled,
-    History,
     Reflecting,
     RolloutPrompt,
+    RolloutReader,
     RoundRollout,
     Screened,
     Step,
@@ -61,9 +61,9 @@ def get_strategy(name: str) -> Strategy:
 __all__ = [
     "STRATEGIES",
     "Distilled",
-    "History",
     "Reflecting",
     "RolloutPrompt",
+    "RolloutReader",
     "RoundRollout",
     "Screened",
     "Step",

@@ -13,16 +13,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from knowledge_flow.answers import equivalent
-from knowledge_flow.parsing import ParsedRollout
 from knowledge_flow.prompts import PromptSpec, PromptTable
-from knowledge_flow.records import AnswerType, CurrentRollout, KnowledgeItem, RunParams, ThinkerStrategy
-from knowledge_flow.tokens import TokenCounter
+from knowledge_flow.records import (
+    AnswerType,
+    Candidate,
+    KnowledgeItem,
+    Message,
+    RunParams,
+    StoredRollout,
+    ThinkerStrategy,
+)
+from knowledge_flow.text.answers import equivalent
+from knowledge_flow.text.parsing import ParsedRollout
+from knowledge_flow.text.tokens import TokenCounter
 
 if TYPE_CHECKING:
     from knowledge_flow.state import State
 
-Message = dict[str, str]
 
 #: What a prompt set's templates see in every strategy.
 COMMON_VARIABLES = frozenset({"problem", "answer_slot", "iteration", "reference"})
@@ -41,17 +48,7 @@ class Rules(BaseModel):
     )
 
 
-@dataclass(frozen=True)
-class StoredRollout:
-    """A stored rollout's texts, as later prompts need them."""
-
-    messages: list[Message]
-    prefill: str | None
-    content: str
-    reasoning: str | None
-
-
-class History(Protocol):
+class RolloutReader(Protocol):
     """Read access to stored rollouts (the rollout store)."""
 
     def stored_texts(self, rollout_id: str) -> StoredRollout | None: ...
@@ -90,7 +87,7 @@ class Streaming:
 class Screened:
     """The iteration's rollouts after a strategy's screening (before the thinkers are selected)."""
 
-    candidates: list[CurrentRollout]
+    candidates: list[Candidate]
     state: dict[str, Any] = field(default_factory=dict)
     """State fields the screening sets (e.g. DeepConf's online threshold)."""
 
@@ -102,7 +99,7 @@ class Step:
     state: State
     table: PromptTable
     tokens: TokenCounter
-    history: History
+    history: RolloutReader
 
     @property
     def params(self) -> RunParams:
@@ -137,11 +134,11 @@ class Strategy(Protocol):
     name: str
     spec: PromptSpec
     final_answer_rule: str
-    """The default label-free final-answer rule (see `knowledge_flow.policies`)."""
+    """The default label-free final-answer rule (see `knowledge_flow.strategies.policies`)."""
     stop_policy: str
     """The default stop policy."""
     select_rule: str
-    """The default way the iteration's answer is chosen among its thinkers (see `knowledge_flow.thinkers`)."""
+    """The default way the iteration's answer is chosen among its thinkers (see `strategies.thinkers`)."""
     confidence_score: str
     """The default thinker score."""
     default_thinkers: int
@@ -164,7 +161,7 @@ class Strategy(Protocol):
         """Whether the next iteration's rollouts are streamed, and when a trace is stopped."""
         ...
 
-    def screen(self, step: Step, candidates: list[CurrentRollout]) -> Screened:
+    def screen(self, step: Step, candidates: list[Candidate]) -> Screened:
         """The iteration's parsed rollouts as selection sees them (e.g. marked as kept out of votes)."""
         ...
 
@@ -188,9 +185,7 @@ class Strategy(Protocol):
         """The knowledge items the next prompt shows, in display order."""
         ...
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         """The knowledge record and reference after an iteration whose best rollout is `best`."""
         ...
 
@@ -207,7 +202,7 @@ class Reflecting(Strategy, Protocol):
         """The state update from the call's final text (None when the call failed)."""
         ...
 
-    def verify_prompt(self, step: Step, candidates: Sequence[CurrentRollout]) -> RolloutPrompt:
+    def verify_prompt(self, step: Step, candidates: Sequence[Candidate]) -> RolloutPrompt:
         """The verifier's prompt over the numbered candidates (1-based, in order)."""
         ...
 
@@ -253,7 +248,7 @@ class BaseStrategy:
     def streaming(self, step: Step) -> Streaming | None:
         return None
 
-    def screen(self, step: Step, candidates: list[CurrentRollout]) -> Screened:
+    def screen(self, step: Step, candidates: list[Candidate]) -> Screened:
         return Screened(candidates)
 
     def section_names(self, rules: Any) -> tuple[str, ...]:
@@ -298,7 +293,7 @@ class BaseStrategy:
         return self.render(step, key, self.variables(step), step.rules.max_tokens_fraction)
 
     def reference_update(
-        self, state: State, best: CurrentRollout, update_reference: bool
+        self, state: State, best: Candidate, update_reference: bool
     ) -> tuple[str | None, str | None, bool | None]:
         """(reference, reference answer, changed). A rollout with no answer, or an uncertain iteration,
         leaves the reference as it was, so one broken output never erases what earlier rollouts found."""
@@ -312,9 +307,7 @@ class BaseStrategy:
             return reference, previous, changed
         return (best["summary"] or reference), best["answer"], changed
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         reference, answer, changed = self.reference_update(step.state, best, update_reference)
         return Distilled(list(step.state.get("knowledge", [])), reference, answer, changed)
 
@@ -325,7 +318,7 @@ def item_tokens(item: KnowledgeItem, counter: TokenCounter | None = None) -> int
     stored = item.get("tokens")
     if stored is not None:
         return stored
-    from knowledge_flow.tokens import estimate_tokens
+    from knowledge_flow.text.tokens import estimate_tokens
 
     return (counter.count(item["text"]) if counter is not None else estimate_tokens(item["text"])) + ITEM_OVERHEAD
 

@@ -21,11 +21,11 @@ Without log-probabilities from the server there is no threshold: nothing is stop
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from knowledge_flow.confidence import DEFAULT_WINDOW, warmup_threshold
+from knowledge_flow.options import DEFAULT_WINDOW
 from knowledge_flow.prompts import PromptSpec
-from knowledge_flow.state import CurrentRollout, State
+from knowledge_flow.records import Candidate
 from knowledge_flow.strategies.base import (
     COMMON_VARIABLES,
     BaseStrategy,
@@ -36,6 +36,10 @@ from knowledge_flow.strategies.base import (
     Step,
     Streaming,
 )
+from knowledge_flow.strategies.confidence import warmup_threshold
+
+if TYPE_CHECKING:
+    from knowledge_flow.state import State
 
 CANCELLED = "gconf_threshold"
 BELOW = "below_threshold"
@@ -77,7 +81,7 @@ class DeepConf(BaseStrategy):
         threshold = step.state.get("confidence_threshold") if step.iteration > 0 else None
         return Streaming(threshold, int(step.params.get("confidence_window") or DEFAULT_WINDOW))
 
-    def screen(self, step: Step, candidates: list[CurrentRollout]) -> Screened:
+    def screen(self, step: Step, candidates: list[Candidate]) -> Screened:
         """After the warm-up wave, set the threshold; keep every trace below it out of votes."""
         update: dict[str, Any] = {}
         threshold = step.state.get("confidence_threshold")
@@ -94,12 +98,10 @@ class DeepConf(BaseStrategy):
             lowest = (candidate.get("measures") or {}).get("lowest")
             below = threshold is not None and lowest is not None and lowest < threshold
             if below and not candidate.get("excluded") and candidate["error"] is None:
-                candidate = CurrentRollout(**{**candidate, "excluded": BELOW})
+                candidate = Candidate(**{**candidate, "excluded": BELOW})
             screened.append(candidate)
         return Screened(screened, update)
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         _, answer, changed = self.reference_update(step.state, best, update_reference)
         return Distilled([], None, answer, changed)

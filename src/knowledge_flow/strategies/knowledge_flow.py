@@ -37,11 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
-from knowledge_flow.answers import equivalent, normalize
-from knowledge_flow.parsing import REPORT, ParsedRollout
-from knowledge_flow.policies import parse_final_answer_rule
 from knowledge_flow.prompts import PromptSpec
-from knowledge_flow.records import AnswerType, CurrentRollout, KnowledgeItem
+from knowledge_flow.records import AnswerType, Candidate, KnowledgeItem
 from knowledge_flow.strategies.base import (
     COMMON_OPTIONAL,
     COMMON_VARIABLES,
@@ -53,7 +50,10 @@ from knowledge_flow.strategies.base import (
     Step,
     item_tokens,
 )
-from knowledge_flow.tokens import TokenCounter
+from knowledge_flow.strategies.policies import parse_final_answer_rule
+from knowledge_flow.text.answers import equivalent, normalize
+from knowledge_flow.text.parsing import REPORT, ParsedRollout
+from knowledge_flow.text.tokens import TokenCounter
 
 if TYPE_CHECKING:
     from knowledge_flow.state import State
@@ -226,9 +226,7 @@ class KnowledgeFlow(BaseStrategy):
         key = "first" if self.independent(step) else "later"
         return self.render(step, key, self.variables(step), step.rules.max_tokens_fraction)
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         """A kept rollout whose answer differs from the reference answer and that wrote an error report adds
         an item whose wrong answer is the reference (previous) answer; the best rollout's comes first."""
         state = step.state

@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import Field
 
 from knowledge_flow.prompts import PromptSpec
-from knowledge_flow.records import CurrentRollout
-from knowledge_flow.sentences import tail_sentences
-from knowledge_flow.strategies.base import BaseStrategy, Distilled, RolloutPrompt, Rules, Step, StoredRollout
+from knowledge_flow.records import Candidate, StoredRollout
+from knowledge_flow.strategies.base import BaseStrategy, Distilled, RolloutPrompt, Rules, Step
+from knowledge_flow.text.sentences import tail_sentences
 
 
 class MarkovianRules(Rules):
@@ -71,8 +71,6 @@ class Markovian(BaseStrategy):
             self.budget(step, rules.later_max_tokens_fraction),
         )
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         _, answer, changed = self.reference_update(step.state, best, update_reference)
         return Distilled([], None, answer, changed)

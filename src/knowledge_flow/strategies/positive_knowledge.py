@@ -20,11 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from knowledge_flow.parsing import ParsedRollout, is_na, last_integer
 from knowledge_flow.prompts import PromptSpec
 from knowledge_flow.prompts.environment import strip_leading_colon
-from knowledge_flow.records import CurrentRollout, KnowledgeItem
-from knowledge_flow.sentences import tail_sentences
+from knowledge_flow.records import Candidate, KnowledgeItem
 from knowledge_flow.strategies.base import (
     COMMON_OPTIONAL,
     COMMON_VARIABLES,
@@ -35,6 +33,9 @@ from knowledge_flow.strategies.base import (
     Step,
 )
 from knowledge_flow.strategies.knowledge_flow import numbered
+from knowledge_flow.text.boxed import last_integer
+from knowledge_flow.text.parsing import ParsedRollout, is_na
+from knowledge_flow.text.sentences import tail_sentences
 
 if TYPE_CHECKING:
     from knowledge_flow.state import State
@@ -115,9 +116,7 @@ class PositiveKnowledge(BaseStrategy):
             return None
         return KnowledgeItem(wrong_answer=None, text=novel, iteration=step.iteration, tokens=tokens)
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         reference, answer, changed = self.reference_update(step.state, best, update_reference)
         items = list(step.state.get("knowledge", []))
         extras = best["extras"]

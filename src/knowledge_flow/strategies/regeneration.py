@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from knowledge_flow.parsing import ParsedRollout
 from knowledge_flow.prompts import PromptSpec
-from knowledge_flow.records import CurrentRollout, KnowledgeItem
-from knowledge_flow.sentences import tail_sentences
+from knowledge_flow.records import Candidate, KnowledgeItem
 from knowledge_flow.strategies.base import COMMON_OPTIONAL, COMMON_VARIABLES, BaseStrategy, Distilled, Rules, Step
+from knowledge_flow.text.parsing import ParsedRollout
+from knowledge_flow.text.sentences import tail_sentences
 
 if TYPE_CHECKING:
     from knowledge_flow.state import State
@@ -67,9 +67,7 @@ class Regeneration(BaseStrategy):
         fraction = step.rules.trim_fraction
         return None if fraction is None else max(1, int(step.params["max_new_tokens"] * fraction))
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         reference, answer, changed = self.reference_update(step.state, best, update_reference)
         written = best["extras"].get(LIST)
         if not written:

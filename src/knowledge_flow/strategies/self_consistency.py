@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from knowledge_flow.records import CurrentRollout
+from knowledge_flow.records import Candidate
 from knowledge_flow.strategies.base import BaseStrategy, Distilled, RolloutPrompt, Step
 from knowledge_flow.strategies.knowledge_flow import SPEC
 
@@ -22,8 +22,6 @@ class SelfConsistency(BaseStrategy):
     def build_prompt(self, step: Step) -> RolloutPrompt:
         return self.render(step, "first", self.variables(step), step.rules.max_tokens_fraction)
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         _, answer, changed = self.reference_update(step.state, best, update_reference)
         return Distilled([], None, answer, changed)

@@ -27,22 +27,18 @@ never requested twice. Their replies are JSON objects; the last JSON object of t
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from knowledge_flow.answers import normalize
-from knowledge_flow.parsing import split_thinking
 from knowledge_flow.prompts import PromptSpec
-from knowledge_flow.state import (
-    CurrentRollout,
+from knowledge_flow.records import (
+    Candidate,
     HistoryEntry,
     KnowledgeItem,
+    Message,
     Reflection,
-    State,
     StrategyRound,
     ThinkerStrategy,
 )
@@ -52,19 +48,25 @@ from knowledge_flow.strategies.base import (
     ITEM_OVERHEAD,
     BaseStrategy,
     Distilled,
-    Message,
     RolloutPrompt,
     RoundRollout,
     Rules,
     Step,
 )
+from knowledge_flow.strategies.trt_replies import (
+    lesson_text,
+    read_lesson,
+    read_number,
+    read_strategies,
+    reply_object,
+)
+from knowledge_flow.text.answers import normalize
+from knowledge_flow.text.parsing import split_thinking
+
+if TYPE_CHECKING:
+    from knowledge_flow.state import State
 
 PLAN, REFLECT, VERIFY = "plan", "reflect", "verify"
-#: At most this many characters of a strategy field or lesson field are kept.
-FIELD_LIMIT = 2000
-#: At most this many ``{`` positions of a reply are tried as the start of a JSON object.
-JSON_STARTS = 2000
-LESSON_FIELDS = ("pattern", "when_to_use", "key_insight", "observed_mistakes")
 FAILURES = ("disagrees", "no answer", "failed")
 
 
@@ -89,94 +91,6 @@ SPEC = PromptSpec(
 )
 
 
-# --- reading the calls' JSON replies ---------------------------------------------------------------------
-def json_objects(text: str) -> list[dict[str, Any]]:
-    """The top-level JSON objects in `text`, in order (code fences and prose around them are ignored)."""
-    decoder = json.JSONDecoder()
-    found: list[dict[str, Any]] = []
-    end = 0
-    tried = 0
-    for match in re.finditer(r"\{", text):
-        start = match.start()
-        if start < end:
-            continue
-        tried += 1
-        if tried > JSON_STARTS:
-            break
-        try:
-            value, stop = decoder.raw_decode(text, start)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-            end = stop
-    return found
-
-
-def reply_object(text: str, keys: Sequence[str]) -> dict[str, Any] | None:
-    """The last top-level JSON object of the reply that has one of `keys`."""
-    return next((value for value in reversed(json_objects(text)) if any(key in value for key in keys)), None)
-
-
-def clip(value: Any) -> str:
-    return " ".join(str(value).split())[:FIELD_LIMIT] if value is not None else ""
-
-
-def as_list(value: Any) -> list[str]:
-    items = value if isinstance(value, list) else [value] if value else []
-    return [text for text in (clip(item) for item in items if not isinstance(item, dict | list)) if text]
-
-
-def read_strategies(value: Any, count: int) -> list[ThinkerStrategy] | None:
-    """At most `count` strategies from a reply's ``strategies`` field; None when there is none."""
-    if not isinstance(value, list):
-        return None
-    strategies: list[ThinkerStrategy] = []
-    for entry in value:
-        if not isinstance(entry, dict):
-            continue
-        technique, what = clip(entry.get("key_technique")), clip(entry.get("what_to_try"))
-        if technique or what:
-            strategies.append(ThinkerStrategy(key_technique=technique, what_to_try=what))
-    return strategies[:count] or None
-
-
-def read_lesson(value: Any) -> dict[str, Any] | None:
-    """The reflection's knowledge item, with its four fields; None when it wrote none."""
-    if not isinstance(value, dict):
-        return None
-    lesson = {
-        "pattern": clip(value.get("pattern")),
-        "when_to_use": as_list(value.get("when_to_use")),
-        "key_insight": clip(value.get("key_insight")),
-        "observed_mistakes": as_list(value.get("observed_mistakes")),
-    }
-    return lesson if any(lesson.values()) else None
-
-
-def lesson_text(lesson: dict[str, Any]) -> str:
-    parts = [
-        ("Pattern", lesson["pattern"]),
-        ("When it applies", "; ".join(lesson["when_to_use"])),
-        ("Key insight", lesson["key_insight"]),
-        ("Mistakes seen", "; ".join(lesson["observed_mistakes"])),
-    ]
-    return "\n".join(f"{name}: {value}" for name, value in parts if value)
-
-
-def read_number(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
-# --- what the templates see ------------------------------------------------------------------------------
 def field_of(strategy: ThinkerStrategy | None, key: str) -> str | None:
     return None if strategy is None else str(strategy.get(key, "")) or None
 
@@ -197,7 +111,7 @@ def history_view(history: Sequence[StrategyRound]) -> list[dict[str, Any]]:
     ]
 
 
-def outcome_of(candidate: CurrentRollout, selected: CurrentRollout | None, answer_type: Any) -> str:
+def outcome_of(candidate: Candidate, selected: Candidate | None, answer_type: Any) -> str:
     if candidate["error"] is not None:
         return "failed"
     key = normalize(candidate["answer"], answer_type)
@@ -268,9 +182,7 @@ class Trt(BaseStrategy):
             prompts.append(RolloutPrompt(self._messages(step, "solve", variables, "system"), budget, prefill, own))
         return prompts
 
-    def distill(
-        self, step: Step, best: CurrentRollout, kept: Sequence[CurrentRollout], update_reference: bool
-    ) -> Distilled:
+    def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
         """The selected rollout becomes the reference; the round joins the strategy history."""
         state = step.state
         reference, answer, changed = self.reference_update(state, best, update_reference)
@@ -386,7 +298,7 @@ class Trt(BaseStrategy):
         return update
 
     # --- the verifier --------------------------------------------------------------------------------
-    def verify_prompt(self, step: Step, candidates: Sequence[CurrentRollout]) -> RolloutPrompt:
+    def verify_prompt(self, step: Step, candidates: Sequence[Candidate]) -> RolloutPrompt:
         variables = self.variables(step)
         variables["candidates"] = [
             {

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from knowledge_flow.records import AnswerType
+from knowledge_flow.text.boxed import INTEGER, TEXT_WRAPPER, last_boxed, last_integer, normalize_integer
 
 THINK_END = "</think>"
-UNICODE_MINUS = "\u2212"
 THINK_START = "<think>"
 
 REPORT = "Error Report"
@@ -24,9 +24,6 @@ ANSWER = "Answer"
 KNOWN_SECTIONS: tuple[str, ...] = (REPORT, SUMMARY, ANSWER)
 
 _NA = re.compile(r"^\s*(?:\*\*)?\s*(?:n\s*/\s*a|none|na|not applicable)\s*\.?\s*(?:\*\*)?\s*$", re.IGNORECASE)
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_INTEGER = re.compile(r"(?<![\w.])[-+\u2212]?\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\w.])[-+\u2212]?\d+(?:\.0+)?(?![\d.]*\d)")
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 _NOT_AN_INTEGER = re.compile(r"\\frac|\\sqrt|\\pi|\^|/|\\cdot|\\times")
 
 
@@ -182,65 +179,12 @@ def text_after_header(text: str, name: str) -> str | None:
     return text[spans[-1].raw :].strip() if spans else None
 
 
-def _matching_braces(text: str) -> dict[int, int]:
-    """Index of each '{' -> index of its matching '}' (escaped braces ``\\{`` are ignored)."""
-    stack: list[int] = []
-    pairs: dict[int, int] = {}
-    for i, ch in enumerate(text):
-        if ch in "{}" and i and text[i - 1] == "\\":
-            continue
-        if ch == "{":
-            stack.append(i)
-        elif ch == "}" and stack:
-            pairs[stack.pop()] = i
-    return pairs
-
-
-def boxed_contents(text: str) -> list[str]:
-    """Contents of every balanced ``\\boxed{...}`` (and ``\\fbox{...}``), in order."""
-    if "\\boxed" not in text and "\\fbox" not in text:
-        return []
-    pairs = _matching_braces(text)
-    found = []
-    for match in _BOXED.finditer(text):
-        close = pairs.get(match.end() - 1)
-        if close is not None:
-            found.append(text[match.end() : close].strip())
-    return found
-
-
-def last_boxed(text: str) -> str | None:
-    contents = [c for c in boxed_contents(text) if c]
-    return contents[-1] if contents else None
-
-
-def normalize_integer(raw: str) -> str | None:
-    """'1,234' -> '1234', '$70$' -> '70', '\\text{70}' -> '70', '70.0' -> '70', '−2' -> '-2'; otherwise None."""
-    text = _TEXT_WRAPPER.sub(r"\1", raw).replace(UNICODE_MINUS, "-")
-    for junk in ("$", "\\!", "\\,", "\\;", "\\ ", "{", "}", " ", "^\\circ", "\\circ", "\\%", "%"):
-        text = text.replace(junk, "")
-    text = text.strip().rstrip(".")
-    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+", text):
-        text = text.replace(",", "")
-    match = re.fullmatch(r"([-+]?)(\d+)(?:\.0+)?", text)
-    if not match:
-        return None
-    sign, digits = match.groups()
-    digits = digits.lstrip("0") or "0"  # as text: int() refuses numbers of more than 4300 digits
-    return f"-{digits}" if sign == "-" and digits != "0" else digits
-
-
 def not_an_answer(boxed: str, answer_type: AnswerType) -> bool:
     """A boxed text that is no answer: N/A and the like; for integer problems, any text without a digit."""
     return is_na(boxed) or (answer_type == "integer" and not any(ch.isdigit() for ch in boxed))
 
 
-def last_integer(text: str) -> str | None:
-    matches = _INTEGER.findall(text)
-    return normalize_integer(matches[-1]) if matches else None
-
-
-def extract_answer(final: str, answer_type: AnswerType) -> str | None:
+def read_answer(final: str, answer_type: AnswerType) -> str | None:
     """The last ``\\boxed{}`` of the final text; for integer problems, the last integer as a fallback.
 
     For integer problems a boxed value is normalised ("1,234" -> "1234"); a boxed expression with exactly
@@ -257,7 +201,7 @@ def extract_answer(final: str, answer_type: AnswerType) -> str | None:
         as_int = normalize_integer(boxed)
         if as_int is not None:
             return as_int
-        integers = _INTEGER.findall(_TEXT_WRAPPER.sub(r"\1", boxed))
+        integers = INTEGER.findall(TEXT_WRAPPER.sub(r"\1", boxed))
         if len(integers) == 1 and not _NOT_AN_INTEGER.search(boxed):
             return normalize_integer(integers[0])
         return boxed
@@ -326,7 +270,7 @@ def parse_rollout(
     return ParsedRollout(
         thinking=thinking,
         final=final,
-        answer=extract_answer(final, answer_type),
+        answer=read_answer(final, answer_type),
         summary=sections.get(SUMMARY) or fallback,
         summary_raw=raw.get(SUMMARY) or fallback,
         error_report=None if is_na(report) else report,

@@ -17,16 +17,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from knowledge_flow.parsing import (
-    boxed_contents,
-    extract_answer,
-    last_boxed,
-    last_integer,
-    normalize_integer,
-    not_an_answer,
-    split_thinking,
-)
 from knowledge_flow.records import AnswerType
+from knowledge_flow.text.boxed import boxed_contents, last_boxed, last_integer, normalize_integer
+from knowledge_flow.text.parsing import not_an_answer, read_answer, split_thinking
 
 ANSWER_RULES = ("default", "last-boxed", "first-boxed", "last-integer", "paper")
 _BOXED_INTEGER = re.compile(r"\\boxed\{([-\u2212]?\d+)\}")
@@ -67,7 +60,7 @@ def _last_boxed_or_integer(content: str, reasoning: str | None, answer_type: Ans
 Rule = Callable[[str, str | None, AnswerType], str | None]
 
 _RULES: dict[str, Rule] = {
-    "default": lambda content, reasoning, kind: extract_answer(_final(content, reasoning), kind),
+    "default": lambda content, reasoning, kind: read_answer(_final(content, reasoning), kind),
     "last-boxed": lambda content, reasoning, kind: _boxed_value(last_boxed(_final(content, reasoning)), kind),
     "first-boxed": _first_boxed,
     "last-integer": lambda content, reasoning, kind: last_integer(_final(content, reasoning)),

@@ -22,9 +22,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from knowledge_flow.answers import normalize
-from knowledge_flow.confidence import MEASURES, Measure, keep_top, share_of_leader
 from knowledge_flow.records import AnswerType, TraceVote
+from knowledge_flow.strategies.confidence import MEASURES, Measure, keep_top, share_of_leader
+from knowledge_flow.text.answers import normalize
 
 CONF_VOTE = "conf-vote"
 CONSENSUS = "consensus"
@@ -126,7 +126,7 @@ def should_stop(
     policy: str,
     iterations: int,
     answers: Sequence[str | None],
-    reported: Sequence[bool],
+    changed_with_report: Sequence[bool],
     answer_type: AnswerType,
     traces: Sequence[TraceVote] = (),
     final_answer_rule: str = "last",
@@ -146,7 +146,7 @@ def should_stop(
     if len(answers) < k:
         return False
     last = [normalize(a, answer_type) for a in answers[-k:]]
-    return last[0] is not None and all(a == last[0] for a in last) and not any(reported[-k:])
+    return last[0] is not None and all(a == last[0] for a in last) and not any(changed_with_report[-k:])
 
 
 def final_answer(

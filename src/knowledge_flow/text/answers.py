@@ -10,8 +10,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from knowledge_flow.parsing import UNICODE_MINUS, normalize_integer
 from knowledge_flow.records import AnswerType
+from knowledge_flow.text.boxed import UNICODE_MINUS, normalize_integer
 
 
 def normalize(answer: str | None, answer_type: AnswerType) -> str | None:

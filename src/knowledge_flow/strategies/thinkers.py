@@ -28,8 +28,8 @@ import math
 import re
 from collections.abc import Sequence
 
-from knowledge_flow.answers import normalize
-from knowledge_flow.records import AnswerType, CurrentRollout
+from knowledge_flow.records import AnswerType, Candidate
+from knowledge_flow.text.answers import normalize
 
 _WORD = re.compile(r"\w+")
 
@@ -41,12 +41,12 @@ def spread(low: float, high: float, n: int) -> list[float]:
     return [round(low + i * step, 4) for i in range(n)]
 
 
-def score(candidate: CurrentRollout, by: str = "mean-logprob") -> float:
+def score(candidate: Candidate, by: str = "mean-logprob") -> float:
     value = candidate["confidence"] if by == "mean-logprob" else (candidate.get("measures") or {}).get(by)
     return float(value) if value is not None else -math.inf
 
 
-def can_vote(candidate: CurrentRollout, answer_type: AnswerType) -> bool:
+def can_vote(candidate: Candidate, answer_type: AnswerType) -> bool:
     return (
         candidate["error"] is None
         and not candidate.get("excluded")
@@ -54,9 +54,7 @@ def can_vote(candidate: CurrentRollout, answer_type: AnswerType) -> bool:
     )
 
 
-def tally(
-    candidates: Sequence[CurrentRollout], answer_type: AnswerType, weighted_by: str | None = None
-) -> dict[str, float]:
+def tally(candidates: Sequence[Candidate], answer_type: AnswerType, weighted_by: str | None = None) -> dict[str, float]:
     """Weight per normalised answer among the thinkers that can vote (one vote each, or their score)."""
     totals: dict[str, float] = {}
     for candidate in candidates:
@@ -70,15 +68,15 @@ def tally(
 
 
 def vote_winner(
-    candidates: Sequence[CurrentRollout], answer_type: AnswerType, score_by: str, weighted: bool
-) -> CurrentRollout | None:
+    candidates: Sequence[Candidate], answer_type: AnswerType, score_by: str, weighted: bool
+) -> Candidate | None:
     """The most confident thinker giving the winning answer; None when no thinker can vote."""
     totals = tally(candidates, answer_type, score_by if weighted else None)
     if not totals:
         return None
     voters = [c for c in candidates if can_vote(c, answer_type)]
 
-    def best_of(key: str) -> CurrentRollout:
+    def best_of(key: str) -> Candidate:
         group = [c for c in voters if normalize(c["answer"], answer_type) == key]
         return max(group, key=lambda c: (score(c, score_by), -voters.index(c)))
 
@@ -89,7 +87,7 @@ def vote_winner(
     return best_of(max(totals, key=rank))
 
 
-def similarity(a: CurrentRollout, b: CurrentRollout, answer_type: AnswerType) -> float:
+def similarity(a: Candidate, b: Candidate, answer_type: AnswerType) -> float:
     same = a["answer"] is not None and normalize(a["answer"], answer_type) == normalize(b["answer"], answer_type)
     words_a = set(_WORD.findall((a["summary"] or "").lower()))
     words_b = set(_WORD.findall((b["summary"] or "").lower()))
@@ -99,7 +97,7 @@ def similarity(a: CurrentRollout, b: CurrentRollout, answer_type: AnswerType) ->
 
 
 def select(
-    candidates: Sequence[CurrentRollout],
+    candidates: Sequence[Candidate],
     k: int,
     diversity_weight: float,
     answer_type: AnswerType,
@@ -107,12 +105,12 @@ def select(
     rule: str = "confidence",
     score_by: str = "mean-logprob",
     chosen: str | None = None,
-) -> list[CurrentRollout]:
+) -> list[Candidate]:
     """The kept thinkers, best first (a single candidate is always kept). `chosen` is the rollout id the
     verifier picked (rule `verifier`)."""
     pool = list(candidates)
-    kept: list[CurrentRollout] = []
-    first: CurrentRollout | None = None
+    kept: list[Candidate] = []
+    first: Candidate | None = None
     if rule == "verifier" and chosen is not None:
         first = next((c for c in pool if c["rollout_id"] == chosen and c["error"] is None), None)
     if first is None and rule in ("vote", "conf-vote", "verifier"):
@@ -122,7 +120,7 @@ def select(
         pool.remove(first)
     while pool and len(kept) < k:
 
-        def adjusted(candidate: CurrentRollout) -> float:
+        def adjusted(candidate: Candidate) -> float:
             penalty = max((similarity(candidate, other, answer_type) for other in kept), default=0.0)
             base = score(candidate, score_by)
             return base - diversity_weight * penalty if math.isfinite(base) else -math.inf
@@ -142,7 +140,7 @@ def select(
     return kept
 
 
-def agreement(candidates: Sequence[CurrentRollout], answer_type: AnswerType) -> float:
+def agreement(candidates: Sequence[Candidate], answer_type: AnswerType) -> float:
     keys = [normalize(c["answer"], answer_type) for c in candidates]
     counted = [key for key in keys if key is not None]
     if not candidates or not counted:
@@ -152,7 +150,7 @@ def agreement(candidates: Sequence[CurrentRollout], answer_type: AnswerType) -> 
 
 def next_range(
     current: Sequence[float],
-    candidates: Sequence[CurrentRollout],
+    candidates: Sequence[Candidate],
     threshold: float | None,
     answer_type: AnswerType,
     score_by: str = "mean-logprob",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from knowledge_flow.tokens import ESTIMATE, TokenCounter, estimate_tokens, token_starts
+from knowledge_flow.text.tokens import ESTIMATE, TokenCounter, estimate_tokens, token_starts
 
 #: Only this much text after the cut is segmented: enough to find the first sentence boundary.
 _WINDOW_CHARS = 6000

@@ -30,10 +30,10 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, TypeVar, get_args
 
+from knowledge_flow.options import DEFAULT_WINDOW
+
 Measure = Literal["lowest", "bottom10", "tail", "mean"]
 MEASURES: tuple[Measure, ...] = get_args(Measure)
-DEFAULT_WINDOW = 2048
-DEFAULT_TOP_LOGPROBS = 20
 #: Log-probabilities at or below this are sentinels for -inf, not values.
 LOGPROB_FLOOR = -1000.0
 BOTTOM_SHARE = 0.1

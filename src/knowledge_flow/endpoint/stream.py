@@ -1,0 +1,176 @@
+"""Streamed completions that the client can stop (DeepConf's online filter on a stock server).
+
+Streaming (`chat_stream`, `complete_ids_stream`): one choice, streamed with ``stream_options.include_usage``;
+each position's top log-probabilities go to the caller's `on_position` as they arrive, and when it returns
+True the client closes the stream at once (the server sees the connection close and stops generating: this
+is how a trace is cut short on a stock server). A cut stream has no usage from the server: its completion
+tokens are the positions received (the tokens paid for), and its finish reason is ``cancelled``. A stream the
+server ends without a finish reason is a fault (`ValueError`), like a response without choices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from knowledge_flow.endpoint.client import Completion, Message, Sampling
+
+#: Called with each streamed position's top log-probabilities; True stops the stream.
+PositionHook = Callable[[list[float]], bool]
+CANCELLED = "cancelled"
+
+
+@dataclass
+class _StreamState:
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    positions: int = 0
+    chunks_with_text: int = 0
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    cancelled: bool = False
+
+
+def _chat_chunk_positions(choice: Mapping[str, Any]) -> Iterable[tuple[float | None, list[float]]]:
+    for entry in (choice.get("logprobs") or {}).get("content") or []:
+        if isinstance(entry, dict):
+            value = entry.get("logprob")
+            tops = [float(c["logprob"]) for c in (entry.get("top_logprobs") or []) if c.get("logprob") is not None]
+            yield (float(value) if value is not None else None), tops
+
+
+def _completion_chunk_positions(choice: Mapping[str, Any]) -> Iterable[tuple[float | None, list[float]]]:
+    logprobs = choice.get("logprobs") or {}
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    for position in range(max(len(values), len(tops))):
+        value = values[position] if position < len(values) else None
+        top = tops[position] if position < len(tops) else None
+        yield (float(value) if value is not None else None), [float(v) for v in (top or {}).values() if v is not None]
+
+
+def consume_chunk(state: _StreamState, chunk: Mapping[str, Any], chat: bool, on_position: PositionHook | None) -> bool:
+    """Fold one streamed chunk into `state`; True when `on_position` asked to stop."""
+    if chunk.get("usage"):
+        state.usage = dict(chunk["usage"])
+    for choice in chunk.get("choices") or []:
+        if chat:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or ""
+            thought = delta.get("reasoning") or delta.get("reasoning_content") or ""
+            positions = _chat_chunk_positions(choice)
+        else:
+            text, thought = choice.get("text") or "", ""
+            positions = _completion_chunk_positions(choice)
+        if not isinstance(text, str) or not isinstance(thought, str):
+            raise TypeError("unexpected content type in a streamed chunk")
+        state.content.append(text)
+        state.reasoning.append(thought)
+        state.chunks_with_text += int(bool(text or thought))
+        if choice.get("finish_reason"):
+            state.finish_reason = choice["finish_reason"]
+        for value, tops in positions:
+            state.positions += 1
+            if value is not None:
+                state.token_logprobs.append(value)
+            if on_position is not None and on_position(tops):
+                state.cancelled = True
+                return True
+    return False
+
+
+def _streamed(
+    stream: Any, chat: bool, on_position: PositionHook | None, started: float, temperature: float
+) -> Completion:
+    state = _StreamState()
+    try:
+        for chunk in stream:
+            if consume_chunk(state, chunk.model_dump(), chat, on_position):
+                break
+    finally:
+        stream.close()  # a cut stream closes the connection: the server stops generating
+    if not state.cancelled and state.finish_reason is None:
+        # the server ended the stream early (llama.cpp's server does so when another request arrives)
+        raise ValueError("the stream ended before the completion did (no finish reason)")
+    usage = state.usage or {}
+    received = state.positions or state.chunks_with_text
+    return Completion(
+        content="".join(state.content),
+        reasoning="".join(state.reasoning) or None,
+        finish_reason=CANCELLED if state.cancelled else state.finish_reason,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=received if state.cancelled else int(usage.get("completion_tokens") or received),
+        latency_s=time.monotonic() - started,
+        temperature=temperature,
+        token_logprobs=state.token_logprobs or None,
+        cancelled=state.cancelled,
+    )
+
+
+def _stream_kwargs(sampling: Sampling, chat_api: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+    if sampling.logprobs:
+        kwargs |= (
+            {"logprobs": True, "top_logprobs": sampling.top_logprobs or 0}
+            if chat_api
+            else {"logprobs": sampling.top_logprobs or 1}
+        )
+    return kwargs
+
+
+def chat_stream(
+    client: openai.OpenAI,
+    messages: Sequence[Message],
+    sampling: Sampling,
+    *,
+    continue_final: bool = False,
+    server: str = "vllm",
+    on_position: PositionHook | None = None,
+) -> Completion:
+    """One streamed chat completion (a single choice), stopped early when `on_position` says so."""
+    extra = sampling.extra_body(server)
+    if continue_final:
+        extra |= {"continue_final_message": True, "add_generation_prompt": False}
+    kwargs = _stream_kwargs(sampling, chat_api=True)
+    if sampling.reasoning_effort:
+        kwargs["reasoning_effort"] = sampling.reasoning_effort
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model=sampling.model,
+        messages=[dict(m) for m in messages],  # type: ignore[misc]
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        n=1,
+        extra_body=extra,
+        **kwargs,
+    )
+    return _streamed(stream, True, on_position, started, sampling.temperature)
+
+
+def complete_ids_stream(
+    client: openai.OpenAI,
+    prompt_ids: Sequence[int],
+    sampling: Sampling,
+    *,
+    server: str = "vllm",
+    on_position: PositionHook | None = None,
+) -> Completion:
+    """One streamed completion whose prompt is a list of token ids, stopped early when `on_position` says so."""
+    started = time.monotonic()
+    stream = client.completions.create(
+        model=sampling.model,
+        prompt=list(prompt_ids),
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        n=1,
+        extra_body=sampling.extra_body(server),
+        **_stream_kwargs(sampling, chat_api=False),
+    )
+    return _streamed(stream, False, on_position, started, sampling.temperature)
