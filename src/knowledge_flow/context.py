@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from knowledge_flow.persistence.files import DEFAULT_DB
+
 DEFAULT_LOCAL_PORT = 8765
 DEFAULT_LOCAL_BASE_URL = f"http://127.0.0.1:{DEFAULT_LOCAL_PORT}/v1"
-DEFAULT_DB = "knowledge_flow.db"
 #: The model name runs send by default: the packaged CPU model's served name.
 LOCAL_MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
 

@@ -11,13 +11,15 @@ step had written them, so the graph then continues from there:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Overwrite
 
-from knowledge_flow.persistence.store import RolloutStore
+from knowledge_flow.persistence.store import RolloutStore, RunRow
 
 
 def predecessor(graph: CompiledStateGraph[Any, Any, Any, Any], node: str) -> str:
@@ -91,3 +93,38 @@ def reopen(
     graph.update_state(config, update, as_node=last)
     store.update_run(values["run_id"], status="running", final_answer=None, iterations_done=done)
     return done < int(params["iterations"])
+
+
+#: What `kf_runs` mirrors of a thread's checkpoint: checkpoint channel -> column.
+MIRRORED = {"status": "status", "iteration": "iterations_done", "final_answer": "final_answer"}
+
+
+def from_checkpoints(
+    store: RolloutStore, checkpointer: BaseCheckpointSaver[Any], runs: Sequence[RunRow]
+) -> list[RunRow]:
+    """The runs with status, iterations done and final answer as their threads' checkpoints hold them.
+
+    The checkpoint is the source (resume continues from it); ``kf_runs`` mirrors it for listing and is written
+    in the same step, so the two differ only when a process died between the two writes. A row that differs
+    is corrected here, so `show`, `threads` and `resume` never disagree. Only a thread's latest run has its
+    checkpoint; earlier runs keep their rows.
+    """
+    latest: dict[str, RunRow] = {}
+    for run in runs:
+        if run.thread_id not in latest or run.created_at >= latest[run.thread_id].created_at:
+            latest[run.thread_id] = run
+    for run in latest.values():
+        found = checkpointer.get_tuple({"configurable": {"thread_id": run.thread_id, "checkpoint_ns": ""}})
+        values = found.checkpoint["channel_values"] if found is not None else {}
+        if values.get("run_id") != run.run_id:
+            continue
+        changed = {
+            column: values[channel]
+            for channel, column in MIRRORED.items()
+            if channel in values and values[channel] != getattr(run, column)
+        }
+        if changed:
+            store.update_run(run.run_id, **changed)
+            for column, value in changed.items():
+                setattr(run, column, value)
+    return list(runs)

@@ -321,6 +321,31 @@ def test_resume_of_a_thread_extends_it(scripted: type[ScriptedServer], tmp_path:
     assert len(json.loads(more.stdout)["answers"]) == 3 and len(server.requests) == 3
 
 
+def test_show_and_threads_read_the_checkpoint_and_mend_the_runs_table(
+    scripted: type[ScriptedServer], tmp_path: Path
+) -> None:
+    """The checkpoint is the source of a run's status; a `kf_runs` row left behind (a process that died between
+    the two writes) is corrected when `show` or `threads` reads it, so they agree with `resume`."""
+    server = scripted(lambda r: Reply(content=kf_output("5", f"S{r.index}"))).start()
+    db = tmp_path / "m.db"
+    assert run_kflow(solve_args(server.base_url, db, "mend", 2)).returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE kf_runs SET status = 'running', iterations_done = 1, final_answer = NULL")
+    listed = run_kflow(["threads", "--db", str(db), "--json"])
+    assert listed.returncode == 0, listed.stderr
+    assert [(t["status"], t["iterations_done"], t["final_answer"]) for t in json.loads(listed.stdout)] == [
+        ("done", 2, "5")
+    ]
+    assert rows(db, "SELECT status, iterations_done, final_answer FROM kf_runs") == [("done", 2, "5")]
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE kf_runs SET status = 'failed'")
+    shown = json.loads(run_kflow(["show", "mend", "--db", str(db), "--json"]).stdout)
+    assert shown["status"] == "done"
+    resumed = run_kflow(["resume", "mend", "--db", str(db), "--json"])
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["status"] == "done"
+    assert len(server.requests) == 2
+
+
 # --- 11: several endpoints ---------------------------------------------------------------------------------
 
 

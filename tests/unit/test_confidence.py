@@ -7,17 +7,16 @@ import random
 
 import pytest
 
+from knowledge_flow.persistence.compression import pack_confidences, unpack_confidences
 from knowledge_flow.strategies.confidence import (
     WindowMonitor,
     group_confidences,
     keep_top,
     measures,
-    pack,
     percentile,
     share_of_leader,
     token_confidence,
     token_confidences,
-    unpack,
     warmup_threshold,
     weighted_vote,
 )
@@ -104,7 +103,7 @@ def test_weighted_vote_and_consensus_share() -> None:
 
 def test_packed_confidences_keep_three_digits() -> None:
     values = [0.123, 5.5, 17.25, 1000.0, 1e6]
-    unpacked = unpack(pack(values))
+    unpacked = unpack_confidences(pack_confidences(values))
     assert len(unpacked) == len(values)
     assert all(abs(a - b) <= 1e-3 * max(1.0, b) for a, b in zip(unpacked[:4], values[:4], strict=True))
     assert unpacked[4] == 65504.0  # capped at float16's largest value

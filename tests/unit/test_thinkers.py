@@ -2,24 +2,13 @@ from __future__ import annotations
 
 import math
 
-from knowledge_flow.state import Candidate
+from knowledge_flow.records import Candidate
 from knowledge_flow.strategies.thinkers import agreement, next_range, score, select, similarity, spread
+from tests.support.candidates import candidate
 
 
 def cand(rid: str, answer: str | None, summary: str, confidence: float | None) -> Candidate:
-    return Candidate(
-        rollout_id=rid,
-        answer=answer,
-        summary=summary,
-        error_report=None,
-        extras={},
-        finish_reason="stop",
-        prompt_tokens=1,
-        completion_tokens=1,
-        temperature=0.6,
-        confidence=confidence,
-        error=None,
-    )
+    return candidate(rid, answer, summary, confidence)
 
 
 def test_spread() -> None:

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from knowledge_flow.state import Candidate
+from knowledge_flow.records import Candidate
 from knowledge_flow.strategies.thinkers import score, select, tally
+from tests.support.candidates import candidate
 
 
 def thinker(rid: str, answer: str | None, confidence: float | None = None, **extra: Any) -> Candidate:
-    return Candidate(
-        rollout_id=rid,
-        answer=answer,
-        summary=None,
-        error_report=None,
-        extras={},
-        finish_reason="stop",
-        prompt_tokens=1,
-        completion_tokens=1,
-        temperature=0.6,
-        confidence=confidence,
-        error=extra.pop("error", None),
-        **extra,
-    )
+    return candidate(rid, answer, None, confidence, **extra)
 
 
 def ids(kept: list[Candidate]) -> list[str]:

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from knowledge_flow.context import DEFAULT_DB, DEFAULT_LOCAL_BASE_URL
+from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
+from knowledge_flow.persistence.files import DEFAULT_DB
 
 if TYPE_CHECKING:
     from knowledge_flow.persistence.store import RolloutStore

@@ -79,7 +79,6 @@ def evaluate(
     options: dict[str, Any],
 ) -> None:
     """Evaluate a whole benchmark: one thread per problem, all in flight, resumable."""
-    from knowledge_flow.evaluation.rows import EvalStore
 
     if resume is None and dataset is None:
         raise fail("--dataset is required (or --resume RUN_ID)")
@@ -88,6 +87,7 @@ def evaluate(
     from knowledge_flow.context import Context
     from knowledge_flow.evaluation.datasets import DatasetError
     from knowledge_flow.evaluation.report import build_report
+    from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.evaluation.session import DatasetSpec, create_eval, execute, extend, new_eval_id
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.interrupts import StopRequest, exit_now

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, fail, open_store, out, resolve_db, table
 from knowledge_flow.cli.run import describe_item
+
+if TYPE_CHECKING:
+    from knowledge_flow.persistence.store import RolloutStore, RunRow
 
 
 def show(
@@ -35,6 +39,8 @@ def show(
     except UsageError as exc:
         raise fail(str(exc)) from None
     from knowledge_flow.text.answers import equivalent
+
+    run = mirrored(db_path, store, [run])[0]
 
     rows = store.rollouts(run.run_id)
     item = EvalStore(store).eval_item_of_thread(thread_id)
@@ -132,7 +138,7 @@ def threads(
             raise UsageError(f"no evaluation run {evaluation!r} in {db_path}")
     except UsageError as exc:
         raise fail(str(exc)) from None
-    runs = store.list_runs()
+    runs = mirrored(db_path, store, store.list_runs())
     if evaluation is not None:
         wanted = {item.thread_id for item in EvalStore(store).eval_items(evaluation)}
         runs = [r for r in runs if r.thread_id in wanted]
@@ -219,3 +225,17 @@ def describe_call(call: dict[str, Any] | None) -> str:
     if outcome.get("note"):
         parts.append(str(outcome["note"]))
     return "; ".join(parts) or "no change"
+
+
+def mirrored(db_path: str, store: RolloutStore, runs: Sequence[RunRow]) -> list[RunRow]:
+    """The runs as their checkpoints hold them (`knowledge_flow.runs.from_checkpoints`)."""
+    if not runs:
+        return []
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.runs import from_checkpoints
+
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        return from_checkpoints(store, checkpointer, runs)
+    finally:
+        checkpointer.close()

@@ -33,6 +33,8 @@ from typing import Any
 import openai
 
 Message = Mapping[str, str]
+#: What a streamed request adds: usage in the last chunk.
+STREAM_OPTIONS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',}]+")
 _KEY_FIELD = re.compile(r"(?i)((?:api[_-]?key|authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
@@ -205,6 +207,51 @@ def _completions(raw: Mapping[str, Any], latency: float, temperature: float, cha
     ]
 
 
+def chat_request(
+    messages: Sequence[Message], sampling: Sampling, *, continue_final: bool, server: str, stream: bool = False
+) -> dict[str, Any]:
+    """The arguments of a chat completion request (`client.chat.completions.create`)."""
+    extra = sampling.extra_body(server)
+    if continue_final:
+        extra |= {"continue_final_message": True, "add_generation_prompt": False}
+    request: dict[str, Any] = {
+        "model": sampling.model,
+        "messages": [dict(m) for m in messages],
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "n": 1 if stream else sampling.n,
+        "extra_body": extra,
+    }
+    if sampling.logprobs:
+        request |= {"logprobs": True, "top_logprobs": sampling.top_logprobs or 0}
+    if sampling.reasoning_effort:
+        request["reasoning_effort"] = sampling.reasoning_effort
+    if stream:
+        request |= STREAM_OPTIONS
+    return request
+
+
+def completion_request(
+    prompt_ids: Sequence[int], sampling: Sampling, *, server: str, stream: bool = False
+) -> dict[str, Any]:
+    """The arguments of a completion request whose prompt is token ids (`client.completions.create`)."""
+    request: dict[str, Any] = {
+        "model": sampling.model,
+        "prompt": list(prompt_ids),
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "n": 1 if stream else sampling.n,
+        "extra_body": sampling.extra_body(server),
+    }
+    if sampling.logprobs:
+        request["logprobs"] = sampling.top_logprobs or 1
+    if stream:
+        request |= STREAM_OPTIONS
+    return request
+
+
 def chat(
     client: openai.OpenAI,
     messages: Sequence[Message],
@@ -214,25 +261,9 @@ def chat(
     server: str = "vllm",
 ) -> list[Completion]:
     """One chat completion request; its choices (servers may return fewer than `n`)."""
-    extra = sampling.extra_body(server)
-    if continue_final:
-        extra |= {"continue_final_message": True, "add_generation_prompt": False}
-    kwargs: dict[str, Any] = {}
-    if sampling.logprobs:
-        kwargs |= {"logprobs": True, "top_logprobs": sampling.top_logprobs or 0}
-    if sampling.reasoning_effort:
-        kwargs["reasoning_effort"] = sampling.reasoning_effort
     started = time.monotonic()
-    response = client.chat.completions.create(
-        model=sampling.model,
-        messages=[dict(m) for m in messages],  # type: ignore[misc]
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        n=sampling.n,
-        extra_body=extra,
-        **kwargs,
-    )
+    request = chat_request(messages, sampling, continue_final=continue_final, server=server)
+    response = client.chat.completions.create(**request)
     raw = response.model_dump()
     return _completions(raw, time.monotonic() - started, sampling.temperature, chat=True)
 
@@ -241,19 +272,7 @@ def complete_ids(
     client: openai.OpenAI, prompt_ids: Sequence[int], sampling: Sampling, *, server: str = "vllm"
 ) -> list[Completion]:
     """One completion request whose prompt is a list of token ids (no chat template is applied)."""
-    kwargs: dict[str, Any] = {}
-    if sampling.logprobs:
-        kwargs["logprobs"] = sampling.top_logprobs or 1
     started = time.monotonic()
-    response = client.completions.create(
-        model=sampling.model,
-        prompt=list(prompt_ids),
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        n=sampling.n,
-        extra_body=sampling.extra_body(server),
-        **kwargs,
-    )
+    response = client.completions.create(**completion_request(prompt_ids, sampling, server=server))
     raw = response.model_dump()
     return _completions(raw, time.monotonic() - started, sampling.temperature, chat=False)

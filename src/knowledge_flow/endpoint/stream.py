@@ -17,7 +17,7 @@ from typing import Any
 
 import openai
 
-from knowledge_flow.endpoint.client import Completion, Message, Sampling
+from knowledge_flow.endpoint.client import Completion, Message, Sampling, chat_request, completion_request
 
 #: Called with each streamed position's top log-probabilities; True stops the stream.
 PositionHook = Callable[[list[float]], bool]
@@ -112,17 +112,6 @@ def _streamed(
     )
 
 
-def _stream_kwargs(sampling: Sampling, chat_api: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
-    if sampling.logprobs:
-        kwargs |= (
-            {"logprobs": True, "top_logprobs": sampling.top_logprobs or 0}
-            if chat_api
-            else {"logprobs": sampling.top_logprobs or 1}
-        )
-    return kwargs
-
-
 def chat_stream(
     client: openai.OpenAI,
     messages: Sequence[Message],
@@ -133,23 +122,9 @@ def chat_stream(
     on_position: PositionHook | None = None,
 ) -> Completion:
     """One streamed chat completion (a single choice), stopped early when `on_position` says so."""
-    extra = sampling.extra_body(server)
-    if continue_final:
-        extra |= {"continue_final_message": True, "add_generation_prompt": False}
-    kwargs = _stream_kwargs(sampling, chat_api=True)
-    if sampling.reasoning_effort:
-        kwargs["reasoning_effort"] = sampling.reasoning_effort
     started = time.monotonic()
-    stream = client.chat.completions.create(
-        model=sampling.model,
-        messages=[dict(m) for m in messages],  # type: ignore[misc]
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        n=1,
-        extra_body=extra,
-        **kwargs,
-    )
+    request = chat_request(messages, sampling, continue_final=continue_final, server=server, stream=True)
+    stream = client.chat.completions.create(**request)
     return _streamed(stream, True, on_position, started, sampling.temperature)
 
 
@@ -163,14 +138,5 @@ def complete_ids_stream(
 ) -> Completion:
     """One streamed completion whose prompt is a list of token ids, stopped early when `on_position` says so."""
     started = time.monotonic()
-    stream = client.completions.create(
-        model=sampling.model,
-        prompt=list(prompt_ids),
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        n=1,
-        extra_body=sampling.extra_body(server),
-        **_stream_kwargs(sampling, chat_api=False),
-    )
+    stream = client.completions.create(**completion_request(prompt_ids, sampling, server=server, stream=True))
     return _streamed(stream, False, on_position, started, sampling.temperature)

@@ -50,10 +50,11 @@ from knowledge_flow.nodes.calls import (
 )
 from knowledge_flow.nodes.common import context_of, step_of, store_of
 from knowledge_flow.options import DEFAULT_WINDOW
+from knowledge_flow.persistence.compression import pack_confidences
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
 from knowledge_flow.state import State
 from knowledge_flow.strategies import RolloutPrompt, Streaming, get_strategy
-from knowledge_flow.strategies.confidence import WindowMonitor, measures, pack, token_confidences
+from knowledge_flow.strategies.confidence import WindowMonitor, measures, token_confidences
 from knowledge_flow.strategies.thinkers import spread
 from knowledge_flow.text.tokens import estimate_tokens
 
@@ -170,7 +171,7 @@ class Iteration:
                     conf_window=window if found else None,
                     conf_threshold=self.streaming.threshold if self.streaming is not None else None,
                     stop_reason=STOPPED if completion.cancelled else None,
-                    token_confidence=pack(confidences) if confidences else None,
+                    token_confidence=pack_confidences(confidences) if confidences else None,
                 )
             )
 

@@ -12,7 +12,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from knowledge_flow.persistence.compression import CompressingSerializer
-from knowledge_flow.persistence.files import check_db_path
+from knowledge_flow.persistence.files import DEFAULT_DB, check_db_path
 
 BUSY_TIMEOUT_S = 60.0
 
@@ -45,8 +45,6 @@ class SqliteCheckpointer(SqliteSaver):
 
     @property
     def path(self) -> str:
-        from knowledge_flow.context import DEFAULT_DB
-
         return str(self._path or os.environ.get("KFLOW_DB") or DEFAULT_DB)
 
     @property

@@ -7,7 +7,9 @@ and plain, are read back the same way.
 
 from __future__ import annotations
 
+import struct
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
@@ -68,3 +70,19 @@ class CompressedText(TypeDecorator[str]):
         if isinstance(value, bytes | bytearray | memoryview):
             return zlib.decompress(bytes(value)).decode("utf-8")
         return value  # type: ignore[no-any-return]
+
+
+#: The largest float16.
+HALF_MAX = 65504.0
+
+
+def pack_confidences(confidences: Sequence[float]) -> bytes:
+    """Per-token confidences as stored: little-endian float16 (3 significant digits, as the reference
+    implementation rounds), zlib-compressed: about 2 bytes a token before compression."""
+    capped = [min(value, HALF_MAX) for value in confidences]
+    return zlib.compress(struct.pack(f"<{len(capped)}e", *capped), 6)
+
+
+def unpack_confidences(blob: bytes) -> list[float]:
+    raw = zlib.decompress(blob)
+    return list(struct.unpack(f"<{len(raw) // 2}e", raw))

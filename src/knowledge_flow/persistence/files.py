@@ -13,6 +13,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
+#: The database file when none is given (``KFLOW_DB`` overrides it).
+DEFAULT_DB = "knowledge_flow.db"
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 #: Tables an SQLite file may hold besides knowledge-flow's own (``kf_*``): LangGraph's checkpoints.
 CHECKPOINT_TABLES = frozenset({"checkpoints", "writes"})

@@ -157,7 +157,7 @@ class RolloutRow(Base):
     """Why the trace is kept out of votes: gconf_threshold (stopped by the client mid-stream) or
     below_threshold (finished, its lowest group confidence under the threshold)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
-    """Per-token confidences, packed (`strategies.confidence.pack`); read with `RolloutStore.token_confidences`."""
+    """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
 
     @property
     def strategy(self) -> dict[str, str] | None:

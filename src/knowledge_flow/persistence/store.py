@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from knowledge_flow.persistence.compression import unpack_confidences
 from knowledge_flow.persistence.files import check_db_path
 from knowledge_flow.persistence.rows import (
     SCHEMA_VERSION,
@@ -212,11 +213,10 @@ class RolloutStore:
 
     def token_confidences(self, rollout_id: str) -> list[float] | None:
         """A rollout's per-token confidences (DeepConf), when it had top log-probabilities."""
-        from knowledge_flow.strategies.confidence import unpack
 
         with self.session() as session:
             blob = session.scalars(select(RolloutRow.token_confidence).where(RolloutRow.id == rollout_id)).first()
-        return unpack(blob) if blob else None
+        return unpack_confidences(blob) if blob else None
 
     # calls outside the rollouts ---------------------------------------------------------------------
     def get_call(self, call_id: str) -> CallRow | None:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import struct
-import zlib
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,7 +36,6 @@ MEASURES: tuple[Measure, ...] = get_args(Measure)
 LOGPROB_FLOOR = -1000.0
 BOTTOM_SHARE = 0.1
 #: The largest float16 value (stored confidences are capped there).
-HALF_MAX = 65504.0
 
 K = TypeVar("K", bound=Hashable)
 
@@ -167,15 +164,3 @@ def share_of_leader(totals: Mapping[K, float]) -> float:
     """The leading answer's share of all weight (0 when there is none)."""
     whole = math.fsum(totals.values())
     return max(totals.values()) / whole if totals and whole > 0 else 0.0
-
-
-def pack(confidences: Sequence[float]) -> bytes:
-    """Per-token confidences as stored: little-endian float16 (3 significant digits, as the reference
-    implementation rounds), zlib-compressed: about 2 bytes a token before compression."""
-    capped = [min(value, HALF_MAX) for value in confidences]
-    return zlib.compress(struct.pack(f"<{len(capped)}e", *capped), 6)
-
-
-def unpack(blob: bytes) -> list[float]:
-    raw = zlib.decompress(blob)
-    return list(struct.unpack(f"<{len(raw) // 2}e", raw))
