@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import socket
 import sys
 import threading
@@ -65,26 +64,19 @@ TINY: dict[str, Any] = {
     "temperature": 0.6,
     "top_p": 0.95,
 }
-#: The paper's rules of the knowledge-flow table (KnowledgeFlowRules' defaults), kf-instruct's structure.
-PAPER_RULES: dict[str, Any] = {
-    "items_per_wrong_answer": 2,
-    "report_section": "Error Report",
-    "item_text": "report",
-    "skip_na_report": True,
-    "max_tokens_fraction": 1.0,
-}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One product run: a strategy with its options and, where it differs from kf-instruct as shipped, the
-    knowledge-flow rules of its prompt set; and the final-answer rules it is reported under."""
+    """One product run: a strategy with its options and prompt set (a built-in one, or kf-instruct-paper with
+    some knowledge-flow rules changed); and the final-answer rules it is reported under."""
 
     name: str
     label: str
     strategy: str = "knowledge-flow"
+    prompts: str = "kf-instruct"
     rules: dict[str, Any] | None = None
-    """None: kf-instruct as shipped; otherwise kf-instruct's templates with exactly these top-level rules."""
+    """Rules set on top of kf-instruct-paper (the paper's rules), for measuring the guard's parts one by one."""
     options: dict[str, Any] = field(default_factory=dict)
     finals: tuple[str, ...] = ("last", "majority:all")
     thinkers: int = 1
@@ -94,28 +86,28 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("sc", "self-consistency", strategy="self-consistency", finals=("majority:all",)),
-        Variant("kf", "knowledge-flow (paper)", rules=PAPER_RULES),
+        Variant("kf", "knowledge-flow (paper)", prompts="kf-instruct-paper"),
         Variant("kf-guard", "knowledge-flow + guard"),
         Variant("thinkers", "knowledge-flow + guard, 2 thinkers", thinkers=2),
         # the guard's parts, for measuring each (paper rules plus one change)
-        Variant("kf-plurality", "kf: plurality reference", rules={**PAPER_RULES, "reference_rule": "plurality"}),
-        Variant("kf-outvoted", "kf: outvoted list", rules={**PAPER_RULES, "list_rule": "outvoted"}),
+        Variant("kf-plurality", "kf: plurality reference", rules={"reference_rule": "plurality"}),
+        Variant("kf-outvoted", "kf: outvoted list", rules={"list_rule": "outvoted"}),
         Variant(
             "kf-agree",
             "kf: plurality + outvoted",
-            rules={**PAPER_RULES, "reference_rule": "plurality", "list_rule": "outvoted"},
+            rules={"reference_rule": "plurality", "list_rule": "outvoted"},
         ),
         Variant(
             "kf-tie",
             "kf: plurality + outvoted + tie->independent",
-            rules={**PAPER_RULES, "reference_rule": "plurality", "list_rule": "outvoted", "independent_on_tie": True},
+            rules={"reference_rule": "plurality", "list_rule": "outvoted", "independent_on_tie": True},
         ),
         Variant(
             "kf-confirm",
             "kf: plurality + outvoted + reference after 2 votes",
-            rules={**PAPER_RULES, "reference_rule": "plurality", "list_rule": "outvoted", "reference_min_votes": 2},
+            rules={"reference_rule": "plurality", "list_rule": "outvoted", "reference_min_votes": 2},
         ),
-        Variant("kf-alternate", "kf: every 2nd rollout independent", rules={**PAPER_RULES, "independent_every": 2}),
+        Variant("kf-alternate", "kf: every 2nd rollout independent", rules={"independent_every": 2}),
     )
 }
 DEFAULT_VARIANTS = ("sc", "kf", "kf-guard")
@@ -140,18 +132,11 @@ def dataset_slice(folder: Path, offset: int, count: int) -> Path:
 
 
 def prompt_set_with_rules(folder: Path, name: str, rules: dict[str, Any]) -> Path:
-    """kf-instruct's text with its top-level [rules] table replaced by `rules` (a set of its own name)."""
+    """kf-instruct-paper's text with `rules` set in its top-level [rules] table (a set of its own name)."""
     from knowledge_flow.prompts import load_prompt_set
+    from knowledge_flow.prompts.sets import with_rules
 
-    source = load_prompt_set("kf-instruct").source
-    lines = source.splitlines()
-    start = lines.index("[rules]")
-    end = start + 1
-    while end < len(lines) and re.match(r"^\w+\s*=", lines[end]):
-        end += 1
-    body = [f"{key} = {json.dumps(value)}" for key, value in rules.items()]
-    text = "\n".join([*lines[:start], "[rules]", *body, *lines[end:]]) + "\n"
-    text = re.sub(r'^name = ".*"$', f'name = "kf-instruct-{name}"', text, count=1, flags=re.M)
+    text = with_rules(load_prompt_set("kf-instruct-paper").source, f"kf-instruct-{name}", rules=rules)
     path = folder / f"kf-instruct-{name}.toml"
     path.write_text(text, encoding="utf-8")
     load_prompt_set(str(path))  # checked now, not halfway through a run
@@ -179,7 +164,7 @@ def run_variant(
     from knowledge_flow.params import resolve_params
     from knowledge_flow.persistence import SqliteCheckpointer, get_store
 
-    prompts = "kf-instruct"
+    prompts = variant.prompts
     if variant.rules is not None:
         prompts = str(prompt_set_with_rules(folder, variant.name, variant.rules))
     iterations = sizes["iterations"] // variant.thinkers

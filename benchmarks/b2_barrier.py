@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import SimServer, header, run_product, table, write_dataset
+from benchmarks.common import PAPER_SET, SimServer, header, run_product, table, write_dataset
 from benchmarks.simserver import SimParams
 from knowledge_flow.prompts import load_prompt_set
 from knowledge_flow.strategies.knowledge_flow import SPEC
@@ -27,7 +27,7 @@ from knowledge_flow.text.parsing import parse_rollout
 def barrier_loop(base_url: str, problems: list[str], iterations: int) -> float:
     """The original scripts' loop; returns wall seconds."""
     summaries: list[str | None] = [None] * len(problems)
-    table = load_prompt_set("kf-instruct").table(SPEC)  # the product's default wording
+    table = load_prompt_set(PAPER_SET).table(SPEC)  # the product's wording, the paper's rules
     started = time.monotonic()
     with httpx.Client(timeout=None, limits=httpx.Limits(max_connections=len(problems) + 8)) as client:
 

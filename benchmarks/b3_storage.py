@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import SimServer, header, table
+from benchmarks.common import PAPER_SET, SimServer, header, table
 from benchmarks.simserver import SimParams
 
 PROBLEM = "[P3] " + "Find the number of ordered pairs of integers (x, y) with x^2 + y^2 = 2025. " * 4
@@ -42,7 +42,7 @@ def measure(base_url: str, folder: Path, iterations: int, empty: int) -> list[ob
     graph = compile_graph(checkpointer)
     started = time.monotonic()
     graph.invoke(
-        {"problem": PROBLEM, "iterations": iterations, "model": "sim"},
+        {"problem": PROBLEM, "iterations": iterations, "model": "sim", "prompts": PAPER_SET},
         {"configurable": {"thread_id": "storage"}},
         context=Context(base_url=base_url, db_path=str(db)),
     )

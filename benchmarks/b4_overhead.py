@@ -13,7 +13,7 @@ import pstats
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import SimServer, header, run_product, table, write_dataset
+from benchmarks.common import PAPER_SET, SimServer, header, run_product, table, write_dataset
 from benchmarks.simserver import SimParams
 
 STEPS_PER_ROLLOUT = 4  # solve, extract_answer, distill_knowledge, stop_check
@@ -65,7 +65,7 @@ def profile_one_thread(base_url: str, folder: Path, iterations: int) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
     graph.invoke(
-        {"problem": "[P0] profile", "iterations": iterations, "model": "sim"},
+        {"problem": "[P0] profile", "iterations": iterations, "model": "sim", "prompts": PAPER_SET},
         {"configurable": {"thread_id": "profile"}},
         context=Context(base_url=base_url, db_path=str(db)),
     )

@@ -11,7 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import SimServer, header, table
+from benchmarks.common import PAPER_SET, SimServer, header, table
 from benchmarks.simserver import SimParams
 
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 "problem": problem,
                 "iterations": args.iterations,
                 "model": "sim",
+                "prompts": PAPER_SET,
                 "knowledge_budget_tokens": args.knowledge_budget,
             },
             {"configurable": {"thread_id": "b5"}},

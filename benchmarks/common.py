@@ -19,6 +19,9 @@ from typing import Any
 
 from benchmarks.simserver import SimParams
 
+#: The simulated benchmarks measure the method as published: kf-instruct's wording with the paper's rules.
+PAPER_SET = "kf-instruct-paper"
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "aime_2025.jsonl"
 
@@ -91,7 +94,11 @@ def run_product(
     store = get_store(db)
     spec = DatasetSpec(str(dataset))
     loaded = load_problems(str(dataset))
-    resolved = dict(resolve_params({"model": "sim", "iterations": iterations, "max_new_tokens": 100_000, **params}))
+    resolved = dict(
+        resolve_params(
+            {"model": "sim", "prompts": PAPER_SET, "iterations": iterations, "max_new_tokens": 100_000, **params}
+        )
+    )
     create_eval(
         store,
         eval_id="bench",

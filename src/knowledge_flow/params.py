@@ -86,11 +86,12 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     family: ModelFamily = options.model_family or detect_model_family(model)
     stop_policy = options.stop_policy or strategy.stop_policy
     parse_stop_policy(stop_policy)
-    final_rule = options.final_answer_rule or strategy.final_answer_rule
-    parse_final_answer_rule(final_rule)
     prompts = (options.prompts or DEFAULT_SETS[family]).strip()
     prompt_set = load_prompt_set(prompts)
-    prompt_set.table(strategy.spec)  # the strategy's table must be there and valid
+    table = prompt_set.table(strategy.spec)  # the strategy's table must be there and valid
+    # the final-answer rule: the run's, else the prompt set's (a rule of its table), else the strategy's
+    final_rule = options.final_answer_rule or getattr(table.rules, "final_answer", None) or strategy.final_answer_rule
+    parse_final_answer_rule(final_rule)
     clashes = sorted(OWN_REQUEST_FIELDS & set(options.extra_body or {}))
     if clashes:
         raise ValueError(f"extra_body may not set {', '.join(clashes)}: the run's own options set them")

@@ -8,6 +8,9 @@ from knowledge_flow.text.tokens import estimate_tokens
 from tests.support import legacy_prompts as prompts
 from tests.support.scripted_server import kf_output
 
+#: The script follows the paper's rules: kf-instruct without its guard.
+PAPER_SET = "kf-instruct-paper"
+
 PROBLEM = "How many positive divisors does 36 have?"
 
 

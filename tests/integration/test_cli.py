@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_kflow, scripted_server
-from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, SCRIPT, VISIBLE_AT_END
+from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PAPER_SET, PROBLEM, SCRIPT, VISIBLE_AT_END
 from tests.support.scripted_server import ScriptedServer
 
 SECRET = "sk-test-SECRET-4b1d9e"
@@ -27,6 +27,8 @@ def test_solve_json_show_threads(scripted: type[ScriptedServer], tmp_path: Path)
             "scripted-model",
             "--iterations",
             "8",
+            "--prompts",
+            PAPER_SET,
             "--thread-id",
             "cli-1",
             "--db",

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import run_kflow, start_kflow
-from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, SCRIPT
+from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PAPER_SET, PROBLEM, SCRIPT
 from tests.support.scripted_server import Reply, Request, ScriptedServer, script_responder
 
 KILL_AT = 3
@@ -24,6 +24,8 @@ def solve_args(server: ScriptedServer, db: Path, thread: str) -> list[str]:
         server.base_url,
         "--iterations",
         str(len(SCRIPT)),
+        "--prompts",
+        PAPER_SET,
         "--thread-id",
         thread,
         "--db",

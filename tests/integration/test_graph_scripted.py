@@ -16,7 +16,7 @@ from langgraph.types import Overwrite
 from knowledge_flow import Context, compile_graph
 from knowledge_flow.persistence import SqliteCheckpointer, get_store
 from tests.conftest import REPO, kflow_env
-from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, RECORD, SCRIPT
+from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PAPER_SET, PROBLEM, RECORD, SCRIPT
 from tests.support.scripted_server import Reply, Request, ScriptedServer, script_responder
 from tests.support.stored import checkpoint_payloads, checkpoints_and_writes
 
@@ -26,7 +26,7 @@ def run(server: ScriptedServer, db: Path, thread: str, **inputs: Any) -> dict[st
     try:
         graph = compile_graph(checkpointer)
         result = graph.invoke(
-            {"problem": PROBLEM, "model": "scripted-model", **inputs},
+            {"problem": PROBLEM, "model": "scripted-model", "prompts": PAPER_SET, **inputs},
             {"configurable": {"thread_id": thread}},
             context=Context(base_url=server.base_url, db_path=str(db), max_retries=0),
         )
@@ -111,7 +111,9 @@ def test_exact_prompts_with_any_checkpointer(scripted: type[ScriptedServer], tmp
     graph = compile_graph(checkpointer)
     config: Any = {"configurable": {"thread_id": "any"}}
     context = Context(base_url=server.base_url, db_path=str(db), max_retries=0)
-    result = graph.invoke({"problem": PROBLEM, "model": "scripted-model", "iterations": 8}, config, context=context)
+    result = graph.invoke(
+        {"problem": PROBLEM, "model": "scripted-model", "iterations": 8, "prompts": PAPER_SET}, config, context=context
+    )
     assert [r.prompt for r in server.requests] == EXPECTED_PROMPTS
     assert result["answers"] == ANSWERS and result["knowledge"] == RECORD and result["final_answer"] == "7"
     again = graph.invoke(None, config, context=context)  # a finished thread: nothing more is sent
@@ -163,7 +165,7 @@ def test_failed_request_then_resume_with_invoke_none(scripted: type[ScriptedServ
     config: Any = {"configurable": {"thread_id": "t1"}}
     context = Context(base_url=server.base_url, db_path=str(db), max_retries=0)
     with pytest.raises(Exception, match=r"503|scripted failure"):
-        graph.invoke({"problem": PROBLEM, "iterations": 8}, config, context=context)
+        graph.invoke({"problem": PROBLEM, "iterations": 8, "prompts": PAPER_SET}, config, context=context)
     assert graph.get_state(config).values["iteration"] == 3
     result = graph.invoke(None, config, context=context)
     checkpointer.close()

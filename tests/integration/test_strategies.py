@@ -9,6 +9,7 @@ import pytest
 
 from knowledge_flow.persistence import get_store
 from knowledge_flow.text.sentences import tail_sentences
+from tests.integration.scripts import PAPER_SET
 from tests.integration.strategy_support import PROBLEM, run_recorded
 from tests.support import legacy_prompts as prompts
 from tests.support.scripted_server import Reply, Request, ScriptedServer, kf_output, script_responder
@@ -166,7 +167,14 @@ def test_thinkers_spread_score_select_and_feed_knowledge(scripted: type[Scripted
     server = scripted(thinker_responder(confidence, answers)).start()  # type: ignore[arg-type]
     db = tmp_path / "t.db"
     final, _ = run_recorded(
-        server, db, iterations=2, thinkers=3, topk_thinkers=2, min_temperature=0.2, max_temperature=1.0
+        server,
+        db,
+        iterations=2,
+        thinkers=3,
+        topk_thinkers=2,
+        min_temperature=0.2,
+        max_temperature=1.0,
+        prompts=PAPER_SET,
     )
     temps = sorted(float(r.body["temperature"]) for r in server.requests)
     assert temps == [0.2, 0.2, 0.6, 0.6, 1.0, 1.0]
@@ -198,6 +206,7 @@ def test_diversity_weight_prefers_a_different_answer(scripted: type[ScriptedServ
         min_temperature=0.2,
         max_temperature=1.0,
         diversity_weight=2.0,
+        prompts=PAPER_SET,
     )
     # kept: t=0.6 (best), then t=1.0 beats t=0.2 (same answer 9, penalised): both reports feed the list
     assert [i["text"] for i in final["knowledge"]] == [

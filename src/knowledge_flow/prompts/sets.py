@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -162,9 +164,59 @@ def _compile(prompt_set: PromptSet, spec: PromptSpec) -> PromptTable:
     return _compile_cached(prompt_set.source, prompt_set.name, spec)
 
 
+@dataclass(frozen=True)
+class Derived:
+    """A built-in set made from another one's text: the same templates, with some top-level rules left out (so
+    that the strategy's defaults apply)."""
+
+    base: str
+    drop_rules: tuple[str, ...]
+    description: str
+
+
+#: kf-instruct-paper: kf-instruct without its guard, i.e. with the paper's knowledge-flow rules (the defaults of
+#: `strategies.knowledge_flow.KnowledgeFlowRules`).
+DERIVED: dict[str, Derived] = {
+    "kf-instruct-paper": Derived(
+        "kf-instruct",
+        (
+            "reference_rule",
+            "list_rule",
+            "independent_on_tie",
+            "reference_min_votes",
+            "independent_every",
+            "final_answer",
+        ),
+        "kf-instruct with the paper's knowledge-flow rules: every changed answer becomes the reference and is listed "
+        "(no guard), the final answer is the last one.",
+    )
+}
+
+
 def builtin_names() -> list[str]:
     folder = resources.files(BUILTIN_PACKAGE)
-    return sorted(entry.name.removesuffix(".toml") for entry in folder.iterdir() if entry.name.endswith(".toml"))
+    files = [entry.name.removesuffix(".toml") for entry in folder.iterdir() if entry.name.endswith(".toml")]
+    return sorted([*files, *DERIVED])
+
+
+def with_rules(source: str, name: str, rules: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> str:
+    """`source` renamed to `name`, its top-level ``[rules]`` table without the keys in `drop` and with `rules` set
+    (TOML values); the rest of the text as it is."""
+    lines = source.splitlines()
+    start = lines.index("[rules]")
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("["):
+        end += 1
+    replaced = {*drop, *(rules or {})}
+
+    def key_of(line: str) -> str | None:
+        match = re.match(r"^\s*(\w+)\s*=", line)
+        return match.group(1) if match else None
+
+    kept = [line for line in lines[start + 1 : end] if key_of(line) not in replaced]
+    added = [f"{key} = {json.dumps(value)}" for key, value in (rules or {}).items()]
+    text = "\n".join([*lines[:start], "[rules]", *added, *kept, *lines[end:]]) + "\n"
+    return re.sub(r'^name = ".*"$', f'name = "{name}"', text, count=1, flags=re.M)
 
 
 def parse(source: str, origin: str, default_name: str) -> PromptSet:
@@ -180,6 +232,13 @@ def parse(source: str, origin: str, default_name: str) -> PromptSet:
 
 @functools.lru_cache(maxsize=32)
 def _builtin(name: str) -> PromptSet:
+    derived = DERIVED.get(name)
+    if derived is not None:
+        source = with_rules(_builtin(derived.base).source, name, drop=derived.drop_rules)
+        source = re.sub(
+            r'^description = ".*"$', f"description = {json.dumps(derived.description)}", source, count=1, flags=re.M
+        )
+        return parse(source, "built-in", name)
     source = resources.files(BUILTIN_PACKAGE).joinpath(f"{name}.toml").read_text(encoding="utf-8")
     return parse(source, "built-in", name)
 
