@@ -14,6 +14,7 @@ import pytest
 
 from knowledge_flow.prompts import load_prompt_set
 from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
+from tests.integration.scripts import PAPER_SET
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer, word_count
 
@@ -46,6 +47,8 @@ def eval_args(server: ScriptedServer, tmp: Path, dataset: Path, iterations: int,
         server.base_url,
         "--max-new-tokens",
         "4096",
+        "--prompts",
+        PAPER_SET,
         "--temperature",
         "0.6",
         "--output-postfix",
@@ -115,8 +118,8 @@ def test_aime25_run_matches_the_script(scripted: type[ScriptedServer], tmp_path:
     assert manifest["model"] == "org/Scripted-Model-7B"
     assert manifest["endpoint"] == server.base_url
     assert manifest["params"]["temperature"] == 0.6 and manifest["params"]["iterations"] == iterations
-    assert manifest["strategy"] == "knowledge-flow" and manifest["prompt_set"] == "kf-instruct"
-    assert manifest["prompt_hash"] == load_prompt_set("kf-instruct").digest
+    assert manifest["strategy"] == "knowledge-flow" and manifest["prompt_set"] == PAPER_SET
+    assert manifest["prompt_hash"] == load_prompt_set(PAPER_SET).digest
     assert len(manifest["dataset_hash"]) == 64 and manifest["problems"] == 30
     assert manifest["started_at"] and manifest["finished_at"] and manifest["package_version"]
 

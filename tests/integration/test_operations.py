@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_kflow, start_kflow
+from tests.integration.scripts import PAPER_SET
 from tests.integration.test_reliability import changing_answer, dataset_of, eval_cmd
 from tests.support.eval_script import eval_responder
 from tests.support.scripted_server import Reply, Request, ScriptedServer, kf_output, script_responder
@@ -28,7 +29,7 @@ PROBLEM = "How many positive divisors does 36 have?"
 
 def solve_args(url: str, db: Path, thread: str, iterations: int, *extra: str) -> list[str]:
     return ["solve", PROBLEM, "--base-url", url, "--iterations", str(iterations), "--thread-id", thread,
-            "--db", str(db), "--model", "m", "--json", *extra]  # fmt: skip
+            "--db", str(db), "--model", "m", "--prompts", PAPER_SET, "--json", *extra]  # fmt: skip
 
 
 def one_line(text: str) -> str:
@@ -355,7 +356,7 @@ def test_repeated_base_url_uses_every_endpoint(scripted: type[ScriptedServer], t
     dataset, _, _ = dataset_of(tmp_path, 4)
     db = tmp_path / "r.db"
     args = ["eval", "--dataset", str(dataset), "--iterations", "2", "--db", str(db), "--model", "m",
-            "--run-id", "rep", "--output-dir", str(tmp_path / "o"), "--base-url", a.base_url,
+            "--prompts", PAPER_SET, "--run-id", "rep", "--output-dir", str(tmp_path / "o"), "--base-url", a.base_url,
             "--base-url", b.base_url, "--json"]  # fmt: skip
     proc = run_kflow(args)
     assert proc.returncode == 0, proc.stderr
@@ -421,6 +422,7 @@ def test_batch_logs_get_plain_progress_lines_and_no_math_verify_warnings(
     data.write_text("\n".join(json.dumps({"problem": f"P{i}", "answer": "\\frac{1}{2}"}) for i in range(3)))
     server = scripted(lambda r: Reply(content=kf_output("0.5", "s"), delay_s=0.3), keys=["P0", "P1", "P2"]).start()
     args = ["eval", "--dataset", str(data), "--iterations", "2", "--db", str(tmp_path / "l.db"), "--model", "m",
+            "--prompts", PAPER_SET,
             "--answer-type", "latex", "--output-dir", str(tmp_path / "o"), "--progress-every", "0.2",
             "--base-url", server.base_url]  # fmt: skip
     proc = run_kflow(args)  # stderr is a pipe, not a terminal

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
+from tests.integration.scripts import PAPER_SET
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer, faulty
 
@@ -54,6 +55,8 @@ def eval_cmd(base_url: str, dataset: Path, db: Path, out: Path, run_id: str, ite
         run_id,
         "--model",
         "m",
+        "--prompts",
+        PAPER_SET,
         "--json",
         *extra,
     ]

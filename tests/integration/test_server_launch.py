@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATASETS, run_kflow
+from tests.integration.scripts import PAPER_SET
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import ScriptedServer
 
@@ -185,6 +186,8 @@ def test_replicas_spread_load_and_survive_a_crash(scripted: type[ScriptedServer]
             str(tmp_path / "results"),
             "--eval-id",
             "rep",
+            "--prompts",
+            PAPER_SET,
             "--json",
         ]
     )

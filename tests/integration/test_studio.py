@@ -16,7 +16,7 @@ import pytest
 
 from knowledge_flow.options import OPTION_NAMES
 from tests.conftest import REPO, kflow_env
-from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PROBLEM, SCRIPT
+from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PAPER_SET, PROBLEM, SCRIPT
 from tests.support.scripted_server import ScriptedServer, script_responder
 
 pytestmark = pytest.mark.studio
@@ -101,7 +101,10 @@ def test_langgraph_dev_runs_a_thread(scripted: type[ScriptedServer], tmp_path: P
         nodes: list[str] = []
         updates: list[tuple[str, object]] = []
         for part in client.runs.stream(
-            thread["thread_id"], "knowledge_flow", input={"problem": PROBLEM, "iterations": 3}, stream_mode="updates"
+            thread["thread_id"],
+            "knowledge_flow",
+            input={"problem": PROBLEM, "iterations": 3, "prompts": PAPER_SET},
+            stream_mode="updates",
         ):
             if part.event == "updates" and isinstance(part.data, dict):
                 nodes.extend(part.data)
