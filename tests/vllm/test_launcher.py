@@ -152,6 +152,7 @@ def test_session_server_is_what_was_asked_for(vllm_server: VllmServer) -> None:
         "base_url": vllm_server.base_url,
         "log": str(vllm_server.log_path),
         "program": vllm_server.python,
+        "model": vllm_server.model,
     }
     # what vLLM reports
     health = vllm_server.get("/health")

@@ -17,6 +17,7 @@ from knowledge_flow.persistence.store import RolloutRow
 from knowledge_flow.prompts import load_prompt_set
 from knowledge_flow.strategies.knowledge_flow import SPEC
 from tests.conftest import run_kflow
+from tests.integration.scripts import PAPER_SET
 from tests.vllm.conftest import VllmServer
 
 PROBLEM = "Tom has 5 apples and buys 7 more. How many apples does Tom have now?"
@@ -120,7 +121,7 @@ def test_thinkers_share_one_request_with_n_and_log_probabilities(vllm_server: Vl
 def padded_problem(server: VllmServer, room: int) -> str:
     """The problem behind a preamble long enough that a later rollout's prompt with an empty list leaves about
     `room` tokens of the context (counted by vLLM's tokenizer)."""
-    table = load_prompt_set("kf-instruct").table(SPEC)
+    table = load_prompt_set(PAPER_SET).table(SPEC)
 
     def later_tokens(notes: int) -> int:
         problem = " ".join(f"Note {n}: apples are red and sweet." for n in range(notes)) + "\n" + PROBLEM
@@ -146,7 +147,7 @@ def test_budget_fits_the_context_as_the_knowledge_list_grows(vllm_server: VllmSe
     proc = solve(
         vllm_server,
         db,
-        *("--iterations", "6", "--max-new-tokens", "400", "--extra-body", extra),
+        *("--iterations", "6", "--max-new-tokens", "400", "--extra-body", extra, "--prompts", PAPER_SET),
         problem=problem,
     )
     rows = rollouts(db)
