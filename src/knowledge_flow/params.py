@@ -22,7 +22,7 @@ from knowledge_flow.options import (
 from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, load_prompt_set
 from knowledge_flow.records import RunParams
 from knowledge_flow.strategies.confidence import MEASURES
-from knowledge_flow.strategies.policies import ConfVote, Consensus, parse_final_answer_rule, parse_stop_policy
+from knowledge_flow.strategies.policies import ConfVote, parse_final_answer_rule, parse_stop_policy
 
 #: The original method runs 64 rollouts (`reflex_size`); strategies may default to fewer.
 DEFAULT_ITERATIONS = 64
@@ -91,7 +91,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     table = prompt_set.table(strategy.spec)  # the strategy's table must be there and valid
     # the final-answer rule: the run's, else the prompt set's (a rule of its table), else the strategy's
     final_rule = options.final_answer_rule or getattr(table.rules, "final_answer", None) or strategy.final_answer_rule
-    parse_final_answer_rule(final_rule)
+    final = parse_final_answer_rule(final_rule)
     clashes = sorted(OWN_REQUEST_FIELDS & set(options.extra_body or {}))
     if clashes:
         raise ValueError(f"extra_body may not set {', '.join(clashes)}: the run's own options set them")
@@ -131,12 +131,12 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         dynamic_temperature=options.dynamic_temperature,
         uncertainty_threshold=options.uncertainty_threshold,
         avoid_budget_tokens=options.avoid_budget_tokens,
-        **selection_options(options, strategy, final_rule, stop_policy),  # type: ignore[typeddict-item]
+        **selection_options(options, strategy, final),  # type: ignore[typeddict-item]
     )
     return params, prompt_set
 
 
-def selection_options(options: RunOptions, strategy: Any, final_rule: str, stop_policy: str) -> dict[str, Any]:
+def selection_options(options: RunOptions, strategy: Any, final: int | ConfVote | None) -> dict[str, Any]:
     """The thinker-selection, confidence, TRT and DeepConf parameters: the strategy's defaults filled in, and
     the combinations checked (``verifier`` needs a verifier prompt, ``conf-vote`` a DeepConf measure, a
     measure needs top log-probabilities). Options a strategy does not use are checked but have no effect."""
@@ -149,12 +149,7 @@ def selection_options(options: RunOptions, strategy: Any, final_rule: str, stop_
             f"select_rule conf-vote weighs votes by a DeepConf measure: set confidence_score to one of "
             f"{', '.join(MEASURES)} (got {score})"
         )
-    uses_measures = (
-        score in MEASURES
-        or isinstance(parse_final_answer_rule(final_rule), ConfVote)
-        or strategy.name == "deepconf"
-        or (isinstance(parse_stop_policy(stop_policy), Consensus) and final_rule.startswith("conf-vote"))
-    )
+    uses_measures = score in MEASURES or isinstance(final, ConfVote) or strategy.name == "deepconf"
     top = options.top_logprobs
     if top is None:
         top = DEFAULT_TOP_LOGPROBS if uses_measures else 0

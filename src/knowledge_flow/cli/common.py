@@ -24,7 +24,7 @@ from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 from knowledge_flow.persistence.files import DEFAULT_DB
 
 if TYPE_CHECKING:
-    from knowledge_flow.persistence.store import RolloutStore
+    from knowledge_flow.persistence.store import RolloutStore, RunRow
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -77,6 +77,16 @@ def open_store(db: str, must_exist: bool = False) -> RolloutStore:
         return get_store(db)
     except SchemaError as exc:
         raise UsageError(str(exc)) from None
+
+
+def open_run(db: str | None, thread_id: str) -> tuple[str, RolloutStore, RunRow]:
+    """The database path, its store and the thread's latest run; UsageError when there is none."""
+    db_path = resolve_db(db)
+    store = open_store(db_path, must_exist=True)
+    run = store.latest_run(thread_id)
+    if run is None:
+        raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+    return db_path, store, run
 
 
 @contextmanager

@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, fail, open_store, out, resolve_db, table
+from knowledge_flow.cli.common import (
+    DbOpt,
+    JsonOpt,
+    UsageError,
+    clean,
+    fail,
+    open_run,
+    open_store,
+    out,
+    resolve_db,
+    table,
+)
 from knowledge_flow.cli.run import describe_item
 
 if TYPE_CHECKING:
@@ -31,11 +42,7 @@ def show(
     from knowledge_flow.evaluation.rows import EvalStore
 
     try:
-        db_path = resolve_db(db)
-        store = open_store(db_path, must_exist=True)
-        run = store.latest_run(thread_id)
-        if run is None:
-            raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+        db_path, store, run = open_run(db, thread_id)
     except UsageError as exc:
         raise fail(str(exc)) from None
     from knowledge_flow.text.answers import equivalent

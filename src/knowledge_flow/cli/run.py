@@ -24,6 +24,7 @@ from knowledge_flow.cli.common import (
     endpoint,
     err,
     fail,
+    open_run,
     open_store,
     out,
     resolve_db,
@@ -285,11 +286,7 @@ def resume(
     from knowledge_flow.persistence.leases import holder
 
     try:
-        db_path = resolve_db(db)
-        store = open_store(db_path, must_exist=True)
-        run = store.latest_run(thread_id)
-        if run is None:
-            raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+        db_path, store, run = open_run(db, thread_id)
         url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or run.base_url or DEFAULT_LOCAL_BASE_URL)
         if iterations is not None and iterations < run.iterations_done:
             raise UsageError(
