@@ -36,7 +36,11 @@ class Context:
     )
     db_path: str = field(
         default_factory=lambda: _env("KFLOW_DB", default=DEFAULT_DB) or DEFAULT_DB,
-        metadata={"description": "SQLite file holding checkpoints and the rollout store."},
+        repr=False,
+        metadata={
+            "description": "The rollout store's database: an SQLite file, or a postgresql:// URL (its password is "
+            "never stored or shown)."
+        },
     )
     request_timeout: float = field(
         default=3600.0,

@@ -8,9 +8,10 @@ reflection before the others) and `verify` between `extract_answer` and `distill
     START -> prepare -> (reflect ->) solve -> extract_answer -> (verify ->) distill_knowledge -> stop_check
     stop_check -> reflect | solve | END
 
-`builder` is the uncompiled `StateGraph`; `graph` is compiled with the SQLite checkpointer (the file named
-by ``KFLOW_DB``, opened on first use), so ``graph.invoke({"problem": ...}, {"configurable": {"thread_id":
-T}})`` runs and ``graph.invoke(None, same_config)`` resumes. LangGraph Studio uses `studio.graph`, which has
+`builder` is the uncompiled `StateGraph`; `graph` is compiled with the checkpointer of ``KFLOW_DB``
+(`get_checkpointer`: an SQLite file, opened on first use, or a ``postgresql://`` database), so
+``graph.invoke({"problem": ...}, {"configurable": {"thread_id": T}})`` runs and ``graph.invoke(None,
+same_config)`` resumes. LangGraph Studio uses `studio.graph`, which has
 no checkpointer of its own (the server brings one).
 """
 
@@ -37,7 +38,7 @@ from knowledge_flow.nodes import (
     verify,
 )
 from knowledge_flow.params import MAX_ITERATIONS, recursion_limit, resolve_run
-from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+from knowledge_flow.persistence.checkpointer import get_checkpointer
 from knowledge_flow.state import InputState, OutputState, PrepareInput, State
 
 GRAPH_NAME = "Knowledge Flow"
@@ -99,4 +100,4 @@ def compile_graph(checkpointer: BaseCheckpointSaver[str] | None = None) -> Knowl
     return configured
 
 
-graph = compile_graph(SqliteCheckpointer())
+graph = compile_graph(get_checkpointer())

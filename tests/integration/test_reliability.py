@@ -38,7 +38,9 @@ def changing_answer(order: list[str]) -> Any:
     return answer
 
 
-def eval_cmd(base_url: str, dataset: Path, db: Path, out: Path, run_id: str, iterations: int, *extra: str) -> list[str]:
+def eval_cmd(
+    base_url: str, dataset: Path, db: Path | str, out: Path, run_id: str, iterations: int, *extra: str
+) -> list[str]:
     return [
         "eval",
         "--dataset",

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 from knowledge_flow.persistence.files import DEFAULT_DB
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.persistence.store import RolloutStore, RunRow
@@ -59,23 +60,33 @@ def check_base_url(url: str | list[str]) -> str:
 
 
 def resolve_db(db: str | None) -> str:
-    from knowledge_flow.persistence.files import check_db_path
+    """The database to use: `db`, else ``KFLOW_DB``, else the default file; checked (an SQLite path:
+    `check_db_path`; a PostgreSQL URL: reachable and not another program's)."""
+    from knowledge_flow.persistence.store import database_key
 
-    path = db or os.environ.get("KFLOW_DB") or DEFAULT_DB
+    target = db or os.environ.get("KFLOW_DB") or DEFAULT_DB
     try:
-        return str(check_db_path(path))
+        return database_key(target)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
 def open_store(db: str, must_exist: bool = False) -> RolloutStore:
+    """The rollout store of `db`; with `must_exist`, UsageError when it holds no knowledge-flow data yet
+    (nothing is created for a command that only reads)."""
     from knowledge_flow.persistence.store import SchemaError, get_store
+    from knowledge_flow.persistence.urls import is_postgres
 
-    if must_exist and not Path(db).is_file():
+    if must_exist and not is_postgres(db) and not Path(db).is_file():
         raise UsageError(f"database {db!r} does not exist")
     try:
+        if must_exist and is_postgres(db):
+            from knowledge_flow.persistence.postgres import has_schema
+
+            if not has_schema(db):
+                raise UsageError(f"database {shown(db)} holds no knowledge-flow runs")
         return get_store(db)
-    except SchemaError as exc:
+    except (SchemaError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -85,7 +96,7 @@ def open_run(db: str | None, thread_id: str) -> tuple[str, RolloutStore, RunRow]
     store = open_store(db_path, must_exist=True)
     run = store.latest_run(thread_id)
     if run is None:
-        raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+        raise UsageError(f"no run on thread {thread_id!r} in {shown(db_path)}")
     return db_path, store, run
 
 
@@ -141,7 +152,14 @@ BaseUrlOpt = Annotated[
 ]
 
 
-DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (env KFLOW_DB; default knowledge_flow.db).")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="SQLite file, or a PostgreSQL database postgresql://USER@HOST[:PORT]/DB (password: PGPASSWORD or "
+        "~/.pgpass); env KFLOW_DB; default knowledge_flow.db.",
+    ),
+]
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")]

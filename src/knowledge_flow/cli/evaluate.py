@@ -32,6 +32,7 @@ from knowledge_flow.cli.common import (
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.cli.report import print_report
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.runner import Progress as Counters
@@ -72,6 +73,15 @@ def evaluate(
     progress_every: Annotated[
         float, typer.Option("--progress-every", min=0.1, help="Seconds between progress lines when not a terminal.")
     ] = 30.0,
+    max_problems: Annotated[
+        int | None,
+        typer.Option(
+            "--max-problems",
+            min=1,
+            help="Stop after claiming M problems (a job with a time limit); the others are left to other workers "
+            "or a later resume.",
+        ),
+    ] = None,
     max_retries: MaxRetriesOpt = 6,
     request_timeout: TimeoutOpt = 3600.0,
     as_json: JsonOpt = False,
@@ -85,6 +95,7 @@ def evaluate(
     if concurrency is not None and concurrency < 1:
         raise fail("--concurrency must be at least 1")
     from knowledge_flow.context import Context
+    from knowledge_flow.evaluation.claims import join, live_workers, release_all
     from knowledge_flow.evaluation.datasets import DatasetError
     from knowledge_flow.evaluation.report import build_report
     from knowledge_flow.evaluation.rows import EvalStore
@@ -92,8 +103,8 @@ def evaluate(
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.interrupts import StopRequest, exit_now
     from knowledge_flow.params import resolve_params
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
-    from knowledge_flow.persistence.leases import LeaseHeld, acquire
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
+    from knowledge_flow.persistence.leases import LeaseHeld, acquire, heartbeat_timeout
 
     given = {name: value for name, value in options.items() if value is not None}
     try:
@@ -104,7 +115,7 @@ def evaluate(
             store = open_store(db_path, must_exist=True)
             row = EvalStore(store).get_eval(resume)
             if row is None:
-                raise UsageError(f"no evaluation run {resume!r} in {db_path}")
+                raise UsageError(f"no evaluation run {resume!r} in {shown(db_path)}")
             manifest = row.manifest
             check_unchanged(given, manifest["params"], f"run {resume!r}")
             loaded = DatasetSpec(**manifest["dataset_spec"]).load()
@@ -146,16 +157,31 @@ def evaluate(
                 output_postfix=postfix,
                 output_dir=str(folder),
             )
-        lease = acquire(store, f"evaluation run:{eval_id}")
+        heartbeat_timeout()  # a bad KFLOW_HEARTBEAT_TIMEOUT is refused before anything runs
+        if store.dialect == "sqlite":  # one process per evaluation: its claims are this process's alone
+            exclusive = acquire(store, f"evaluation run:{eval_id}")
+            release_all(store, eval_id)
+        elif resume is not None and "iterations" in given and live_workers(store, eval_id):
+            held = live_workers(store, eval_id)[0]
+            raise UsageError(
+                f"evaluation run {eval_id} has workers running (pid {held.pid} on {held.host}); its budget can "
+                "be extended when they have stopped"
+            )
+        lease = join(store, eval_id)
     except LeaseHeld as exc:
         raise fail(str(exc)) from None
     except (UsageError, ValueError, DatasetError) as exc:
         raise fail(str(exc)) from None
 
-    resume_hint = f"`kflow eval --resume {eval_id} --db {db_path}`"
-    err.print(f"evaluation {eval_id}: {loaded.name}, {len(loaded.problems)} problems (database {db_path})")
+    def release() -> None:
+        lease.release()
+        if store.dialect == "sqlite":
+            exclusive.release()
+
+    resume_hint = f"`kflow eval --resume {eval_id} --db {shown(db_path)}`"
+    err.print(f"evaluation {eval_id}: {loaded.name}, {len(loaded.problems)} problems (database {shown(db_path)})")
     display = ProgressDisplay(progress_every)
-    checkpointer = SqliteCheckpointer(db_path)
+    checkpointer = get_checkpointer(db_path)
     graph = compile_graph(checkpointer)
     started = time.monotonic()
     with StopRequest() as stop:
@@ -175,12 +201,14 @@ def evaluate(
                     context=context,
                     concurrency=concurrency,
                     stop=stop.event,
+                    lease=lease,
+                    max_problems=max_problems,
                     on_start=display.start,
                     on_tick=display.tick,
                 )
         except (UsageError, ValueError) as exc:
             display.stop()
-            lease.release()
+            release()
             raise fail(str(exc)) from None
         display.stop()
         report = build_report(store, eval_id)
@@ -189,10 +217,10 @@ def evaluate(
             if written:
                 out.print(f"predictions of the {report.finished} complete problems: {written[0].parent}")
             err.print(Text(f"{stop.signal_name}: stopped; continue with {resume_hint}", style="bold yellow"))
-            lease.release()
+            release()
             checkpointer.close()
             exit_now()
-    lease.release()
+    release()
     checkpointer.close()
     failures = [r for r in results if r.error]
     if as_json:
@@ -207,6 +235,9 @@ def evaluate(
             err.print(Text(f"problem {failure.position} failed: {clean(failure.error, 300)}", style="red"))
         count = max(len(failures), report.failed)
         raise fail(f"{count} problem(s) did not finish; continue with {resume_hint}", code=1)
+    left = report.problems - report.finished
+    if left and max_problems is not None and len(results) >= max_problems:
+        err.print(f"this worker ran its {max_problems} problems; {left} are left: continue with {resume_hint}")
 
 
 DEFAULT_CONCURRENCY = 256

@@ -23,6 +23,7 @@ from knowledge_flow.cli.common import (
     table,
 )
 from knowledge_flow.cli.run import describe_item
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.persistence.store import RolloutStore, RunRow
@@ -142,7 +143,7 @@ def threads(
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
         if evaluation is not None and EvalStore(store).get_eval(evaluation) is None:
-            raise UsageError(f"no evaluation run {evaluation!r} in {db_path}")
+            raise UsageError(f"no evaluation run {evaluation!r} in {shown(db_path)}")
     except UsageError as exc:
         raise fail(str(exc)) from None
     runs = mirrored(db_path, store, store.list_runs())
@@ -238,10 +239,10 @@ def mirrored(db_path: str, store: RolloutStore, runs: Sequence[RunRow]) -> list[
     """The runs as their checkpoints hold them (`knowledge_flow.runs.from_checkpoints`)."""
     if not runs:
         return []
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
     from knowledge_flow.runs import from_checkpoints
 
-    checkpointer = SqliteCheckpointer(db_path)
+    checkpointer = get_checkpointer(db_path)
     try:
         return from_checkpoints(store, checkpointer, runs)
     finally:

@@ -12,6 +12,7 @@ import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, err, fail, open_store, out, resolve_db, table
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.compare import RunComparison
@@ -77,6 +78,13 @@ def print_report(report: EvalReport) -> None:
                 f"{entry['completion_tokens']:,}",
             )
         out.print(replicas)
+    if len(report.workers) > 1:
+        workers = table("worker", "problems finished", "rollouts run", "tokens")
+        for entry in report.workers:
+            workers.add_row(
+                Text(clean(entry["worker"])), f"{entry['problems']:,}", f"{entry['rollouts']:,}", f"{entry['tokens']:,}"
+            )
+        out.print(workers)
     out.print(
         f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
         f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"
@@ -121,7 +129,7 @@ def report(
         reports = []
         for name in [run_id, *(compare or [])]:
             if EvalStore(store).get_eval(name) is None:
-                raise UsageError(f"no evaluation run {name!r} in {db_path}")
+                raise UsageError(f"no evaluation run {name!r} in {shown(db_path)}")
             reports.append(build_report(store, name, answer_rule))
     except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -1,18 +1,19 @@
-"""The evaluations' rows, beside the rollout store in the same file: ``kf_evals`` (one evaluation run, its
-manifest and status) and ``kf_eval_items`` (one problem: its thread, gold answer and per-iteration results).
-`EvalStore` reads and writes them."""
+"""The evaluations' rows, beside the rollout store in the same database: ``kf_evals`` (one evaluation run, its
+manifest and status) and ``kf_eval_items`` (one problem: its thread, gold answer, per-iteration results, and the
+worker that claims it). `EvalStore` reads and writes them; `knowledge_flow.evaluation.claims` shares them out."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, select
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, case, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from knowledge_flow.persistence.rows import Base
+from knowledge_flow.persistence.rows import Base, RolloutRow
 from knowledge_flow.persistence.store import RolloutStore, get_store
 
 
@@ -54,6 +55,10 @@ class EvalItemRow(Base):
     correct_json: Mapped[str] = mapped_column(Text, default="[]")
     prompt_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
     completion_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
+    claimed_by: Mapped[str | None] = mapped_column(String(300))
+    """The lease key of the worker running it now (free when None or when that lease expired)."""
+    worker: Mapped[str | None] = mapped_column(Text)
+    """The worker (``HOST:PID``) that claimed it last: the one that finished it, once it is done."""
 
     @property
     def answers(self) -> list[str | None]:
@@ -74,6 +79,20 @@ class EvalItemRow(Base):
     def completion_tokens(self) -> list[int]:
         value: list[int] = json.loads(self.completion_tokens_json)
         return value
+
+
+def manifest_json(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How far an evaluation is, over every worker: problems done (and correct), failed, rollouts stored."""
+
+    done: int
+    correct: int
+    failed: int
+    rollouts: int
 
 
 class EvalStore:
@@ -107,6 +126,20 @@ class EvalStore:
     def update_eval(self, eval_id: str, **values: Any) -> None:
         self.store.update_row(EvalRow, eval_id, f"evaluation run {eval_id!r}", values)
 
+    def finish(self, eval_id: str, finished_at: str) -> bool:
+        """Mark a running evaluation done, its manifest with the time; False when it already was."""
+        with self.store.session() as session:
+            row = session.get(EvalRow, eval_id, with_for_update=True)
+            if row is None or row.status == "done":
+                return False
+            manifest = row.manifest
+            manifest["finished_at"] = finished_at
+            row.manifest_json = manifest_json(manifest)
+            row.status = "done"
+            row.finished_at = finished_at
+            row.updated_at = finished_at
+            return True
+
     def eval_items(self, eval_id: str) -> Sequence[EvalItemRow]:
         with self.store.session() as session:
             statement = select(EvalItemRow).where(EvalItemRow.eval_id == eval_id).order_by(EvalItemRow.position)
@@ -123,6 +156,23 @@ class EvalStore:
         item = self.eval_item_of_thread(thread_id)
         return item.eval_id if item is not None else None
 
+    def counts(self, eval_id: str) -> Counts:
+        with self.store.session() as session:
+            right = func.sum(case((EvalItemRow.final_correct.is_(True), 1), else_=0))
+            statement = (
+                select(EvalItemRow.status, func.count(), right)
+                .where(EvalItemRow.eval_id == eval_id)
+                .group_by(EvalItemRow.status)
+            )
+            by_status = {status: (int(n), int(correct or 0)) for status, n, correct in session.execute(statement)}
+            rollouts = session.scalar(
+                select(func.count()).where(
+                    RolloutRow.thread_id.startswith(f"{eval_id}:", autoescape=True), RolloutRow.index == 0
+                )
+            )
+        done, correct = by_status.get("done", (0, 0))
+        return Counts(done, correct, by_status.get("failed", (0, 0))[0], int(rollouts or 0))
+
     def update_eval_item(self, eval_id: str, position: int, **values: Any) -> None:
         self.store.update_row(
             EvalItemRow, (eval_id, position), f"item {position} in evaluation run {eval_id!r}", values
@@ -134,4 +184,4 @@ def get_eval_store(path: str | os.PathLike[str]) -> EvalStore:
     return EvalStore(get_store(path))
 
 
-__all__ = ["EvalItemRow", "EvalRow", "EvalStore", "get_eval_store"]
+__all__ = ["Counts", "EvalItemRow", "EvalRow", "EvalStore", "get_eval_store", "manifest_json"]

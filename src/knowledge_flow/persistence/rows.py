@@ -1,6 +1,6 @@
 """The rollout store's tables (SQLAlchemy 2): runs and rollouts with their full texts, next to the checkpoints.
 
-Tables (in the same SQLite file as the LangGraph checkpoints):
+Tables (in the same database as the LangGraph checkpoints: an SQLite file or a PostgreSQL database):
 
 - ``kf_meta``: key/value, holds ``schema_version``.
 - ``kf_runs``: one row per run (a thread can hold several runs, one after another).
@@ -14,7 +14,7 @@ Tables (in the same SQLite file as the LangGraph checkpoints):
   prompt, output and what was made of it; id ``{run_id}:{iteration}:{kind}``, so a stored call is never
   requested twice either.
 - ``kf_evals``, ``kf_eval_items``: evaluation runs, in `knowledge_flow.evaluation.rows`; ``kf_leases``: one
-  process per run, in `knowledge_flow.persistence.leases`.
+  process per run, and the workers of an evaluation, in `knowledge_flow.persistence.leases`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -37,7 +37,9 @@ before stay readable. 4: prompt sets (``kf_prompt_sets``); rollouts gain the req
 outside the rollouts (``kf_calls``: TRT planning, reflection, verifier); rollouts gain the TRT strategy they
 followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the online threshold in force,
 the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
-(``retries``); runs gain DeepConf's threshold."""
+(``retries``); runs gain DeepConf's threshold. 6: workers: rollouts gain the worker that ran them, evaluation
+problems the worker that claims them (``claimed_by``) and the one that ran them last (``worker``), leases
+their holder's heartbeat timeout; the same schema on PostgreSQL."""
 
 
 class SchemaError(RuntimeError):
@@ -158,6 +160,8 @@ class RolloutRow(Base):
     below_threshold (finished, its lowest group confidence under the threshold)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
+    worker: Mapped[str | None] = mapped_column(Text)
+    """The process that ran it (``HOST:PID``)."""
 
     @property
     def strategy(self) -> dict[str, str] | None:

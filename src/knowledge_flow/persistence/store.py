@@ -1,5 +1,6 @@
 """The rollout store: runs, rollouts with their full texts, LLM calls outside the rollouts and prompt sets, in
-the SQLite file of the checkpoints (tables: `knowledge_flow.persistence.rows`)."""
+the database of the checkpoints: an SQLite file or a PostgreSQL database (tables:
+`knowledge_flow.persistence.rows`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, inspect, select, update
+from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from knowledge_flow.persistence.compression import unpack_confidences
@@ -27,7 +30,8 @@ from knowledge_flow.persistence.rows import (
     SchemaError,
     utcnow,
 )
-from knowledge_flow.persistence.schema import make_engine, open_schema
+from knowledge_flow.persistence.schema import make_engine, open_schema, schema_lock
+from knowledge_flow.persistence.urls import is_postgres, shown
 from knowledge_flow.prompts import PromptSet, from_source
 from knowledge_flow.records import StoredRollout
 
@@ -61,14 +65,23 @@ def endpoint_entry(url: str) -> dict[str, Any]:
 
 
 class RolloutStore:
-    """Runs, rollouts, calls and prompt sets of one SQLite file (the evaluations' rows:
-    `knowledge_flow.evaluation.rows.EvalStore`). Not LangGraph's `runtime.store`."""
+    """Runs, rollouts, calls and prompt sets of one database, an SQLite file or a PostgreSQL URL (the
+    evaluations' rows: `knowledge_flow.evaluation.rows.EvalStore`). Not LangGraph's `runtime.store`.
+
+    `target` is the file or URL as given to open it; `path` is what may be shown (a URL's password masked)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(check_db_path(path))
-        self.engine = make_engine(self.path)
+        self.target = database_key(path)
+        self.path = shown(self.target)
+        self.engine = make_engine(self.target)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        open_schema(self.engine, self.path, self._sessions)
+        with schema_lock(self.engine):
+            open_schema(self.engine, self.path, self._sessions)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -144,17 +157,21 @@ class RolloutStore:
 
     # prompt sets ------------------------------------------------------------------------------------
     def save_prompt_set(self, prompt_set: PromptSet) -> None:
+        """Store a prompt set's text once (many threads, and workers, save the same one at once)."""
+        dialect_insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = (
+            dialect_insert(PromptSetRow)
+            .values(
+                digest=prompt_set.digest,
+                name=prompt_set.name,
+                source=prompt_set.source,
+                origin=prompt_set.origin,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+        )
         with self.session() as session:
-            if session.get(PromptSetRow, prompt_set.digest) is None:
-                session.add(
-                    PromptSetRow(
-                        digest=prompt_set.digest,
-                        name=prompt_set.name,
-                        source=prompt_set.source,
-                        origin=prompt_set.origin,
-                        created_at=utcnow(),
-                    )
-                )
+            session.execute(statement)
 
     def prompt_set(self, digest: str) -> PromptSet:
         """The prompt set a run used, from its stored text."""
@@ -175,6 +192,10 @@ class RolloutStore:
             return set(session.scalars(select(RolloutRow.id).where(RolloutRow.id.in_(rollout_ids))))
 
     def add_rollout(self, row: RolloutRow) -> None:
+        if row.worker is None:
+            from knowledge_flow.persistence.leases import worker_name
+
+            row.worker = worker_name()
         with self.session() as session:
             session.add(row)
 
@@ -291,17 +312,47 @@ class RolloutStore:
             del entry["url"]
         return sorted(endpoints.values(), key=lambda e: str(e["url"])), [iterations[k] for k in sorted(iterations)]
 
+    def worker_stats(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per worker (``HOST:PID``) that ran rollouts of the given runs: how many, and their tokens."""
+        workers: dict[str, dict[str, int]] = {}
+        with self.session() as session:
+            for start in range(0, len(run_ids), 500):
+                statement = (
+                    select(
+                        RolloutRow.worker,
+                        func.count(),
+                        func.coalesce(func.sum(RolloutRow.prompt_tokens + RolloutRow.completion_tokens), 0),
+                    )
+                    .where(RolloutRow.run_id.in_(list(run_ids[start : start + 500])))
+                    .group_by(RolloutRow.worker)
+                )
+                for worker, count, tokens in session.execute(statement):
+                    entry = workers.setdefault(worker or "(not recorded)", {"rollouts": 0, "tokens": 0})
+                    entry["rollouts"] += int(count)
+                    entry["tokens"] += int(tokens)
+        return workers
+
 
 _STORES: dict[str, RolloutStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
+def database_key(path: str | os.PathLike[str]) -> str:
+    """A database as one string: a PostgreSQL URL checked (`postgres.check_db_url`: reachable, not another
+    program's), or an SQLite file's path checked (`check_db_path`)."""
+    if is_postgres(path):
+        from knowledge_flow.persistence.postgres import check_db_url
+
+        return check_db_url(str(path))
+    return str(check_db_path(path))
+
+
 def get_store(path: str | os.PathLike[str]) -> RolloutStore:
-    """One `RolloutStore` (engine, connection pool) per database file and process."""
-    key = str(Path(path).expanduser().resolve())
+    """One `RolloutStore` (engine, connection pool) per database and process."""
+    key = str(path) if is_postgres(path) else str(Path(path).expanduser().resolve())
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
-            store = RolloutStore(key)  # checks the file (`check_db_path`) once
+            store = RolloutStore(key)  # checks the database (`database_key`) once
             _STORES[key] = store
         return store
