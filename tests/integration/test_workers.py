@@ -37,6 +37,10 @@ def wait_for(condition: Any, what: str, timeout: float = 120, procs: tuple[Any, 
         time.sleep(0.05)
 
 
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def paid(servers: list[ScriptedServer]) -> list[tuple[str, int]]:
     """Every rollout delivered by any server, as (problem, iteration)."""
     return [(r.key, iteration_of(r.prompt)) for server in servers for r in server.delivered()]
@@ -149,14 +153,18 @@ def test_max_problems_stops_a_worker_and_resume_finishes(
 ) -> None:
     dataset, order, _ = dataset_of(tmp_path, 5)
     server = scripted(eval_responder(changing_answer(order)), keys=order).start()
-    first = run_kflow(
-        eval_cmd(server.base_url, dataset, database.target, tmp_path / "out", "part", 2, "--max-problems", "2")
+    ready = run_kflow(
+        eval_cmd(server.base_url, dataset, database.target, tmp_path / "out", "part", 2, "--max-problems", "0")
     )
+    assert ready.returncode == 0, ready.stderr  # created, nothing sent: the workers resume it
+    assert "evaluation part is ready; its workers run it with `kflow eval --resume part" in one_line(ready.stderr)
+    assert server.requests == [] and json.loads(ready.stdout)["finished"] == 0
+    first = run_kflow(["eval", "--resume", "part", "--db", database.target, "--max-problems", "2", "--json"])
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     assert result["finished"] == 2 and result["status"] != "done"
-    assert "this worker ran its 2 problems; 3 are left: continue with `kflow eval --resume part" in " ".join(
-        first.stderr.split()
+    assert "this worker ran its 2 problems; 3 are left: continue with `kflow eval --resume part" in one_line(
+        first.stderr
     )
     assert len(server.delivered()) == 2 * 2
     rest = run_kflow(["eval", "--resume", "part", "--db", database.target, "--json"])
@@ -213,7 +221,7 @@ def test_claims_never_overlap_and_a_silent_remote_worker_loses_its_problems(
     taken = [p for positions in got for p in positions]
     if time.monotonic() - started < 1.0:  # the remote worker's claims were still live: not taken
         assert sorted(taken) == list(range(2, 40))
-        assert claimed_elsewhere(store, "claims", leases[0]) == 2
+        assert claimed_elsewhere(store, "claims", leases[0]) == 40 - len(got[0])  # the others' and the remote's
     while time.monotonic() - started < 1.5:
         time.sleep(0.1)
     late = claim(store, "claims", leases[0], 10)
@@ -221,10 +229,13 @@ def test_claims_never_overlap_and_a_silent_remote_worker_loses_its_problems(
     assert len(set(taken)) == len(taken)
 
     # a live worker keeps its claims past its timeout: its heartbeat renews them
+    for lease, positions in zip(leases, got, strict=True):
+        release(store, "claims", positions, lease)
     release(store, "claims", [item.position for item in late], leases[0])
     monkeypatch.setenv("KFLOW_HEARTBEAT_TIMEOUT", "1")
     live = acquire(store, "worker:claims:live")
     assert {item.position for item in claim(store, "claims", live, 2)} == {0, 1}
+    assert sorted(item.position for item in claim(store, "claims", leases[1], 100)) == list(range(2, 40))
     time.sleep(2.5)
     assert claim(store, "claims", leases[1], 10) == []
     assert claimed_elsewhere(store, "claims", leases[1]) == 2

@@ -59,11 +59,20 @@ class Database:
         """Everything the database holds, as bytes to search (SQLite: the file and its WAL; PostgreSQL: every
         row of every table, as text)."""
         if self.kind == "sqlite":
-            return b"".join(p.read_bytes() for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+            files = [self.path, self.path.with_name(self.path.name + "-wal")]
+            return b"".join(path.read_bytes() for path in files if path.is_file())
         chunks = []
         for table in sorted(self.tables()):
             chunks += [str(row[0]).encode() for row in self.rows(f'SELECT t::text FROM "{table}" t')]
         return b"\n".join(chunks)
+
+    def snapshot(self) -> bytes:
+        """What must not change when the database is refused: the SQLite file (its WAL folded in first), or
+        every row."""
+        if self.kind == "sqlite":
+            self.rows("PRAGMA wal_checkpoint(TRUNCATE)")
+            return self.path.read_bytes()
+        return self.content()
 
     def __str__(self) -> str:
         return self.target

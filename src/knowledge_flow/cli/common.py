@@ -62,7 +62,7 @@ def check_base_url(url: str | list[str]) -> str:
 def resolve_db(db: str | None) -> str:
     """The database to use: `db`, else ``KFLOW_DB``, else the default file; checked (an SQLite path:
     `check_db_path`; a PostgreSQL URL: reachable and not another program's)."""
-    from knowledge_flow.persistence.store import database_key
+    from knowledge_flow.persistence.urls import database_key
 
     target = db or os.environ.get("KFLOW_DB") or DEFAULT_DB
     try:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -77,9 +78,9 @@ def evaluate(
         int | None,
         typer.Option(
             "--max-problems",
-            min=1,
+            min=0,
             help="Stop after claiming M problems (a job with a time limit); the others are left to other workers "
-            "or a later resume.",
+            "or a later resume. 0: create the evaluation and send nothing (workers then resume it).",
         ),
     ] = None,
     max_retries: MaxRetriesOpt = 6,
@@ -190,7 +191,7 @@ def evaluate(
                 before = extend(graph, store, eval_id, int(given["iterations"]))
                 if before != given["iterations"]:
                     err.print(f"extended from {before} to {given['iterations']} iterations")
-            with endpoint(url) as live_url:
+            with endpoint(url) if max_problems != 0 else nullcontext(url) as live_url:
                 context = Context(
                     base_url=live_url, db_path=db_path, max_retries=max_retries, request_timeout=request_timeout
                 )
@@ -236,7 +237,9 @@ def evaluate(
         count = max(len(failures), report.failed)
         raise fail(f"{count} problem(s) did not finish; continue with {resume_hint}", code=1)
     left = report.problems - report.finished
-    if left and max_problems is not None and len(results) >= max_problems:
+    if left and max_problems == 0:
+        err.print(f"evaluation {eval_id} is ready; its workers run it with {resume_hint}")
+    elif left and max_problems is not None and len(results) >= max_problems:
         err.print(f"this worker ran its {max_problems} problems; {left} are left: continue with {resume_hint}")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from knowledge_flow.context import Context
-from knowledge_flow.evaluation.claims import live_workers
+from knowledge_flow.evaluation.claims import join, live_workers
 from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
 from knowledge_flow.evaluation.predictions import write_predictions
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalRow, EvalStore, manifest_json
@@ -141,14 +141,28 @@ def execute(
     context: Context,
     concurrency: int,
     stop: threading.Event,
-    lease: Lease,
+    lease: Lease | None = None,
     max_problems: int | None = None,
     on_start: Callable[[Progress], None] = lambda _p: None,
     on_tick: Callable[[], None] = lambda: None,
 ) -> tuple[EvalRow, list[ItemResult], list[Path]]:
-    """Run (or continue) an evaluation as the worker holding `lease`; write the prediction files once every
-    problem is done (when `stop` was set, for the problems complete so far). Of several workers finishing
-    at once, the one that marks the evaluation done writes them."""
+    """Run (or continue) an evaluation as the worker holding `lease` (None: join as a worker for this call);
+    write the prediction files once every problem is done (when `stop` was set, for the problems complete so
+    far). Of several workers finishing at once, the one that marks the evaluation done writes them."""
+    if lease is None:
+        with join(store, eval_id) as own:
+            return execute(
+                graph=graph,
+                store=store,
+                eval_id=eval_id,
+                context=context,
+                concurrency=concurrency,
+                stop=stop,
+                lease=own,
+                max_problems=max_problems,
+                on_start=on_start,
+                on_tick=on_tick,
+            )
     row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]

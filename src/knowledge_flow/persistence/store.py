@@ -18,7 +18,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from knowledge_flow.persistence.compression import unpack_confidences
-from knowledge_flow.persistence.files import check_db_path
 from knowledge_flow.persistence.rows import (
     SCHEMA_VERSION,
     Base,
@@ -31,7 +30,7 @@ from knowledge_flow.persistence.rows import (
     utcnow,
 )
 from knowledge_flow.persistence.schema import make_engine, open_schema, schema_lock
-from knowledge_flow.persistence.urls import is_postgres, shown
+from knowledge_flow.persistence.urls import database_key, is_postgres, shown
 from knowledge_flow.prompts import PromptSet, from_source
 from knowledge_flow.records import StoredRollout
 
@@ -335,16 +334,6 @@ class RolloutStore:
 
 _STORES: dict[str, RolloutStore] = {}
 _STORES_LOCK = threading.Lock()
-
-
-def database_key(path: str | os.PathLike[str]) -> str:
-    """A database as one string: a PostgreSQL URL checked (`postgres.check_db_url`: reachable, not another
-    program's), or an SQLite file's path checked (`check_db_path`)."""
-    if is_postgres(path):
-        from knowledge_flow.persistence.postgres import check_db_url
-
-        return check_db_url(str(path))
-    return str(check_db_path(path))
 
 
 def get_store(path: str | os.PathLike[str]) -> RolloutStore:

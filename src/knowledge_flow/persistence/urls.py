@@ -11,6 +11,8 @@ import os
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from knowledge_flow.persistence.files import check_db_path
+
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 _URL = re.compile(r"^(?:postgresql|postgres)(?:\+psycopg)?://", re.IGNORECASE)
 #: The password of a URL anywhere in a text: after ``scheme://user:`` and before the host's ``@``, or a
@@ -45,6 +47,16 @@ def redact(text: str) -> str:
     return _OPTION.sub(rf"\1{MASK}", _SECRET.sub(rf"\1{MASK}@", text))
 
 
+def database_key(target: str | os.PathLike[str]) -> str:
+    """A database as one string, checked: a PostgreSQL URL (`postgres.check_db_url`: reachable, not another
+    program's) or an SQLite file's path (`files.check_db_path`)."""
+    if is_postgres(target):
+        from knowledge_flow.persistence.postgres import check_db_url
+
+        return check_db_url(str(target))
+    return str(check_db_path(target))
+
+
 def sqlalchemy_url(url: str) -> str:
     """The URL for SQLAlchemy's PostgreSQL dialect with the psycopg 3 driver."""
     return "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -55,4 +67,4 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1]
 
 
-__all__ = ["SCHEMES", "check_url", "is_postgres", "libpq_url", "redact", "shown", "sqlalchemy_url"]
+__all__ = ["SCHEMES", "check_url", "database_key", "is_postgres", "libpq_url", "redact", "shown", "sqlalchemy_url"]
