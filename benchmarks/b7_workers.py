@@ -3,7 +3,8 @@ PostgreSQL database (separate processes claiming problems, as on separate nodes)
 
 A server that answers at once (the simulated server with a clock a million times fast), so the figures are the
 product's own cost: rollouts per second while the workers run, CPU milliseconds the workers spend per graph step
-(the graph-step overhead: parsing, storing, checkpointing, claiming), and each worker's share of the rollouts.
+(the graph-step overhead: parsing, storing, checkpointing, claiming; each worker's start-up and final report,
+measured with a worker that finds nothing to claim, taken out), and each worker's share of the rollouts.
 Every configuration also checks that each problem was finished once and no rollout was requested twice.
 PostgreSQL is a cluster started for the run (or `--postgres URL`: a database whose server may create others).
 """
@@ -94,6 +95,7 @@ def measure(
     create(db, dataset, iterations, server.base_url, folder)
     wall, cpu = run_workers(db, server.base_url, workers, 32)
     found = figures(db)
+    _, idle = run_workers(db, server.base_url, 1, 32)  # a worker with nothing to claim: start-up and the end
     requested = len(server.stats()["requests"]) - before
     expected = problems * iterations
     if found["statuses"] != {"done": problems} or found["rollouts"] != expected or requested != expected:
@@ -106,7 +108,8 @@ def measure(
         "wall": wall,
         "span": found["span"],
         "rollouts_per_s": expected / found["span"] if found["span"] else 0.0,
-        "cpu_ms_per_step": 1000 * cpu / steps,
+        "cpu_ms_per_step": 1000 * max(0.0, cpu - workers * idle) / steps,
+        "startup_cpu_s": idle,
         "shares": [round(100 * share / expected, 1) for share in shares],
     }
 
@@ -144,13 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if cluster is not None:
             cluster.stop()
-    table(
-        ["store", "workers", "wall (s)", "rollouts stored in (s)", "rollouts / s", "CPU ms / graph step", "shares (%)"],
-        [
-            [r["store"], r["workers"], r["wall"], r["span"], r["rollouts_per_s"], r["cpu_ms_per_step"], r["shares"]]
-            for r in rows
-        ],
-    )
+    columns = ["store", "workers", "wall (s)", "rollouts stored in (s)", "rollouts / s", "CPU ms / graph step"]
+    keys = ["store", "workers", "wall", "span", "rollouts_per_s", "cpu_ms_per_step", "startup_cpu_s", "shares"]
+    table([*columns, "start-up CPU (s)", "shares (%)"], [[r[key] for key in keys] for r in rows])
     print("every problem finished once; every rollout requested once")
     return {"rows": rows}
 
@@ -164,7 +163,7 @@ def new_database(cluster: Any, given: str | None, workers: int) -> str:
 
     name = f"kflow_b7_{os.getpid()}_{workers}"
     with psycopg.connect(given, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
     base, _, query = given.partition("?")
     return base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
 

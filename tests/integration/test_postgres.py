@@ -37,7 +37,7 @@ def test_a_database_of_something_else_is_refused_untouched(postgres: Database) -
         proc = run_kflow([*args, "--db", postgres.target])
         assert proc.returncode == 2, proc.stderr
         assert "is a PostgreSQL database of something else (tables customers)" in one_line(proc.stderr)
-        assert len(proc.stderr.strip().splitlines()) == 1 and postgres.password not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and str(postgres.password) not in proc.stderr
     assert postgres.tables() == {"customers"}
 
 
@@ -66,7 +66,7 @@ def test_reading_commands_create_nothing_in_an_empty_database(postgres: Database
     for args in (["threads"], ["show", "t"], ["report", "r"], ["resume", "t"], ["eval", "--resume", "r"]):
         proc = run_kflow([*args, "--db", postgres.target])
         assert proc.returncode == 2, (args, proc.stderr)
-        assert "holds no knowledge-flow runs" in proc.stderr and postgres.password not in proc.stderr
+        assert "holds no knowledge-flow runs" in proc.stderr and str(postgres.password) not in proc.stderr
     assert postgres.tables() == set()
 
 
@@ -162,7 +162,7 @@ def test_db_copy_round_trips_a_finished_evaluation_and_copies_resume(
     summary = json.loads(copied.stdout)
     assert summary["rows"]["kf_rollouts"] == 4 * 3 + 2 and summary["rows"]["kf_eval_items"] == 4
     assert summary["threads"] == 5 and summary["checkpoints"] > 5 * 3
-    assert postgres.password not in copied.stdout + copied.stderr
+    assert str(postgres.password) not in copied.stdout + copied.stderr
     before = report_of(first, "moved", tmp_path / "r1")
     assert report_of(second, "moved", tmp_path / "r2") == before
     assert shown(second, "moved:2") == shown(first, "moved:2") and shown(second, "alone") == shown(first, "alone")

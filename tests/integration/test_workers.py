@@ -145,7 +145,7 @@ def test_three_workers_one_sigkilled_every_problem_done_once(
     assert sum(entry["rollouts"] for entry in workers.values()) == problems * iterations
     shown = run_kflow(["report", "three", "--db", db, "--out", str(tmp_path / "rep")])
     assert "problems finished" in shown.stdout and b_name in shown.stdout
-    assert postgres.password and postgres.password not in outputs["a"][0] + outputs["a"][1] + report.stdout
+    assert postgres.password and str(postgres.password) not in outputs["a"][0] + outputs["a"][1] + report.stdout
 
 
 def test_max_problems_stops_a_worker_and_resume_finishes(
@@ -172,6 +172,29 @@ def test_max_problems_stops_a_worker_and_resume_finishes(
     assert json.loads(rest.stdout)["finished"] == 5 and json.loads(rest.stdout)["status"] == "done"
     delivered = paid([server])
     assert len(delivered) == len(set(delivered)) == 5 * 2
+
+
+def test_a_failed_problem_is_tried_once_per_worker_then_finished_by_a_working_endpoint(
+    scripted: type[ScriptedServer], tmp_path: Path, postgres: Database
+) -> None:
+    dataset, order, _ = dataset_of(tmp_path, 3)
+    broken = [scripted(lambda r: Reply(content="", status=400), keys=order).start() for _ in range(2)]
+    working = scripted(eval_responder(changing_answer(order)), keys=order).start()
+    db = postgres.target
+    ready = run_kflow(eval_cmd(working.base_url, dataset, db, tmp_path / "out", "flaky", 2, "--max-problems", "0"))
+    assert ready.returncode == 0, ready.stderr
+    workers = [
+        start_kflow(["eval", "--resume", "flaky", "--db", db, "--base-url", server.base_url]) for server in broken
+    ]
+    for worker in workers:
+        _, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 1 and "3 problem(s) did not finish" in one_line(errors), errors
+    for server in broken:  # each worker tried each problem once (a run of 2 failed rollouts), then stopped
+        assert len(server.requests) <= 3 * 2 and not server.delivered()
+    assert {status for (status,) in postgres.rows("SELECT status FROM kf_eval_items")} == {"failed"}
+    last = run_kflow(["eval", "--resume", "flaky", "--db", db, "--base-url", working.base_url, "--json"])
+    assert last.returncode == 0, last.stderr
+    assert json.loads(last.stdout)["finished"] == 3 and len(working.delivered()) == 3 * 2
 
 
 def make_eval(store: Any, eval_id: str, problems: int) -> None:

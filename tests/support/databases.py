@@ -38,7 +38,7 @@ class Database:
         import psycopg
 
         with psycopg.connect(self.target, autocommit=True) as conn:
-            return [tuple(row) for row in conn.execute(sql, params)]  # type: ignore[call-overload]
+            return [tuple(row) for row in conn.execute(sql, params)]
 
     def execute(self, sql: str) -> None:
         if self.kind == "sqlite":
@@ -48,7 +48,7 @@ class Database:
         import psycopg
 
         with psycopg.connect(self.target, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def tables(self) -> set[str]:
         if self.kind == "sqlite":

@@ -99,7 +99,7 @@ class PostgresCluster:
         import psycopg
 
         with psycopg.connect(self.url(database), autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def create_database(self, prefix: str = "t") -> str:
         """A new, empty database; its URL (with the password)."""

@@ -37,6 +37,7 @@ from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.runner import Progress as Counters
+    from knowledge_flow.persistence.leases import Lease
 
 
 @with_run_options
@@ -159,6 +160,7 @@ def evaluate(
                 output_dir=str(folder),
             )
         heartbeat_timeout()  # a bad KFLOW_HEARTBEAT_TIMEOUT is refused before anything runs
+        exclusive: Lease | None = None
         if store.dialect == "sqlite":  # one process per evaluation: its claims are this process's alone
             exclusive = acquire(store, f"evaluation run:{eval_id}")
             release_all(store, eval_id)
@@ -176,7 +178,7 @@ def evaluate(
 
     def release() -> None:
         lease.release()
-        if store.dialect == "sqlite":
+        if exclusive is not None:
             exclusive.release()
 
     resume_hint = f"`kflow eval --resume {eval_id} --db {shown(db_path)}`"

@@ -7,16 +7,16 @@ the ones other workers are claiming at that moment skipped (``FOR UPDATE SKIP LO
 key into them. It runs them and releases each when it is done with it. A worker that dies keeps its claims
 until its heartbeat times out (at once when it ran on this host), then another worker claims those problems
 and continues each from its last checkpoint: every rollout already stored is read back, never requested again.
-A problem that failed is not claimed again by the worker it failed on (another worker, with its own endpoint,
-may try it).
+A problem that failed is not claimed again by the worker it failed on (`skip`; another worker, with its own
+endpoint, may try it once).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, func, not_, or_, select, update
 
 from knowledge_flow.evaluation.rows import EvalItemRow
 from knowledge_flow.persistence.leases import Lease, LeaseRow, acquire, fresh, reap, worker_name
@@ -37,24 +37,23 @@ def _live_keys() -> ColumnElement[bool]:
     return EvalItemRow.claimed_by.in_(select(LeaseRow.key).where(fresh()).scalar_subquery())
 
 
-def _claimable(eval_id: str, name: str) -> list[ColumnElement[bool]]:
-    return [
-        EvalItemRow.eval_id == eval_id,
-        EvalItemRow.status != "done",
-        not_(and_(EvalItemRow.status == "failed", EvalItemRow.worker == name)),
-        or_(EvalItemRow.claimed_by.is_(None), not_(_live_keys())),
-    ]
+def _open(eval_id: str, skip: Collection[int]) -> list[ColumnElement[bool]]:
+    """Problems of `eval_id` not done, but those in `skip`."""
+    conditions = [EvalItemRow.eval_id == eval_id, EvalItemRow.status != "done"]
+    if skip:
+        conditions.append(EvalItemRow.position.not_in(sorted(skip)))
+    return conditions
 
 
-def claim(store: RolloutStore, eval_id: str, lease: Lease, limit: int) -> list[EvalItemRow]:
-    """Claim up to `limit` free problems of `eval_id`, in order of position."""
+def claim(store: RolloutStore, eval_id: str, lease: Lease, limit: int, skip: Collection[int] = ()) -> list[EvalItemRow]:
+    """Claim up to `limit` free problems of `eval_id`, in order of position; never those in `skip`."""
     if limit < 1:
         return []
     name = worker_name()
     with store.session() as session:
         statement = (
             select(EvalItemRow)
-            .where(*_claimable(eval_id, name))
+            .where(*_open(eval_id, skip), or_(EvalItemRow.claimed_by.is_(None), not_(_live_keys())))
             .order_by(EvalItemRow.position)
             .limit(limit)
             .with_for_update(skip_locked=True, of=EvalItemRow)
@@ -109,18 +108,12 @@ def release_all(store: RolloutStore, eval_id: str) -> None:
         )
 
 
-def claimed_elsewhere(store: RolloutStore, eval_id: str, lease: Lease) -> int:
-    """Problems this worker could still take over: not done, held by another live worker (which may die)."""
+def claimed_elsewhere(store: RolloutStore, eval_id: str, lease: Lease, skip: Collection[int] = ()) -> int:
+    """Problems this worker could still take over: not done, not in `skip`, held by another live worker (which
+    may die)."""
     reap(store, worker_prefix(eval_id))
-    name = worker_name()
     with store.session() as session:
-        statement = select(func.count()).where(
-            EvalItemRow.eval_id == eval_id,
-            EvalItemRow.status != "done",
-            not_(and_(EvalItemRow.status == "failed", EvalItemRow.worker == name)),
-            EvalItemRow.claimed_by != lease.key,
-            _live_keys(),
-        )
+        statement = select(func.count()).where(*_open(eval_id, skip), EvalItemRow.claimed_by != lease.key, _live_keys())
         return int(session.scalar(statement) or 0)
 
 

@@ -206,6 +206,7 @@ def run_items(
     answer_type = cast(AnswerType, params["answer_type"])
     results: list[ItemResult] = []
     running: dict[Future[ItemResult], EvalItemRow] = {}
+    failed_here: set[int] = set()  # not claimed again by this worker
     claimed = 0
     poll = min(1.0, lease.timeout / BEATS_PER_TIMEOUT)
     refreshed = time.monotonic()
@@ -216,13 +217,13 @@ def run_items(
             if max_problems is not None:
                 room = min(room, max_problems - claimed)
             if room > 0 and not stop.is_set():
-                for item in claim(store, eval_id, lease, room):
+                for item in claim(store, eval_id, lease, room, failed_here):
                     running[pool.submit(_solve_one, graph, store, item, params, context, progress, stop)] = item
                     claimed += 1
             progress.in_flight = len(running)
             if not running:
                 limited = max_problems is not None and claimed >= max_problems
-                if stop.is_set() or limited or not claimed_elsewhere(store, eval_id, lease):
+                if stop.is_set() or limited or not claimed_elsewhere(store, eval_id, lease, failed_here):
                     break
                 stop.wait(poll)  # other workers hold the rest: take it over if they die
                 refresh(store, eval_id, progress)
@@ -235,7 +236,8 @@ def run_items(
                     continue
                 result = future.result()
                 results.append(result)
-                record(store, eval_id, item, result, answer_type, progress)
+                if not record(store, eval_id, item, result, answer_type, progress):
+                    failed_here.add(item.position)
                 release(store, eval_id, [item.position], lease)
             if time.monotonic() - refreshed >= REFRESH_S:
                 refresh(store, eval_id, progress)
@@ -273,8 +275,9 @@ def record(
     result: ItemResult,
     answer_type: AnswerType,
     progress: Progress,
-) -> None:
-    """Grade a finished problem, or record why it did not finish (an interrupted one stays pending)."""
+) -> bool:
+    """Grade a finished problem, or record why it did not finish (an interrupted one stays pending); False
+    when it failed."""
     values = result.values
     if values is not None and values.get("status") == "done":
         final_correct = grade_item(store, eval_id, item, values, answer_type)
@@ -283,10 +286,11 @@ def record(
             progress.finished_here += 1
             progress.graded += 1
             progress.correct_final += int(bool(final_correct))
-        return
+        return True
     if result.error == INTERRUPTED:
-        return
+        return True
     error = result.error or "its rollouts kept failing (see `kflow show` of its thread for the reasons)"
     EvalStore(store).update_eval_item(eval_id, item.position, status="failed", error=error)
     with progress.lock:
         progress.failed += 1
+    return False
