@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,30 @@ def test_texts_and_checkpoints_are_stored_compressed_and_nul_characters_survive(
     sql = "SELECT type FROM checkpoint_blobs UNION SELECT type FROM checkpoint_writes"
     types = [kind for (kind,) in postgres.rows(sql)]
     assert any(kind.endswith("+zlib") for kind in types)
+
+
+def test_opening_waits_for_the_schema_lock_without_blocking_concurrent_index_builds(postgres: Database) -> None:
+    """A process opening the database while another holds the schema lock and builds an index concurrently
+    (LangGraph's checkpoint setup does) waits outside any transaction: no deadlock."""
+    import psycopg
+
+    from knowledge_flow.persistence.postgres import SCHEMA_LOCK
+    from knowledge_flow.persistence.store import RolloutStore
+
+    opened: list[Any] = []
+    with psycopg.connect(postgres.target, autocommit=True) as holder:
+        holder.execute("CREATE TABLE kf_probe (id integer)")
+        holder.execute(f"SELECT pg_advisory_lock({SCHEMA_LOCK})")
+        opener = threading.Thread(target=lambda: opened.append(RolloutStore(postgres.target)))
+        opener.start()
+        time.sleep(2.0)  # the other process is waiting for the lock by now
+        holder.execute("SET statement_timeout = '60s'")
+        holder.execute("CREATE INDEX CONCURRENTLY kf_probe_id ON kf_probe (id)")  # waits for open transactions
+        assert not opened  # it still waits for the lock
+        holder.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK})")
+        opener.join(timeout=60)
+    assert opened and "kf_runs" in postgres.tables()
+    opened[0].close()
 
 
 def report_of(db: str, eval_id: str, out: Path) -> dict[str, Any]:

@@ -301,7 +301,8 @@ class ProgressDisplay:
         self.counters = counters
         self.last = time.monotonic()
         if self.terminal:
-            self.task = self.bar.add_task("eval", total=counters.rollouts_total, problems="", tokens="0", acc="—")
+            name = f"worker {counters.worker}" if counters.worker else "eval"
+            self.task = self.bar.add_task(name, total=counters.rollouts_total, problems="", tokens="0", acc="—")
             self.bar.start()
         else:
             err.print(counters.line())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,8 @@ CONNECT_TIMEOUT_S = 30
 POOL_SIZE = 5
 POOL_OVERFLOW = 5
 POOL_TIMEOUT_S = 600.0
+#: Seconds between tries of the schema lock.
+LOCK_POLL_S = 0.2
 
 _CHECKED: set[str] = set()
 _LOCK = threading.Lock()
@@ -128,9 +131,15 @@ def register_nul_safe_strings(connection: Any) -> None:
 
 @contextmanager
 def schema_lock(engine: Engine) -> Iterator[None]:
-    """Hold the database's schema lock (an advisory lock: other processes opening it wait)."""
+    """Hold the database's schema lock (an advisory lock: other processes opening it wait).
+
+    The lock is tried, not waited for inside a statement: LangGraph's setup creates indexes concurrently, which
+    waits for every running transaction, so a process blocked in a lock request would deadlock with it."""
     with engine.connect() as connection:
-        connection.exec_driver_sql(f"SELECT pg_advisory_lock({SCHEMA_LOCK})")
+        while not connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({SCHEMA_LOCK})").scalar():
+            connection.rollback()
+            time.sleep(LOCK_POLL_S)
+        connection.commit()
         try:
             yield
         finally:
@@ -152,6 +161,15 @@ def _unbounded_strings(element: CreateColumn, compiler: Any, **kw: Any) -> str:
     if table is not None and table.metadata is Base.metadata:
         text = _LENGTH.sub("VARCHAR", text, count=1)
     return text
+
+
+def checkpoints_current(conn: Any, migrations: int) -> bool:
+    """Whether LangGraph's checkpoint tables are set up to its latest migration (nothing to lock then)."""
+    row = conn.execute("SELECT to_regclass('checkpoint_migrations') IS NOT NULL AS present").fetchone()
+    if not row["present"]:
+        return False
+    latest = conn.execute("SELECT max(v) AS v FROM checkpoint_migrations").fetchone()["v"]
+    return latest is not None and int(latest) >= migrations - 1
 
 
 def open_checkpointer(url: str, max_size: int = 2) -> Any:
@@ -176,13 +194,15 @@ def open_checkpointer(url: str, max_size: int = 2) -> Any:
         raise failure(url, exc) from None
     try:
         with pool.connection() as conn:
-            conn.execute(f"SELECT pg_advisory_lock({SCHEMA_LOCK})")
-            try:
-                from langgraph.checkpoint.postgres import PostgresSaver
+            from langgraph.checkpoint.postgres import PostgresSaver
 
-                PostgresSaver(conn, serde=CompressingSerializer()).setup()
-            finally:
-                conn.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK})")
+            if not checkpoints_current(conn, len(PostgresSaver.MIGRATIONS)):
+                while not conn.execute(f"SELECT pg_try_advisory_lock({SCHEMA_LOCK}) AS locked").fetchone()["locked"]:
+                    time.sleep(LOCK_POLL_S)  # not inside a statement (see `schema_lock`)
+                try:
+                    PostgresSaver(conn, serde=CompressingSerializer()).setup()
+                finally:
+                    conn.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK})")
     except psycopg.Error as exc:
         pool.close()
         raise failure(url, exc) from None
