@@ -6,7 +6,9 @@ product's own cost: rollouts per second while the workers run, CPU milliseconds 
 (the graph-step overhead: parsing, storing, checkpointing, claiming; each worker's start-up and final report,
 measured with a worker that finds nothing to claim, taken out), and each worker's share of the rollouts.
 Every configuration also checks that each problem was finished once and no rollout was requested twice.
-PostgreSQL is a cluster started for the run (or `--postgres URL`: a database whose server may create others).
+PostgreSQL is a cluster started for the run with its default, durable settings (every commit flushed), on the
+same machine (or `--postgres URL`: a database whose server may create others); SQLite runs as always (WAL,
+synchronous=NORMAL).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bindir = find_bindir()
         if bindir is None:
             raise SystemExit("B7 needs PostgreSQL's server programs (apt-get install postgresql) or --postgres URL")
-        cluster = PostgresCluster(bindir).start()
+        cluster = PostgresCluster(bindir, durable=True).start()
     rows: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp, SimServer(params) as server:

@@ -52,10 +52,14 @@ def _server_user() -> str | None:
 
 
 class PostgresCluster:
-    """initdb, pg_ctl start; `create_database` gives a fresh database's URL; `stop` removes everything."""
+    """initdb, pg_ctl start; `create_database` gives a fresh database's URL; `stop` removes everything.
 
-    def __init__(self, bindir: Path) -> None:
+    `durable`: PostgreSQL's default settings (every commit flushed to disk), for benchmarks; the tests turn
+    flushing off."""
+
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable
         self.user = _server_user()
         self.password = "pw-" + secrets.token_hex(8)
         self.port = _free_port()
@@ -85,7 +89,9 @@ class PostgresCluster:
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr or init.stdout}")
         options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
-        options += "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        options += "-c max_connections=200"
+        if not self.durable:  # tests: commits need not survive a power cut
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         started = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
         if started.returncode != 0:
             log = self.log.read_text(errors="replace") if self.log.exists() else ""
