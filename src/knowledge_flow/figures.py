@@ -1,7 +1,8 @@
 """Figures of TRT and DeepConf runs, read from the rollout store (for `kflow show`, `kflow report`, notebooks).
 
 - `trt_rounds`: per round, each thinker's strategy and answer, the selected answer, the agreement with it,
-  how it was selected (and the verifier's call), and what the reflection that followed changed.
+  how it was selected (the rule as applied, whether the previous best was kept, the verifier's or manager's
+  call), and what the reflection or manager call changed.
 - `deepconf_traces`: the online threshold, traces sampled, stopped by the client, kept out of votes, the
   tokens they cost, an estimate of the tokens the stops and an early consensus saved, and the vote.
 - `run_figures`: the figures that fit a run's strategy (both for a run that has rounds and measures).
@@ -51,11 +52,15 @@ def trt_rounds(store: RolloutStore, run_id: str) -> dict[str, Any]:
         raise KeyError(f"no run {run_id!r}")
     answer_type: AnswerType = run.params.get("answer_type", "integer")
     calls = {call.id: call for call in store.calls(run_id)}
+    selections = store.selections(run_id)
     rounds = []
     for iteration, rows in sorted(_by_iteration(store.rollouts(run_id)).items()):
+        chosen = selections.get(iteration)
         selected = next((row for row in rows if row.rank == 0), None)
-        key = normalize(selected.answer, answer_type) if selected is not None else None
+        selected_answer = chosen.answer if chosen is not None else selected.answer if selected is not None else None
+        key = normalize(selected_answer, answer_type)
         agreeing = sum(1 for row in rows if key is not None and normalize(row.answer, answer_type) == key)
+        manager = calls.get(f"{run_id}:{iteration}:manage")
         rounds.append(
             {
                 "round": iteration + 1,
@@ -71,10 +76,14 @@ def trt_rounds(store: RolloutStore, run_id: str) -> dict[str, Any]:
                     }
                     for row in rows
                 ],
-                "selected_answer": selected.answer if selected is not None else None,
+                "selected_answer": selected_answer,
+                "rule": chosen.rule if chosen is not None else None,
+                "kept_previous": bool(chosen is not None and chosen.kept_previous),
+                "votes": chosen.votes if chosen is not None else None,
                 "agreement": round(agreeing / len(rows), 4) if rows else 0.0,
                 "verifier": _call_view(calls.get(f"{run_id}:{iteration}:verify")),
-                "reflection_after": _call_view(calls.get(f"{run_id}:{iteration + 1}:reflect")),
+                "manager": _call_view(manager),
+                "reflection_after": _call_view(manager or calls.get(f"{run_id}:{iteration + 1}:reflect")),
             }
         )
     extra = list(calls.values())

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 AnswerType = Literal["integer", "latex", "text"]
 ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
 ReasoningEffort = Literal["low", "medium", "high"]
-SelectRule = Literal["confidence", "vote", "conf-vote", "verifier"]
+SelectRule = Literal["confidence", "vote", "conf-vote", "verifier", "manager"]
 ConfidenceScore = Literal["mean-logprob", "lowest", "bottom10", "tail", "mean"]
 OnResume = Literal["fixed", "extend"]
 """``fixed``: a resumed run keeps its value (giving another is refused); ``extend``: a larger value extends
@@ -158,8 +158,9 @@ class RunOptions(BaseModel):
     )
     select_rule: SelectRule | None = option(
         None,
-        "How the iteration's answer is chosen among its thinkers: confidence, vote, conf-vote or verifier (trt); "
-        "default: the strategy's (confidence; trt vote; deepconf conf-vote).",
+        "How the iteration's answer is chosen among its thinkers: confidence, vote, conf-vote, verifier or manager "
+        "(trt); default: the prompt set's, else the strategy's (confidence; trt: manager with kf-qwen and "
+        "kf-gpt-oss, else vote; deepconf conf-vote).",
     )
     confidence_score: ConfidenceScore | None = option(
         None,

@@ -19,7 +19,7 @@ from knowledge_flow.options import (
     RunOptions,
     parse_options,
 )
-from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, load_prompt_set
+from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, PromptTable, load_prompt_set
 from knowledge_flow.records import RunParams
 from knowledge_flow.strategies.confidence import MEASURES
 from knowledge_flow.strategies.policies import ConfVote, parse_final_answer_rule, parse_stop_policy
@@ -131,18 +131,27 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         dynamic_temperature=options.dynamic_temperature,
         uncertainty_threshold=options.uncertainty_threshold,
         avoid_budget_tokens=options.avoid_budget_tokens,
-        **selection_options(options, strategy, final),  # type: ignore[typeddict-item]
+        **selection_options(options, strategy, final, table),  # type: ignore[typeddict-item]
     )
     return params, prompt_set
 
 
-def selection_options(options: RunOptions, strategy: Any, final: int | ConfVote | None) -> dict[str, Any]:
-    """The thinker-selection, confidence, TRT and DeepConf parameters: the strategy's defaults filled in, and
-    the combinations checked (``verifier`` needs a verifier prompt, ``conf-vote`` a DeepConf measure, a
-    measure needs top log-probabilities). Options a strategy does not use are checked but have no effect."""
-    rule = options.select_rule or strategy.select_rule
+def selection_options(
+    options: RunOptions, strategy: Any, final: int | ConfVote | None, table: PromptTable
+) -> dict[str, Any]:
+    """The thinker-selection, confidence, TRT and DeepConf parameters: the prompt set's or the strategy's
+    defaults filled in, and the combinations checked (``verifier`` needs a verifier prompt, ``manager`` a
+    manager prompt, ``conf-vote`` a DeepConf measure, a measure needs top log-probabilities). Options a
+    strategy does not use are checked but have no effect."""
+    rule = options.select_rule or getattr(table.rules, "select_rule", None) or strategy.select_rule
     if rule == "verifier" and not strategy.verifies:
         raise ValueError(f"select_rule verifier needs a strategy with a verifier prompt (trt), not {strategy.name}")
+    if rule == "manager" and not strategy.manages:
+        raise ValueError(f"select_rule manager needs a strategy with a manager prompt (trt), not {strategy.name}")
+    if rule == "manager" and not table.has("manage"):
+        raise ValueError(
+            f"select_rule manager needs a 'manage' template in {table.label} of prompt set {table.set_name!r}"
+        )
     score = options.confidence_score or strategy.confidence_score
     if rule == "conf-vote" and score not in MEASURES:
         raise ValueError(

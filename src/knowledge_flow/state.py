@@ -151,7 +151,10 @@ class State(TypedDict, total=False):
     strategy_history: list[StrategyRound]
     """trt: the last rounds (at most the prompt set's `history_rounds`)."""
     reflection: Reflection | None
-    """trt: the last planning or reflection call's outcome."""
+    """trt: the last planning, reflection or manager call's outcome."""
+    best: Candidate | None
+    """trt: the selected candidate so far (its answer is the reference answer); from round 2 on it is a
+    candidate of every select rule, carried as it was parsed."""
 
 
 class OutputState(TypedDict):

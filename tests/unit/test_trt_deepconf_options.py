@@ -10,7 +10,8 @@ import pytest
 
 from knowledge_flow.params import recursion_limit, resolve_params
 from knowledge_flow.persistence.store import SCHEMA_VERSION, RolloutStore
-from knowledge_flow.strategies.trt_replies import json_objects, lesson_text, read_lesson, read_strategies, reply_object
+from knowledge_flow.strategies.trt_replies import lesson_text, read_lesson, read_strategies
+from knowledge_flow.text.json_replies import json_objects, reply_object
 
 
 def test_strategy_defaults() -> None:

@@ -82,6 +82,18 @@ def show(
     from knowledge_flow.figures import run_figures
 
     figures = run_figures(store, run.run_id)
+    selections = [
+        {
+            "iteration": row.iteration,
+            "rule": row.rule,
+            "rollout_id": row.rollout_id,
+            "answer": row.answer,
+            "kept_previous": row.kept_previous,
+            "votes": row.votes,
+            "agreement": row.agreement,
+        }
+        for _, row in sorted(store.selections(run.run_id).items())
+    ]
     if as_json:
         payload: dict[str, Any] = {
             "thread_id": run.thread_id,
@@ -92,6 +104,7 @@ def show(
             "problem": run.problem,
             **({"evaluation": item.eval_id, "gold": gold} if item is not None else {}),
             "rollouts": rollouts,
+            "selections": selections,
             **({key: figures[key] for key in ("trt", "deepconf") if key in figures}),
         }
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
@@ -116,6 +129,10 @@ def show(
             Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
         )
     out.print(rollout_table)
+    rule = run.params.get("select_rule", "confidence")
+    departures = [f"iteration {entry['iteration']}: {entry['rule']}" for entry in selections if entry["rule"] != rule]
+    if departures and "trt" not in figures:  # TRT's rounds table shows every round's
+        out.print(Text(f"select rule {rule}, as applied where it differs: {'; '.join(departures)}"))
     print_figures(figures)
     for r in rollouts if texts else []:
         out.rule(Text(f"rollout {r['iteration']}.{r['thinker']}"))
@@ -181,21 +198,23 @@ def threads(
 
 
 def print_figures(figures: dict[str, Any]) -> None:
-    """TRT's rounds (strategies, selected answer, agreement, reflection) and DeepConf's stops, when the run has
-    them."""
+    """TRT's rounds (strategies, selected answer and how it was selected, agreement, reflection or manager call)
+    and DeepConf's stops, when the run has them."""
     trt = figures.get("trt")
     if trt is not None:
-        rounds = table("round", "thinker strategies -> answers", "selected", "agreement", "reflection after")
+        rounds = table("round", "thinker strategies -> answers", "selected", "by", "agreement", "reflection after")
         for entry in trt["rounds"]:
             tried = "; ".join(
                 f"{clean(t['key_technique'] or 'own approach', 40)} -> {clean(t['answer'], 20)}"
                 for t in entry["thinkers"]
             )
             reflection = entry["reflection_after"]
+            kept = " (previous best kept)" if entry.get("kept_previous") else ""
             rounds.add_row(
                 str(entry["round"]),
                 Text(tried),
-                Text(clean(entry["selected_answer"], 30)),
+                Text(clean(entry["selected_answer"], 30) + kept),
+                Text(clean(entry.get("rule") or "—", 40)),
                 f"{100 * entry['agreement']:.0f}%",
                 Text(clean(describe_call(reflection), 90)),
             )

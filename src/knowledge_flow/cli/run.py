@@ -43,10 +43,15 @@ def _print_rollout(store: RolloutStore, state: dict[str, Any]) -> None:
     rid = store.best_rollout_id(state["run_id"], iteration)
     row = store.get_rollout(rid) if rid else None
     answer = state["answers"][-1]
-    tokens = f"{row.prompt_tokens}+{row.completion_tokens} tokens" if row else ""
-    latency = f"{row.latency_s:.1f}s" if row else ""
-    changed = " (changed)" if row is not None and row.changed else ""
-    err.print(Text(f"rollout {iteration}: answer {clean(answer)}{changed}  [{tokens}, {latency}]", style="bold"))
+    if row is None:  # trt: no rollout of the round was selected, the previous best was
+        kept = " (the previous best kept)" if (state.get("selection") or {}).get("kept_previous") else ""
+        err.print(Text(f"rollout {iteration}: answer {clean(answer)}{kept}", style="bold"))
+        return
+    tokens = f"{row.prompt_tokens}+{row.completion_tokens} tokens"
+    changed = " (changed)" if row.changed else ""
+    err.print(
+        Text(f"rollout {iteration}: answer {clean(answer)}{changed}  [{tokens}, {row.latency_s:.1f}s]", style="bold")
+    )
 
 
 def describe_item(item: dict[str, Any] | KnowledgeItem) -> str:

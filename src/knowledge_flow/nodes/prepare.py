@@ -24,6 +24,7 @@ RUN_FIELDS: dict[str, Any] = {
     "thinker_strategies": [],
     "strategy_history": [],
     "reflection": None,
+    "best": None,
 }
 
 

@@ -13,6 +13,10 @@ Tables (in the same SQLite file as the LangGraph checkpoints):
 - ``kf_calls``: LLM calls outside the rollouts (TRT's planning, reflection and verifier calls), with their
   prompt, output and what was made of it; id ``{run_id}:{iteration}:{kind}``, so a stored call is never
   requested twice either.
+- ``kf_selections``: how each iteration's answer was chosen among its candidates: the rule as applied (``vote
+  (tie: confidence)``, ``vote (no verdict)`` ...), the rollout chosen (an earlier iteration's when TRT kept its
+  previous best), the votes and the agreement; id ``{run_id}:{iteration}``. Added without a new schema version:
+  a file that lacks the table gets it when it is opened, and iterations without a row read their rank-0 rollout.
 - ``kf_evals``, ``kf_eval_items``: evaluation runs, in `knowledge_flow.evaluation.rows`; ``kf_leases``: one
   process per run, in `knowledge_flow.persistence.leases`.
 """
@@ -229,3 +233,26 @@ class CallRow(Base):
     @property
     def outcome(self) -> dict[str, Any] | None:
         return json.loads(self.outcome_json) if self.outcome_json else None
+
+
+class SelectionRow(Base):
+    """How one iteration's answer was chosen among its candidates."""
+
+    __tablename__ = "kf_selections"
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    """``{run_id}:{iteration}``."""
+    run_id: Mapped[str] = mapped_column(ForeignKey("kf_runs.run_id"), index=True)
+    iteration: Mapped[int] = mapped_column(Integer)
+    rule: Mapped[str] = mapped_column(String(96))
+    """The select rule as applied (`knowledge_flow.records.Selection.rule`)."""
+    rollout_id: Mapped[str | None] = mapped_column(String(128))
+    """The chosen rollout: one of the iteration's, or an earlier one's kept as the previous best."""
+    answer: Mapped[str | None] = mapped_column(Text)
+    kept_previous: Mapped[bool] = mapped_column(Boolean, default=False)
+    votes_json: Mapped[str] = mapped_column(Text, default="{}")
+    agreement: Mapped[float] = mapped_column(Float, default=0.0)
+
+    @property
+    def votes(self) -> dict[str, float]:
+        value: dict[str, float] = json.loads(self.votes_json)
+        return value

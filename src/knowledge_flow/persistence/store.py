@@ -1,12 +1,13 @@
-"""The rollout store: runs, rollouts with their full texts, LLM calls outside the rollouts and prompt sets, in
-the SQLite file of the checkpoints (tables: `knowledge_flow.persistence.rows`)."""
+"""The rollout store: runs, rollouts with their full texts, LLM calls outside the rollouts, how each iteration's
+answer was selected, and prompt sets, in the SQLite file of the checkpoints (tables:
+`knowledge_flow.persistence.rows`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from knowledge_flow.persistence.rows import (
     RolloutRow,
     RunRow,
     SchemaError,
+    SelectionRow,
     utcnow,
 )
 from knowledge_flow.persistence.schema import make_engine, open_schema
@@ -39,6 +41,7 @@ __all__ = [
     "RolloutStore",
     "RunRow",
     "SchemaError",
+    "SelectionRow",
     "get_store",
     "utcnow",
 ]
@@ -192,8 +195,14 @@ class RolloutStore:
             return session.scalars(statement).first()
 
     def delete_rollouts(self, run_id: str, *, from_iteration: int) -> int:
-        """Remove the run's rollouts of `from_iteration` on (to try those iterations again); how many."""
+        """Remove the run's rollouts (and selections) of `from_iteration` on (to try those iterations again); how
+        many rollouts."""
         with self.session() as session:
+            session.execute(
+                delete(SelectionRow)
+                .where(SelectionRow.run_id == run_id, SelectionRow.iteration >= from_iteration)
+                .execution_options(synchronize_session=False)
+            )
             statement = delete(RolloutRow).where(RolloutRow.run_id == run_id, RolloutRow.iteration >= from_iteration)
             result = session.execute(statement.execution_options(synchronize_session=False))
             return int(result.rowcount)  # type: ignore[attr-defined]
@@ -243,19 +252,63 @@ class RolloutStore:
             return session.scalars(statement).all()
 
     def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
-        """Per run, each iteration's chosen rollout (rank 0), in order, texts included."""
+        """Per run, each iteration's chosen rollout, in order, texts included: the one its selection names (an
+        earlier iteration's when TRT kept its previous best), else its rank-0 rollout."""
         rows: dict[str, list[RolloutRow]] = {run_id: [] for run_id in run_ids}
         ordered = list(rows)
         with self.session() as session:
             for start in range(0, len(ordered), 500):  # within SQLite's limit on bound parameters
-                statement = (
-                    select(RolloutRow)
-                    .where(RolloutRow.run_id.in_(ordered[start : start + 500]), RolloutRow.rank == 0)
-                    .order_by(RolloutRow.run_id, RolloutRow.iteration, RolloutRow.index)
-                )
-                for row in session.scalars(statement):
-                    rows[row.run_id].append(row)
+                chunk = ordered[start : start + 500]
+                first = {
+                    (row.run_id, row.iteration): row
+                    for row in session.scalars(
+                        select(RolloutRow).where(RolloutRow.run_id.in_(chunk), RolloutRow.rank == 0)
+                    )
+                }
+                named = {
+                    (run_id, iteration): rollout_id
+                    for run_id, iteration, rollout_id in session.execute(
+                        select(SelectionRow.run_id, SelectionRow.iteration, SelectionRow.rollout_id).where(
+                            SelectionRow.run_id.in_(chunk)
+                        )
+                    )
+                    if rollout_id is not None
+                }
+                wanted = sorted({rid for key, rid in named.items() if key not in first or first[key].id != rid})
+                by_id: dict[str, RolloutRow] = {}
+                for at in range(0, len(wanted), 500):
+                    found = session.scalars(select(RolloutRow).where(RolloutRow.id.in_(wanted[at : at + 500])))
+                    by_id |= {row.id: row for row in found}
+                for key in sorted(set(first) | set(named)):
+                    row = by_id.get(named.get(key, "")) or first.get(key)
+                    if row is not None:
+                        rows[key[0]].append(row)
         return rows
+
+    # selections -------------------------------------------------------------------------------------
+    def record_selection(self, run_id: str, iteration: int, selection: Mapping[str, Any]) -> None:
+        """Write how the iteration's answer was chosen (`records.Selection`); an iteration run again after a
+        crash writes it again."""
+        with self.session() as session:
+            session.merge(
+                SelectionRow(
+                    id=f"{run_id}:{iteration}",
+                    run_id=run_id,
+                    iteration=iteration,
+                    rule=str(selection["rule"]),
+                    rollout_id=selection["rollout_id"],
+                    answer=selection["answer"],
+                    kept_previous=bool(selection.get("kept_previous")),
+                    votes_json=json.dumps(selection["votes"], ensure_ascii=False),
+                    agreement=float(selection["agreement"]),
+                )
+            )
+
+    def selections(self, run_id: str) -> dict[int, SelectionRow]:
+        """The run's recorded selections by iteration."""
+        with self.session() as session:
+            found = session.scalars(select(SelectionRow).where(SelectionRow.run_id == run_id))
+            return {row.iteration: row for row in found}
 
     def rollout_stats(self, run_ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Counted from the stored rollouts of the given runs (what a killed process sent is there too): per

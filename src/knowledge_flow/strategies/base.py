@@ -148,6 +148,9 @@ class Strategy(Protocol):
     """Whether the graph runs `reflect` before each iteration (the strategy is then a `Reflecting`)."""
     verifies: bool
     """Whether the strategy's prompt-set table has a verifier (select rule `verifier`)."""
+    manages: bool
+    """Whether the strategy's prompt-set table may have a manager (select rule `manager`: one call per
+    iteration chooses the answer and writes the next iteration's knowledge and strategies)."""
 
     def thinker_count(self, state: State) -> int:
         """Rollouts of the next iteration."""
@@ -191,8 +194,8 @@ class Strategy(Protocol):
 
 
 class Reflecting(Strategy, Protocol):
-    """A strategy with a `reflect` step: one stored LLM call before each iteration (TRT: planning before the
-    first round, reflection before the others)."""
+    """A strategy with a `reflect` step: one stored LLM call before an iteration (TRT: planning before the first
+    round, reflection before the others unless a manager call after each round does its work)."""
 
     def reflect_prompt(self, step: Step, kind: str, rounds: Sequence[RoundRollout]) -> RolloutPrompt:
         """The call's prompt; `rounds` are the last round's rollouts (empty for planning)."""
@@ -206,8 +209,14 @@ class Reflecting(Strategy, Protocol):
         """The verifier's prompt over the numbered candidates (1-based, in order)."""
         ...
 
-    def parse_verdict(self, final_text: str, count: int) -> int | None:
-        """The 1-based number of the candidate the verifier chose, or None."""
+    def manage_prompt(self, step: Step, candidates: Sequence[Candidate]) -> RolloutPrompt:
+        """The manager's prompt over the numbered candidates (1-based, in order)."""
+        ...
+
+    def apply_manager(
+        self, step: Step, candidates: Sequence[Candidate], call_id: str, final_text: str | None
+    ) -> dict[str, Any]:
+        """The state update from the manager's final text (None when the call failed), with its ``verdict``."""
         ...
 
 
@@ -237,6 +246,7 @@ class BaseStrategy:
     default_iterations: int | None = None
     reflects = False
     verifies = False
+    manages = False
     spec: PromptSpec
 
     def thinker_count(self, state: State) -> int:

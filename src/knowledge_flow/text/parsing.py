@@ -73,6 +73,13 @@ def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[s
     return (reasoning or inline).strip(), text[cut + len(THINK_END) :].strip()
 
 
+def final_text(content: str | None, reasoning: str | None = None) -> str:
+    """The text a reply is read from: its final text (after the reasoning), or its reasoning when the final text
+    is empty (a thinking block that never closed)."""
+    thinking, final = split_thinking(content, reasoning)
+    return final or thinking
+
+
 @functools.lru_cache(maxsize=64)
 def _name_pattern(names: frozenset[str]) -> re.Pattern[str]:
     """Finds section names; the decoration around a name is checked by `_header_at`, never by backtracking."""
