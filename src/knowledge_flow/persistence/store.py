@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, inspect, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from knowledge_flow.persistence.compression import unpack_confidences
 from knowledge_flow.persistence.files import check_db_path
@@ -242,20 +242,29 @@ class RolloutStore:
             )
             return session.scalars(statement).all()
 
-    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
-        """Per run, each iteration's chosen rollout (rank 0), in order, texts included."""
+    def runs_rollouts(
+        self, run_ids: Sequence[str], *criteria: Any, only: Sequence[Any] = ()
+    ) -> dict[str, list[RolloutRow]]:
+        """Per run, its rollouts that match `criteria`, in iteration and thinker order; with `only`, just those
+        columns are read (the texts are not)."""
         rows: dict[str, list[RolloutRow]] = {run_id: [] for run_id in run_ids}
         ordered = list(rows)
         with self.session() as session:
             for start in range(0, len(ordered), 500):  # within SQLite's limit on bound parameters
                 statement = (
                     select(RolloutRow)
-                    .where(RolloutRow.run_id.in_(ordered[start : start + 500]), RolloutRow.rank == 0)
+                    .where(RolloutRow.run_id.in_(ordered[start : start + 500]), *criteria)
                     .order_by(RolloutRow.run_id, RolloutRow.iteration, RolloutRow.index)
                 )
+                if only:
+                    statement = statement.options(load_only(*only))
                 for row in session.scalars(statement):
                     rows[row.run_id].append(row)
         return rows
+
+    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
+        """Per run, each iteration's chosen rollout (rank 0), in order, texts included."""
+        return self.runs_rollouts(run_ids, RolloutRow.rank == 0)
 
     def rollout_stats(self, run_ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Counted from the stored rollouts of the given runs (what a killed process sent is there too): per
