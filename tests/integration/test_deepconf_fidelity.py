@@ -257,6 +257,8 @@ def test_consensus_cancels_the_streams_still_running(scripted: type[ScriptedServ
     assert sorted(r.finish_order for r in rows.values()) == [0, 1, 2, 3, 4]
     counted = [t["rollout_id"].split(":", 1)[1] for t in final["traces"] if t["counted"]]
     assert counted == ["0:0", "0:1", "1:0", "1:1"]
+    shown = run_kflow(["show", "s", "--db", str(db)], env={"COLUMNS": "300"}).stdout
+    assert "cancelled (consensus_cancelled)" in shown and "1 cancelled at consensus" in shown
     figures = deepconf_traces(get_store(db), final["run_id"])
     assert figures["consensus_cancelled"] == 1 and figures["tokens"]["paid_by_cancelled"] == cancelled.completion_tokens
     assert figures["vote"]["weights"] == {"5": pytest.approx(25.0), "7": pytest.approx(2.0)}

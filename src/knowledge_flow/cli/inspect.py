@@ -115,7 +115,11 @@ def show(
             Text(clean(describe_item(added), 80) if added else "—"),
             f"{r['prompt_tokens']}+{r['completion_tokens']}",
             f"{r['latency_s']:.1f}s",
-            Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
+            Text(
+                clean(r["finish_reason"])
+                + (f" ({clean(r['stop_reason'])})" if r.get("stop_reason") else "")
+                + (f": {clean(r['error'], 60)}" if r["error"] else "")
+            ),
         )
     out.print(rollout_table)
     print_figures(figures)
