@@ -101,6 +101,9 @@ class RunParams(TypedDict):
     """deepconf: traces of the warm-up wave (iteration 0) that set the online threshold (16)."""
     confidence_keep: NotRequired[float]
     """deepconf: percent of warm-up-like traces the online threshold keeps (90: DeepConf-high; 10: -low)."""
+    trace_budget: NotRequired[int | None]
+    """Traces to send in all, the first wave included (deepconf: 256); the last wave is trimmed to it. None:
+    whole waves of `thinkers` for `iterations`."""
 
 
 class KnowledgeItem(TypedDict):
@@ -236,8 +239,9 @@ class Candidate(TypedDict):
     measures: NotRequired[dict[str, float] | None]
     """DeepConf measures of its trace, when top log-probabilities were returned."""
     excluded: NotRequired[str | None]
-    """Why it is kept out of votes: `gconf_threshold` (stopped by the client below the online threshold) or
-    `below_threshold` (finished, but its lowest group confidence is below it)."""
+    """Why it is kept out of votes: `gconf_threshold` (stopped by the client below the online threshold),
+    `below_threshold` (finished, but its lowest group confidence is below it) or `consensus_cancelled` (it
+    ended after the stop policy's consensus was reached)."""
     previous_best: NotRequired[bool]
     """trt: the previous round's selection, carried into this round's candidates (not a rollout of it)."""
 

@@ -83,9 +83,13 @@ def _input_schema() -> Any:
     channels, empty after that step, so checkpoints do not carry them and a later run on the same thread
     never inherits them by accident.
     """
+    from knowledge_flow.strategies import default_text
+
     fields: dict[str, Any] = {"problem": Required[Annotated[str, Field(description="The problem to solve.")]]}
     for name, info in RunOptions.model_fields.items():
-        described = Field(description=info.description, json_schema_extra={"default": info.default})
+        by_strategy = default_text(name)
+        description = f"{info.description} ({by_strategy})" if by_strategy else info.description
+        described = Field(description=description, json_schema_extra={"default": info.default})
         annotation: Any = info.annotation
         fields[name] = Annotated[annotation | None, described, EphemeralValue]
     return TypedDict("InputState", fields, total=False)  # type: ignore[operator]

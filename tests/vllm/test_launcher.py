@@ -68,7 +68,7 @@ def test_dry_run_prints_the_checked_command(vllm_python: str, lane_cache: Path) 
     assert out == (
         f"VLLM_CPU_KVCACHE_SPACE=1 {vllm_python} {SERVER} --model {model_dir} --served-model-name {SERVED_NAME} "
         "--host 127.0.0.1 --port 8123 --tensor-parallel-size 1 --max-model-len 1024 --enforce-eager "
-        "--generation-config vllm\n"
+        "--generation-config vllm --max-logprobs 21\n"
     )
     assert f"settings for vLLM 0.32.0 (vLLM {version} at {vllm_python})" in err
     assert not (lane_cache / "servers" / "vllm-8123.log").exists()
@@ -89,7 +89,8 @@ def test_dry_run_of_a_profile_uses_the_installed_releases_settings(vllm_python: 
     assert rc == 0, err
     assert out == (
         f"{vllm_python} {SERVER} --model openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 "
-        "--max-model-len 131072 --attention-backend TRITON_ATTN --no-enable-prefix-caching --generation-config vllm\n"
+        "--max-model-len 131072 --attention-backend TRITON_ATTN --no-enable-prefix-caching --generation-config vllm "
+        "--max-logprobs 21\n"
     )
 
 

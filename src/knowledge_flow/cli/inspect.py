@@ -71,6 +71,8 @@ def show(
             "error": r.error,
             **({"strategy": r.strategy} if r.strategy else {}),
             **({"measures": r.measures, "stop_reason": r.stop_reason} if r.measures or r.stop_reason else {}),
+            **({"finish_order": r.finish_order} if r.finish_order is not None else {}),
+            **({"tokens_counted_from": r.usage_source} if r.usage_source not in (None, "server") else {}),
             **(
                 {"messages": r.messages, "content": r.content, "reasoning": r.reasoning, "summary": r.summary}
                 if texts
@@ -126,7 +128,11 @@ def show(
             Text(clean(describe_item(added), 80) if added else "—"),
             f"{r['prompt_tokens']}+{r['completion_tokens']}",
             f"{r['latency_s']:.1f}s",
-            Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
+            Text(
+                clean(r["finish_reason"])
+                + (f" ({clean(r['stop_reason'])})" if r.get("stop_reason") else "")
+                + (f": {clean(r['error'], 60)}" if r["error"] else "")
+            ),
         )
     out.print(rollout_table)
     rule = run.params.get("select_rule", "confidence")
@@ -226,13 +232,23 @@ def print_figures(figures: dict[str, Any]) -> None:
         out.print(
             Text(
                 f"DeepConf: threshold {'—' if threshold is None else f'{threshold:.4f}'} "
-                f"(window {deepconf['window']}, keep {deepconf['keep_percent']}%), {deepconf['traces']} traces, "
+                f"(window {deepconf['window']}, keep {deepconf['keep_percent']}%), online filter "
+                f"{deepconf['online_filter']}; {deepconf['traces']} of {deepconf['budget']} traces, "
                 f"{deepconf['stopped']} stopped ({tokens['paid_by_stopped']:,} tokens paid), "
-                f"{deepconf['below_threshold']} below the threshold, {deepconf['counted']} voted; saved about "
+                f"{deepconf['consensus_cancelled']} cancelled at consensus ({tokens['paid_by_cancelled']:,} tokens "
+                f"paid), {deepconf['below_threshold']} below the threshold, {deepconf['counted']} voted; saved about "
                 f"{tokens['saved_by_stops_estimate']:,} tokens by stops and {tokens['saved_by_consensus_estimate']:,} "
                 f"by early consensus; vote share of the leader {100 * deepconf['vote']['leader_share']:.0f}%"
+                + counted_by_client(tokens)
             )
         )
+
+
+def counted_by_client(tokens: dict[str, Any]) -> str:
+    """A note on the tokens of closed streams, counted up to the last chunk read (the server may have
+    generated a few more before it saw the close)."""
+    counted = int(tokens.get("counted_by_client") or 0)
+    return f"; {counted:,} tokens of closed streams counted up to the last chunk read" if counted else ""
 
 
 def describe_call(call: dict[str, Any] | None) -> str:

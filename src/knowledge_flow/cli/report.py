@@ -12,6 +12,7 @@ import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, err, fail, open_store, out, resolve_db, table
+from knowledge_flow.cli.inspect import counted_by_client
 
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.compare import RunComparison
@@ -107,7 +108,8 @@ def report(
 ) -> None:
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
     stops where the runs have them; with --compare, the runs side by side; a PNG plot."""
-    from knowledge_flow.evaluation.report import build_report, plot_reports
+    from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
+    from knowledge_flow.evaluation.report import build_report, grade, plot_reports
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.text.answer_rules import check_rule
 
@@ -118,11 +120,15 @@ def report(
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder} is a file, not a folder; choose another --out")
         store: RolloutStore = open_store(db_path, must_exist=True)
-        reports = []
+        reports, records = [], []
         for name in [run_id, *(compare or [])]:
-            if EvalStore(store).get_eval(name) is None:
+            row = EvalStore(store).get_eval(name)
+            if row is None:
                 raise UsageError(f"no evaluation run {name!r} in {db_path}")
-            reports.append(build_report(store, name, answer_rule))
+            items = list(EvalStore(store).eval_items(name))
+            grades = grade(store, items, row.manifest["params"], answer_rule)
+            reports.append(build_report(store, name, answer_rule, grades))
+            records.append(records_from_grades(name, items, grades))
     except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None
     plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
@@ -130,7 +136,7 @@ def report(
     if len(datasets) > 1:
         err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
-    comparison = compared(store, reports) if compare else []
+    comparison = compare_runs(records) if compare else []
     if as_json:
         payload: dict[str, Any] = {
             **reports[0].to_json(),
@@ -186,20 +192,16 @@ def print_strategy_totals(figures: dict[str, Any] | None) -> None:
     deepconf = figures["deepconf"]
     if deepconf["runs"]:
         tokens = deepconf["tokens"]
+        inactive = deepconf["filter_inactive"]
         out.print(
             f"DeepConf: {deepconf['traces']:,} traces, {deepconf['stopped']:,} stopped by the client below the "
-            f"threshold ({tokens['paid_by_stopped']:,} tokens paid), {deepconf['below_threshold']:,} finished "
+            f"threshold ({tokens['paid_by_stopped']:,} tokens paid), {deepconf['consensus_cancelled']:,} cancelled "
+            f"at consensus ({tokens['paid_by_cancelled']:,} tokens paid), {deepconf['below_threshold']:,} finished "
             f"below it, {deepconf['counted']:,} voted; tokens saved (estimated): {tokens['saved_by_stops_estimate']:,} "
             f"by stops, {tokens['saved_by_consensus_estimate']:,} by early consensus"
+            + (f"; online filter {deepconf['online_filter']} on {inactive} problem(s)" if inactive else "")
+            + counted_by_client(tokens)
         )
-
-
-def compared(store: RolloutStore, reports: list[EvalReport]) -> list[RunComparison]:
-    """The runs side by side, each paired with the first on the problems both finished (stored grades)."""
-    from knowledge_flow.evaluation.compare import compare_items
-    from knowledge_flow.evaluation.rows import EvalStore
-
-    return compare_items([(r.eval_id, EvalStore(store).eval_items(r.eval_id)) for r in reports])
 
 
 def print_comparison(comparison: list[RunComparison]) -> None:

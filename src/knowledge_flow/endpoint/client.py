@@ -33,8 +33,17 @@ from typing import Any
 import openai
 
 Message = Mapping[str, str]
-#: What a streamed request adds: usage in the last chunk.
-STREAM_OPTIONS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+
+
+def stream_options(server: str) -> dict[str, Any]:
+    """What a streamed request adds: usage in the last chunk, and from vLLM in every chunk
+    (``continuous_usage_stats``), so that a stream the client closes still has the server's count of the
+    tokens it generated up to the last chunk read."""
+    options: dict[str, Any] = {"include_usage": True}
+    if server == "vllm":
+        options["continuous_usage_stats"] = True
+    return {"stream": True, "stream_options": options}
+
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',}]+")
 _KEY_FIELD = re.compile(r"(?i)((?:api[_-]?key|authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
@@ -116,6 +125,8 @@ class Completion:
     """The base URL that answered."""
     cancelled: bool = False
     """A streamed completion the client stopped (`on_position` returned True)."""
+    usage_source: str | None = None
+    """Streamed: where `completion_tokens` comes from (`endpoint.stream`); None: the response's usage."""
 
     @property
     def confidence(self) -> float | None:
@@ -228,7 +239,7 @@ def chat_request(
     if sampling.reasoning_effort:
         request["reasoning_effort"] = sampling.reasoning_effort
     if stream:
-        request |= STREAM_OPTIONS
+        request |= stream_options(server)
     return request
 
 
@@ -247,8 +258,10 @@ def completion_request(
     }
     if sampling.logprobs:
         request["logprobs"] = sampling.top_logprobs or 1
+        if server == "vllm":  # candidates keyed by token id: vLLM merges candidates with the same text otherwise
+            request["extra_body"] = request["extra_body"] | {"return_tokens_as_token_ids": True}
     if stream:
-        request |= STREAM_OPTIONS
+        request |= stream_options(server)
     return request
 
 

@@ -1,11 +1,19 @@
 """Streamed completions that the client can stop (DeepConf's online filter on a stock server).
 
-Streaming (`chat_stream`, `complete_ids_stream`): one choice, streamed with ``stream_options.include_usage``;
-each position's top log-probabilities go to the caller's `on_position` as they arrive, and when it returns
-True the client closes the stream at once (the server sees the connection close and stops generating: this
-is how a trace is cut short on a stock server). A cut stream has no usage from the server: its completion
-tokens are the positions received (the tokens paid for), and its finish reason is ``cancelled``. A stream the
-server ends without a finish reason is a fault (`ValueError`), like a response without choices.
+Streaming (`chat_stream`, `complete_ids_stream`): one choice, streamed with ``stream_options.include_usage``
+(and vLLM's ``continuous_usage_stats``: usage in every chunk); each position's top log-probabilities go to the
+caller's `on_position` as they arrive, and when it returns True the client closes the stream at once (the
+server sees the connection close and stops generating: this is how a trace is cut short on a stock server).
+Its finish reason is ``cancelled``. A cut stream gets no final usage; its completion tokens, and where they
+come from (`Completion.usage_source`), are:
+
+- ``server-at-close``: the server's own count in the last chunk read (vLLM's continuous usage);
+- ``received``: the positions received, one log-probability entry per token;
+- ``chunks-estimate``: the chunks with text received (a chunk may carry several tokens, or none): an estimate.
+
+All three count the tokens up to the last chunk read; the server may have generated a few more before it saw
+the connection close, which no OpenAI-compatible server reports. A stream the server ends without a finish
+reason is a fault (`ValueError`), like a response without choices.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from knowledge_flow.endpoint.client import Completion, Message, Sampling, chat_r
 #: Called with each streamed position's top log-probabilities; True stops the stream.
 PositionHook = Callable[[list[float]], bool]
 CANCELLED = "cancelled"
+#: Where a streamed completion's token count comes from (see the module's docstring).
+USAGE_SERVER, USAGE_AT_CLOSE, USAGE_RECEIVED, USAGE_CHUNKS = "server", "server-at-close", "received", "chunks-estimate"
 
 
 @dataclass
@@ -98,17 +108,24 @@ def _streamed(
         # the server ended the stream early (llama.cpp's server does so when another request arrives)
         raise ValueError("the stream ended before the completion did (no finish reason)")
     usage = state.usage or {}
-    received = state.positions or state.chunks_with_text
+    counted = usage.get("completion_tokens")
+    if counted is not None:
+        tokens, source = int(counted), USAGE_AT_CLOSE if state.cancelled else USAGE_SERVER
+    elif state.positions:
+        tokens, source = state.positions, USAGE_RECEIVED
+    else:
+        tokens, source = state.chunks_with_text, USAGE_CHUNKS
     return Completion(
         content="".join(state.content),
         reasoning="".join(state.reasoning) or None,
         finish_reason=CANCELLED if state.cancelled else state.finish_reason,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=received if state.cancelled else int(usage.get("completion_tokens") or received),
+        completion_tokens=tokens,
         latency_s=time.monotonic() - started,
         temperature=temperature,
         token_logprobs=state.token_logprobs or None,
         cancelled=state.cancelled,
+        usage_source=source,
     )
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from knowledge_flow.evaluation.revote import check_complete, finals_after_waves, reread_votes, stored_votes
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
 from knowledge_flow.persistence.store import RolloutStore
-from knowledge_flow.strategies.policies import final_answer
+from knowledge_flow.records import TraceVote
+from knowledge_flow.strategies.policies import final_answer, votes_traces
 from knowledge_flow.text.answer_rules import check_rule, regrade_answer
 from knowledge_flow.text.answers import equivalent
 
@@ -74,34 +76,57 @@ class EvalReport:
 @dataclass(frozen=True)
 class Grades:
     """One problem's grades: per iteration, for its label-free final answer, and for the final answer it
-    would have had after each iteration."""
+    would have had after each iteration; the answers graded."""
 
     correct: list[bool]
     final_correct: bool
     final_by_iteration: list[bool]
+    answers: list[str | None] = field(default_factory=list)
+    final: str | None = None
 
 
-def final_by_iteration(gold: str, answers: list[str | None], rule: str, answer_type: Any) -> list[bool]:
-    return [
-        equivalent(gold, final_answer(rule, answers[: k + 1], answer_type), answer_type) for k in range(len(answers))
-    ]
+def final_by_iteration(
+    gold: str, answers: list[str | None], rule: str, answer_type: Any, votes: list[TraceVote] | None = None
+) -> list[bool]:
+    """Per iteration k, whether the final answer after k is right: a rule over the answers of iterations
+    0..k, or for a rule that votes over every trace, over the traces of iterations 0..k (`votes`; without them
+    such a rule refuses)."""
+    if votes is not None:
+        finals = finals_after_waves(rule, answers, votes, answer_type)
+    else:
+        finals = [final_answer(rule, answers[: k + 1], answer_type) for k in range(len(answers))]
+    return [equivalent(gold, final, answer_type) for final in finals]
 
 
-def stored_grades(items: list[EvalItemRow], params: dict[str, Any]) -> list[Grades]:
-    """The grades the run recorded (its own answer parser)."""
+def item_label(item: EvalItemRow) -> str:
+    return f"problem {item.problem_id} (thread {item.thread_id})"
+
+
+def stored_grades(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any]) -> list[Grades]:
+    """The grades the run recorded (its own answer parser); the answer after each iteration from the stored
+    traces when the final-answer rule votes over them (`evaluation.revote`)."""
     rule = str(params.get("final_answer_rule", "last"))
-    return [
-        Grades(
-            list(item.correct),
-            bool(item.final_correct),
-            final_by_iteration(item.gold, item.answers, rule, params["answer_type"]),
+    votes = stored_votes(store, [item.run_id for item in items if item.run_id]) if votes_traces(rule) else None
+    grades = []
+    for item in items:
+        found = None if votes is None else votes.get(item.run_id or "", [])
+        if found is not None and item.status == "done":
+            check_complete(item_label(item), len(item.answers), found, rule)
+        grades.append(
+            Grades(
+                list(item.correct),
+                bool(item.final_correct),
+                final_by_iteration(item.gold, item.answers, rule, params["answer_type"], found),
+                list(item.answers),
+                item.final_answer,
+            )
         )
-        for item in items
-    ]
+    return grades
 
 
 def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], rule: str) -> list[Grades]:
-    """Grades with answers read again from the stored outputs by `rule`; no request is sent."""
+    """Grades with answers read again from the stored outputs by `rule`; no request is sent. A final-answer
+    rule that votes over every trace votes over every trace's answer read again."""
     answer_type = params["answer_type"]
     family = str(params.get("model_family", "instruct"))
     final_rule = str(params.get("final_answer_rule", "last"))
@@ -110,26 +135,43 @@ def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, An
     for item in items:
         rows = chosen.get(item.run_id or "", [])
         answers = [regrade_answer(rule, row.text_to_parse(), row.reasoning, answer_type, family) for row in rows]
-        final = final_answer(final_rule, answers, answer_type) if answers else None
+        votes = None
+        if votes_traces(final_rule):
+            votes = reread_votes(store, item.run_id, rule, answer_type, family) if item.run_id else []
+            if item.status == "done":
+                check_complete(item_label(item), len(answers), votes, final_rule)
+        final = final_answer(final_rule, answers, answer_type, votes) if answers else None
         grades.append(
             Grades(
                 [equivalent(item.gold, answer, answer_type) for answer in answers],
                 item.status == "done" and equivalent(item.gold, final, answer_type),
-                final_by_iteration(item.gold, answers, final_rule, answer_type),
+                final_by_iteration(item.gold, answers, final_rule, answer_type, votes),
+                answers,
+                final,
             )
         )
     return grades
 
 
-def build_report(store: RolloutStore, eval_id: str, answer_rule: str = "default") -> EvalReport:
+def grade(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], answer_rule: str) -> list[Grades]:
+    """Every item's grades: as the run recorded them, or with answers read again by `answer_rule`."""
+    check_rule(answer_rule)
+    if answer_rule == "default":
+        return stored_grades(store, items, params)
+    return regraded(store, items, params, answer_rule)
+
+
+def build_report(
+    store: RolloutStore, eval_id: str, answer_rule: str = "default", grades: list[Grades] | None = None
+) -> EvalReport:
+    """The run's figures; `grades`: its items' grades when already computed (`grade`)."""
     row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
     items = list(EvalStore(store).eval_items(eval_id))
     total = len(items)
     iterations = int(params["iterations"])
-    check_rule(answer_rule)
-    grades = stored_grades(items, params) if answer_rule == "default" else regraded(store, items, params, answer_rule)
+    grades = grades if grades is not None else grade(store, items, params, answer_rule)
     replicas, by_iteration = store.rollout_stats([item.run_id for item in items if item.run_id])
     counts = {entry["iteration"]: entry for entry in by_iteration}
     figures: list[IterationFigures] = []

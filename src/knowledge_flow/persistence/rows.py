@@ -8,8 +8,9 @@ Tables (in the same SQLite file as the LangGraph checkpoints):
   token usage, latency and finish reason. Long texts are stored compressed (read them through the store).
   Its id is ``{run_id}:{iteration}:{index}``, so a rollout whose
   response was received is found again after a crash and never requested twice. With log-probabilities it
-  also holds DeepConf's trace measures (``conf_*``), its per-token confidences (packed float16,
-  compressed) and, for a trace kept out of votes, why (``stop_reason``).
+  also holds DeepConf's trace measures (``conf_*``), its per-token confidences (packed float32,
+  compressed) and, for a trace kept out of votes, why (``stop_reason``); a streamed trace holds its place in
+  the order traces finished (``finish_order``) and where its token count comes from (``usage_source``).
 - ``kf_calls``: LLM calls outside the rollouts (TRT's planning, reflection and verifier calls), with their
   prompt, output and what was made of it; id ``{run_id}:{iteration}:{kind}``, so a stored call is never
   requested twice either.
@@ -32,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -41,7 +42,9 @@ before stay readable. 4: prompt sets (``kf_prompt_sets``); rollouts gain the req
 outside the rollouts (``kf_calls``: TRT planning, reflection, verifier); rollouts gain the TRT strategy they
 followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the online threshold in force,
 the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
-(``retries``); runs gain DeepConf's threshold."""
+(``retries``); runs gain DeepConf's threshold. 6: rollouts gain the order in which streamed traces finished
+(``finish_order``) and where a streamed trace's token count comes from (``usage_source``); per-token
+confidences are written as float32 (float16 rows stay readable)."""
 
 
 class SchemaError(RuntimeError):
@@ -158,8 +161,16 @@ class RolloutRow(Base):
     conf_threshold: Mapped[float | None] = mapped_column(Float)
     """deepconf: the online threshold in force when the trace was sampled (None during the warm-up)."""
     stop_reason: Mapped[str | None] = mapped_column(String(32))
-    """Why the trace is kept out of votes: gconf_threshold (stopped by the client mid-stream) or
-    below_threshold (finished, its lowest group confidence under the threshold)."""
+    """Why the trace is kept out of votes: gconf_threshold (stopped by the client mid-stream),
+    below_threshold (finished, its lowest group confidence under the threshold) or consensus_cancelled
+    (finished or closed after the stop policy's consensus was reached)."""
+    finish_order: Mapped[int | None] = mapped_column(Integer)
+    """Streamed traces: the 0-based place in the order the run's traces finished (the paper's accounting
+    one trace at a time can be recomputed from it)."""
+    usage_source: Mapped[str | None] = mapped_column(String(24))
+    """Streamed traces: where `completion_tokens` comes from: server (the final usage), server-at-close
+    (the server's count in the last chunk read before the client closed the stream), received (the tokens
+    received) or chunks-estimate (the chunks received: an estimate)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, inspect, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from knowledge_flow.persistence.compression import unpack_confidences
 from knowledge_flow.persistence.files import check_db_path
@@ -251,38 +251,57 @@ class RolloutStore:
             )
             return session.scalars(statement).all()
 
-    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
-        """Per run, each iteration's chosen rollout, in order, texts included: the one its selection names (an
-        earlier iteration's when TRT kept its previous best), else its rank-0 rollout."""
+    def runs_rollouts(
+        self, run_ids: Sequence[str], *criteria: Any, only: Sequence[Any] = ()
+    ) -> dict[str, list[RolloutRow]]:
+        """Per run, its rollouts that match `criteria`, in iteration and thinker order; with `only`, just those
+        columns are read (the texts are not)."""
         rows: dict[str, list[RolloutRow]] = {run_id: [] for run_id in run_ids}
         ordered = list(rows)
         with self.session() as session:
             for start in range(0, len(ordered), 500):  # within SQLite's limit on bound parameters
-                chunk = ordered[start : start + 500]
-                first = {
-                    (row.run_id, row.iteration): row
-                    for row in session.scalars(
-                        select(RolloutRow).where(RolloutRow.run_id.in_(chunk), RolloutRow.rank == 0)
-                    )
-                }
-                named = {
+                statement = (
+                    select(RolloutRow)
+                    .where(RolloutRow.run_id.in_(ordered[start : start + 500]), *criteria)
+                    .order_by(RolloutRow.run_id, RolloutRow.iteration, RolloutRow.index)
+                )
+                if only:
+                    statement = statement.options(load_only(*only))
+                for row in session.scalars(statement):
+                    rows[row.run_id].append(row)
+        return rows
+
+    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
+        """Per run, each iteration's chosen rollout, in order, texts included: the one its selection names (an
+        earlier iteration's when TRT kept its previous best), else its rank-0 rollout."""
+        first = {
+            (row.run_id, row.iteration): row
+            for run_rows in self.runs_rollouts(run_ids, RolloutRow.rank == 0).values()
+            for row in run_rows
+        }
+        rows: dict[str, list[RolloutRow]] = {run_id: [] for run_id in run_ids}
+        ordered = list(rows)
+        named: dict[tuple[str, int], str] = {}
+        by_id: dict[str, RolloutRow] = {}
+        with self.session() as session:
+            for start in range(0, len(ordered), 500):  # within SQLite's limit on bound parameters
+                named |= {
                     (run_id, iteration): rollout_id
                     for run_id, iteration, rollout_id in session.execute(
                         select(SelectionRow.run_id, SelectionRow.iteration, SelectionRow.rollout_id).where(
-                            SelectionRow.run_id.in_(chunk)
+                            SelectionRow.run_id.in_(ordered[start : start + 500])
                         )
                     )
                     if rollout_id is not None
                 }
-                wanted = sorted({rid for key, rid in named.items() if key not in first or first[key].id != rid})
-                by_id: dict[str, RolloutRow] = {}
-                for at in range(0, len(wanted), 500):
-                    found = session.scalars(select(RolloutRow).where(RolloutRow.id.in_(wanted[at : at + 500])))
-                    by_id |= {row.id: row for row in found}
-                for key in sorted(set(first) | set(named)):
-                    row = by_id.get(named.get(key, "")) or first.get(key)
-                    if row is not None:
-                        rows[key[0]].append(row)
+            wanted = sorted({rid for key, rid in named.items() if key not in first or first[key].id != rid})
+            for at in range(0, len(wanted), 500):
+                found = session.scalars(select(RolloutRow).where(RolloutRow.id.in_(wanted[at : at + 500])))
+                by_id |= {row.id: row for row in found}
+        for key in sorted(set(first) | set(named)):
+            row = by_id.get(named.get(key, "")) or first.get(key)
+            if row is not None:
+                rows[key[0]].append(row)
         return rows
 
     # selections -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ iteration change the knowledge record and the reference solution. The graph's lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,7 @@ from knowledge_flow.records import (
     StoredRollout,
     ThinkerStrategy,
 )
+from knowledge_flow.strategies.budget import wave_size
 from knowledge_flow.text.answers import equivalent
 from knowledge_flow.text.parsing import ParsedRollout
 from knowledge_flow.text.tokens import TokenCounter
@@ -77,10 +78,12 @@ class RolloutPrompt:
 @dataclass(frozen=True)
 class Streaming:
     """How `solve` streams a strategy's rollouts: with top log-probabilities, stopping a trace once its
-    group confidence over `window` tokens falls below `threshold` (None: never stop)."""
+    group confidence over `window` tokens falls below `threshold` (None: never stop); with `per_trace`, the
+    stop policy is checked as each trace finishes (`knowledge_flow.nodes.waves`)."""
 
     threshold: float | None
     window: int
+    per_trace: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,10 @@ class Strategy(Protocol):
     """The default way the iteration's answer is chosen among its thinkers (see `strategies.thinkers`)."""
     confidence_score: str
     """The default thinker score."""
-    default_thinkers: int
-    default_iterations: int | None
-    """None: the run default."""
+    defaults: Mapping[str, Any]
+    """Run options this strategy defaults differently from the run's own defaults (e.g. ``thinkers``,
+    ``iterations``, ``max_new_tokens``); a value the user gives wins. Only options whose field is ``None`` by
+    default (`knowledge_flow.options.fallback_of`) can be named."""
     reflects: bool
     """Whether the graph runs `reflect` before each iteration (the strategy is then a `Reflecting`)."""
     verifies: bool
@@ -151,6 +155,10 @@ class Strategy(Protocol):
     manages: bool
     """Whether the strategy's prompt-set table may have a manager (select rule `manager`: one call per
     iteration chooses the answer and writes the next iteration's knowledge and strategies)."""
+
+    def first_wave(self, params: Mapping[str, Any]) -> int:
+        """Rollouts of the first iteration (a trace budget counts them; later iterations have `thinkers`)."""
+        ...
 
     def thinker_count(self, state: State) -> int:
         """Rollouts of the next iteration."""
@@ -242,15 +250,20 @@ class BaseStrategy:
     stop_policy = "fixed"
     select_rule = "confidence"
     confidence_score = "mean-logprob"
-    default_thinkers = 1
-    default_iterations: int | None = None
+    defaults: Mapping[str, Any] = {}
     reflects = False
     verifies = False
     manages = False
     spec: PromptSpec
 
+    def first_wave(self, params: Mapping[str, Any]) -> int:
+        return int(params["thinkers"])
+
     def thinker_count(self, state: State) -> int:
-        return state["params"]["thinkers"]
+        params = state["params"]
+        return wave_size(
+            state.get("iteration", 0), self.first_wave(params), params["thinkers"], params.get("trace_budget")
+        )
 
     def build_prompts(self, step: Step, count: int) -> list[RolloutPrompt]:
         return [self.build_prompt(step)] * count

@@ -39,7 +39,7 @@ and never requested twice. Their replies are JSON objects; the last JSON object 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -144,8 +144,7 @@ class Trt(BaseStrategy):
     name = "trt"
     spec = SPEC
     select_rule = "vote"
-    default_thinkers = 2
-    default_iterations: int | None = 8
+    defaults: Mapping[str, Any] = {"thinkers": 2, "iterations": 8}
     reflects = True
     verifies = True
     manages = True
