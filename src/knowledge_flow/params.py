@@ -46,6 +46,7 @@ OWN_REQUEST_FIELDS = frozenset(
         "top_logprobs",
         "reasoning_effort",
         "stream",
+        "stream_options",
         "continue_final_message",
         "add_generation_prompt",
         "seed",

@@ -20,7 +20,7 @@ from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion
 from knowledge_flow.endpoint.served import Served
 from knowledge_flow.nodes.calls import endpoint_of, request_once, sampling_of
-from knowledge_flow.nodes.common import step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.distill import knowledge_update
 from knowledge_flow.persistence.store import CallRow, RolloutStore, utcnow
 from knowledge_flow.state import Candidate, State, ThinkerStrategy, Usage, Verdict
@@ -100,6 +100,7 @@ def last_round(state: State, store: RolloutStore) -> list[RoundRollout]:
     ]
 
 
+@guarded
 def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     reflecting = cast(Reflecting, strategy)
@@ -129,6 +130,7 @@ def eligible(state: State) -> list[Candidate]:
     ]
 
 
+@guarded
 def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     reflecting = cast(Reflecting, strategy)
