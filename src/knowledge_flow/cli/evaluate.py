@@ -200,7 +200,7 @@ def evaluate(
         if stop.requested:
             print_report(report)
             if written:
-                out.print(f"predictions of the {report.finished} complete problems: {written[0].parent}")
+                out.print(Text(clean(f"predictions of the {report.finished} complete problems: {written[0].parent}")))
             err.print(Text(f"{stop.signal_name}: stopped; continue with {resume_hint}", style="bold yellow"))
             lease.release()
             checkpointer.close()
@@ -213,7 +213,7 @@ def evaluate(
     else:
         print_report(report)
         if written:
-            out.print(f"predictions: {written[0].parent} ({len(written)} files)")
+            out.print(Text(clean(f"predictions: {written[0].parent} ({len(written)} files)")))
         out.print(f"elapsed {time.monotonic() - started:.1f}s")
     if failures or report.failed:
         for failure in failures[:5]:

@@ -208,5 +208,5 @@ def print_comparison(comparison: list[RunComparison]) -> None:
 
     side_by_side = table(*COLUMNS)
     for entry in comparison:
-        side_by_side.add_row(*(Text(cell) for cell in cells(entry)))
+        side_by_side.add_row(*(Text(clean(cell)) for cell in cells(entry)))
     out.print(side_by_side)

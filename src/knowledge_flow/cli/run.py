@@ -324,7 +324,7 @@ def resume(
         raise fail(f"thread {thread_id!r} has no checkpoint in {db_path}")
     extend = iterations is not None and iterations > int(values["params"]["iterations"])
     if values.get("status") == "done" and not extend:
-        err.print(f"thread {thread_id} is already complete")
+        err.print(Text(f"thread {clean(thread_id)} is already complete"))
         emit(summarize(values, thread_id, db_path), as_json)
         return
     _execute(
