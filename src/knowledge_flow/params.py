@@ -45,10 +45,10 @@ OWN_REQUEST_FIELDS = frozenset(
         "top_logprobs",
         "reasoning_effort",
         "stream",
+        "stream_options",
         "continue_final_message",
         "add_generation_prompt",
         "seed",
-        "stream_options",
         "return_tokens_as_token_ids",
     }
 )

@@ -7,7 +7,6 @@ at once; commands import what they need when they run.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,21 +21,24 @@ from rich.text import Text
 
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 from knowledge_flow.persistence.files import DEFAULT_DB
+from knowledge_flow.text.safe import json_line, printable
 
 if TYPE_CHECKING:
     from knowledge_flow.persistence.store import RolloutStore, RunRow
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
 
 def clean(text: str | None, limit: int | None = None) -> str:
-    """Model text made safe for a terminal (no control characters or escape sequences)."""
+    """Text from outside (model output, error bodies, files, stored values) as it is shown: no escape
+    sequences, control characters or bidirectional overrides (`knowledge_flow.text.safe.printable`); None
+    is a dash. Everything a command shows that it did not write itself goes through here."""
     if text is None:
         return "—"
-    cleaned = _CONTROL.sub("�", text)
-    if limit is not None and len(cleaned) > limit:
-        cleaned = cleaned[: limit - 1] + "…"
-    return cleaned
+    return printable(text, limit)
+
+
+def write_json(value: object) -> None:
+    """``--json``: one JSON object on one line of stdout, safe to print (`knowledge_flow.text.safe.json_line`)."""
+    sys.stdout.write(json_line(value) + "\n")
 
 
 class UsageError(Exception):
@@ -44,7 +46,8 @@ class UsageError(Exception):
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(Text(f"error: {message}", style="bold red"))
+    """Print `message` (made printable: it often quotes outside text) and return the exit to raise."""
+    err.print(Text(f"error: {clean(message)}", style="bold red"))
     return typer.Exit(code)
 
 
@@ -56,6 +59,24 @@ def check_base_url(url: str | list[str]) -> str:
         return ",".join(check_urls(url if isinstance(url, str) else ",".join(url)))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def warn_withheld(base_url: str) -> None:
+    """A stored URL read back has no secrets: say which query parameters will not be sent."""
+    from knowledge_flow.endpoint.urls import address, split_urls
+
+    withheld = sorted({name for url in split_urls(base_url) for name in address(url).withheld})
+    if withheld:
+        names = ", ".join(withheld)
+        err.print(
+            Text(
+                clean(
+                    f"warning: the stored endpoint URL's secret parameters ({names}) are not kept; pass --base-url "
+                    "with them if the endpoint needs them"
+                ),
+                style="yellow",
+            )
+        )
 
 
 def resolve_db(db: str | None) -> str:
@@ -103,7 +124,7 @@ def endpoint(base_url: str) -> Iterator[str]:
 
     err.print(f"the local model server is not running at {base_url}; starting it for this command")
     try:
-        server = start_local(write_pid_file=False, progress=lambda m: err.print(f"  {m}"))
+        server = start_local(write_pid_file=False, progress=lambda m: err.print(Text(f"  {clean(m)}")))
     except (ServerError, ModelError) as exc:
         raise UsageError(
             f"{exc}\nStart a server with `kflow serve local`, or pass --base-url URL of an OpenAI-compatible "
@@ -128,7 +149,14 @@ MaxRetriesOpt = Annotated[
 ]
 
 
-TimeoutOpt = Annotated[float, typer.Option("--request-timeout", min=1.0, help="Seconds to wait for one completion.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--request-timeout",
+        min=1.0,
+        help="Seconds to wait for one completion, and to read its reply (a stream as a whole).",
+    ),
+]
 
 
 BaseUrlOpt = Annotated[
@@ -147,12 +175,13 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (env KFLOW_
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")]
 
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: No markup or emoji codes: a text printed is shown as it is (after `clean`), never interpreted.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 #: Not a terminal (a log, a pipe): wide enough that tables keep whole identifiers on one line.
 WIDE = 200
 
 
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else WIDE)
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False, width=None if sys.stdout.isatty() else WIDE)
 
 
 def table(*headers: str) -> Table:

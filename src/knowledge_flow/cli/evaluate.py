@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from knowledge_flow.cli.common import (
     open_store,
     out,
     resolve_db,
+    warn_withheld,
 )
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.cli.report import print_report
@@ -85,6 +87,7 @@ def evaluate(
     if concurrency is not None and concurrency < 1:
         raise fail("--concurrency must be at least 1")
     from knowledge_flow.context import Context
+    from knowledge_flow.endpoint.client import describe
     from knowledge_flow.evaluation.datasets import DatasetError
     from knowledge_flow.evaluation.report import build_report
     from knowledge_flow.evaluation.rows import EvalStore
@@ -112,6 +115,7 @@ def evaluate(
                 raise UsageError(f"the dataset {manifest['dataset']!r} changed since run {resume!r} started")
             eval_id = resume
             url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or manifest["endpoint"])
+            warn_withheld(url)
             concurrency = concurrency or int(manifest.get("concurrency") or DEFAULT_CONCURRENCY)
             check_output_dir(Path(manifest["output_dir"]), manifest)
         else:
@@ -153,7 +157,9 @@ def evaluate(
         raise fail(str(exc)) from None
 
     resume_hint = f"`kflow eval --resume {eval_id} --db {db_path}`"
-    err.print(f"evaluation {eval_id}: {loaded.name}, {len(loaded.problems)} problems (database {db_path})")
+    err.print(
+        Text(f"evaluation {clean(eval_id)}: {clean(loaded.name)}, {len(loaded.problems)} problems (database {db_path})")
+    )
     display = ProgressDisplay(progress_every)
     checkpointer = SqliteCheckpointer(db_path)
     graph = compile_graph(checkpointer)
@@ -182,12 +188,19 @@ def evaluate(
             display.stop()
             lease.release()
             raise fail(str(exc)) from None
+        except Exception as exc:  # the evaluation itself failed: what is complete is kept for resume
+            display.stop()
+            with contextlib.suppress(Exception):
+                EvalStore(store).update_eval(eval_id, status="incomplete")
+            lease.release()
+            reason = describe(exc, Context(base_url=url, db_path=db_path).secrets)
+            raise fail(f"the evaluation stopped: {reason}; continue with {resume_hint}", code=1) from None
         display.stop()
         report = build_report(store, eval_id)
         if stop.requested:
             print_report(report)
             if written:
-                out.print(f"predictions of the {report.finished} complete problems: {written[0].parent}")
+                out.print(Text(clean(f"predictions of the {report.finished} complete problems: {written[0].parent}")))
             err.print(Text(f"{stop.signal_name}: stopped; continue with {resume_hint}", style="bold yellow"))
             lease.release()
             checkpointer.close()
@@ -200,7 +213,7 @@ def evaluate(
     else:
         print_report(report)
         if written:
-            out.print(f"predictions: {written[0].parent} ({len(written)} files)")
+            out.print(Text(clean(f"predictions: {written[0].parent} ({len(written)} files)")))
         out.print(f"elapsed {time.monotonic() - started:.1f}s")
     if failures or report.failed:
         for failure in failures[:5]:

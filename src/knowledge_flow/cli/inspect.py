@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,6 +20,7 @@ from knowledge_flow.cli.common import (
     out,
     resolve_db,
     table,
+    write_json,
 )
 from knowledge_flow.cli.run import describe_item
 
@@ -48,6 +48,7 @@ def show(
     from knowledge_flow.text.answers import equivalent
 
     run = mirrored(db_path, store, [run])[0]
+    stopped_by = stopping_error(db_path, run.thread_id) if run.status == "failed" else None
 
     rows = store.rollouts(run.run_id)
     item = EvalStore(store).eval_item_of_thread(thread_id)
@@ -101,6 +102,7 @@ def show(
             "thread_id": run.thread_id,
             "run_id": run.run_id,
             "status": run.status,
+            **({"error": stopped_by} if stopped_by is not None else {}),
             "final_answer": run.final_answer,
             "params": run.params,
             "problem": run.problem,
@@ -109,9 +111,11 @@ def show(
             "selections": selections,
             **({key: figures[key] for key in ("trt", "deepconf") if key in figures}),
         }
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        write_json(payload)
         return
-    out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    out.print(Text(f"thread {clean(run.thread_id)}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    if stopped_by is not None:
+        out.print(Text(f"stopped by an error: {clean(stopped_by, 300)} (`kflow resume` runs that step again)"))
     out.print(Text(f"problem: {clean(run.problem, 300)}"))
     if item is not None:
         out.print(Text(f"evaluation {item.eval_id}, problem {item.position}: gold answer {clean(gold)}"))
@@ -187,7 +191,7 @@ def threads(
         for r in runs
     ]
     if as_json:
-        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        write_json(listing)
         return
     listing_table = table("thread", "run", "status", "rollouts", "final answer", "model", "created")
     for item in listing:
@@ -267,6 +271,18 @@ def describe_call(call: dict[str, Any] | None) -> str:
     if outcome.get("note"):
         parts.append(str(outcome["note"]))
     return "; ".join(parts) or "no change"
+
+
+def stopping_error(db_path: str, thread_id: str) -> str | None:
+    """The error that stopped the thread's run in a step (`knowledge_flow.runs.step_error`)."""
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.runs import step_error
+
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        return step_error(checkpointer, thread_id)
+    finally:
+        checkpointer.close()
 
 
 def mirrored(db_path: str, store: RolloutStore, runs: Sequence[RunRow]) -> list[RunRow]:

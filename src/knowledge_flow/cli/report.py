@@ -69,7 +69,7 @@ def print_report(report: EvalReport) -> None:
         replicas = table("endpoint", "rollouts", "failed", "cut off", "retried", "prompt tok", "completion tok")
         for entry in report.replicas:
             replicas.add_row(
-                Text(str(entry["url"])),
+                Text(clean(str(entry["url"]))),
                 f"{entry['rollouts']:,}",
                 f"{entry['failed_rollouts']:,}",
                 f"{entry['truncated_rollouts']:,}",
@@ -134,7 +134,8 @@ def report(
     plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
     datasets = sorted({r.dataset for r in reports})
     if len(datasets) > 1:
-        err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
+        shown = clean("; ".join(datasets))
+        err.print(Text(f"warning: the runs compared are on different datasets: {shown}", style="yellow"))
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
     comparison = compare_runs(records) if compare else []
     if as_json:
@@ -209,5 +210,5 @@ def print_comparison(comparison: list[RunComparison]) -> None:
 
     side_by_side = table(*COLUMNS)
     for entry in comparison:
-        side_by_side.add_row(*(Text(cell) for cell in cells(entry)))
+        side_by_side.add_row(*(Text(clean(cell)) for cell in cells(entry)))
     out.print(side_by_side)

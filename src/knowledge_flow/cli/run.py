@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
@@ -28,6 +27,8 @@ from knowledge_flow.cli.common import (
     open_store,
     out,
     resolve_db,
+    warn_withheld,
+    write_json,
 )
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
@@ -110,7 +111,7 @@ def run_graph(
                 continue
             values = cast(dict[str, Any], chunk)
             if "prepare" in updated:
-                err.print(f"run {values['run_id']} on thread {thread_id} (database {db})")
+                err.print(Text(f"run {values['run_id']} on thread {clean(thread_id)} (database {db})"))
             if "distill_knowledge" in updated:
                 _print_rollout(store, values)
                 params = values["params"]
@@ -147,11 +148,11 @@ def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]
 
 def emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "db"}, ensure_ascii=False) + "\n")
+        write_json({k: v for k, v in result.items() if k != "db"})
         return
     usage = result["usage"]
     out.print(Text(f"final answer: {clean(result['final_answer'])}", style="bold green"))
-    out.print(f"answers: {', '.join(clean(a) for a in result['answers'])}")
+    out.print(Text(f"answers: {', '.join(clean(a) for a in result['answers'])}"))
     out.print(
         f"rollouts: {result['iterations_done']}   tokens: {usage['prompt_tokens']} prompt + "
         f"{usage['completion_tokens']} completion"
@@ -171,10 +172,12 @@ def _execute(
     lease_key: str | None = None,
 ) -> None:
     from knowledge_flow.context import Context
-    from knowledge_flow.endpoint.client import EndpointError
+    from knowledge_flow.endpoint.client import EndpointError, describe
+    from knowledge_flow.endpoint.urls import shown_url
     from knowledge_flow.interrupts import StopRequest
     from knowledge_flow.persistence.leases import LeaseHeld, acquire
     from knowledge_flow.persistence.store import get_store
+    from knowledge_flow.runs import mark_failed
 
     resume_hint = f"`kflow resume {thread_id} --db {db}`"
     store = get_store(db)
@@ -193,15 +196,24 @@ def _execute(
     except UsageError as exc:
         raise fail(str(exc)) from None
     except ValueError as exc:
+        mark_failed(store, thread_id)
         raise fail(str(exc)) from None
     except EndpointError as exc:
+        mark_failed(store, thread_id)
         raise fail(
-            f"the endpoint {base_url} failed: {exc}. Completed rollouts are saved; continue with {resume_hint}",
+            f"the endpoint {shown_url(base_url)} failed: {exc}. Completed rollouts are saved; continue with "
+            f"{resume_hint}",
             code=1,
         ) from None
     except KeyboardInterrupt:
         name = stop.signal_name or "interrupted"
         raise fail(f"{name}: stopped; completed rollouts are saved; continue with {resume_hint}", code=130) from None
+    except Exception as exc:  # a step failed on its own: the run is failed, its checkpoint kept for resume
+        mark_failed(store, thread_id)
+        reason = describe(exc, Context(base_url=base_url, db_path=db).secrets)
+        raise fail(
+            f"the run stopped: {reason}. Completed rollouts are saved; continue with {resume_hint}", code=1
+        ) from None
     finally:
         lease.release()
     emit(result, as_json)
@@ -293,6 +305,7 @@ def resume(
     try:
         db_path, store, run = open_run(db, thread_id)
         url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or run.base_url or DEFAULT_LOCAL_BASE_URL)
+        warn_withheld(url)
         if iterations is not None and iterations < run.iterations_done:
             raise UsageError(
                 f"the run has done {run.iterations_done} iterations; --iterations {iterations} cannot shrink it"
@@ -316,7 +329,7 @@ def resume(
         raise fail(f"thread {thread_id!r} has no checkpoint in {db_path}")
     extend = iterations is not None and iterations > int(values["params"]["iterations"])
     if values.get("status") == "done" and not extend:
-        err.print(f"thread {thread_id} is already complete")
+        err.print(Text(f"thread {clean(thread_id)} is already complete"))
         emit(summarize(values, thread_id, db_path), as_json)
         return
     _execute(

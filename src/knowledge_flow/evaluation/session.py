@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from knowledge_flow.context import Context
+from knowledge_flow.endpoint.urls import shown_url
 from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
 from knowledge_flow.evaluation.predictions import write_predictions
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalRow, EvalStore
@@ -72,7 +73,7 @@ def create_eval(
         "problems": len(dataset.problems),
         "answer_type": dataset.answer_type,
         "model": params["model"],
-        "endpoint": base_url,
+        "endpoint": shown_url(base_url),
         "strategy": params["strategy"],
         "prompt_set": params["prompt_set"],
         "prompt_hash": params["prompt_hash"],

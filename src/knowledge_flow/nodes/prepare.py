@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from knowledge_flow.context import Context
+from knowledge_flow.endpoint.urls import shown_url
 from knowledge_flow.nodes.common import context_of, store_of
 from knowledge_flow.params import resolve_run
 from knowledge_flow.state import State
@@ -42,7 +43,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         thread_id=thread_id,
         problem=problem,
         params=dict(params),
-        base_url=context_of(runtime).base_url,
+        base_url=shown_url(context_of(runtime).base_url),
         package_version=package_version(),
     )
     update: dict[str, Any] = {

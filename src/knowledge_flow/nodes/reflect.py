@@ -22,7 +22,7 @@ from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion
 from knowledge_flow.endpoint.served import Served
 from knowledge_flow.nodes.calls import endpoint_of, request_once, sampling_of
-from knowledge_flow.nodes.common import step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.distill import knowledge_update
 from knowledge_flow.persistence.store import CallRow, RolloutStore, utcnow
 from knowledge_flow.state import Candidate, State, ThinkerStrategy, Usage, Verdict
@@ -106,6 +106,7 @@ def last_round(state: State, store: RolloutStore) -> list[RoundRollout]:
     ]
 
 
+@guarded
 def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     reflecting = cast(Reflecting, strategy)
@@ -154,6 +155,7 @@ def choosing_call(
     return reflecting, step, candidates, row
 
 
+@guarded
 def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     _, _, candidates, row = choosing_call(state, runtime, VERIFY)
     text = reply_text(row)
@@ -165,6 +167,7 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return applied(state, runtime, row, {"verdict": verdict}, outcome)
 
 
+@guarded
 def manage(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     reflecting, step, candidates, row = choosing_call(state, runtime, MANAGE)
     update = reflecting.apply_manager(step, candidates, row.id, reply_text(row))

@@ -38,7 +38,6 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, prepare, sample, send_stream
-from knowledge_flow.endpoint.client import endpoint_errors
 from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD
 from knowledge_flow.nodes.calls import (
     CONTENT_ATTEMPTS,
@@ -50,7 +49,7 @@ from knowledge_flow.nodes.calls import (
     sampling_of,
     with_faults,
 )
-from knowledge_flow.nodes.common import context_of, step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.waves import NOT_SENT, Wave, note_inactive_filter, open_wave, text_of, unsent
 from knowledge_flow.options import DEFAULT_WINDOW
 from knowledge_flow.persistence.compression import pack_confidences
@@ -265,12 +264,8 @@ class Iteration:
         self.store_outcomes([index], prepared, [outcome], counted=counted, retries=resends.count)
 
 
+@guarded
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    with endpoint_errors((context_of(runtime).api_key,)):
-        return _solve(state, runtime)
-
-
-def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     iteration = state.get("iteration", 0)
     store = store_of(runtime)
