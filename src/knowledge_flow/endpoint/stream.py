@@ -107,22 +107,18 @@ def consume_chunk(state: _StreamState, chunk: Mapping[str, Any], chat: bool, on_
     return False
 
 
-def _streamed(
-    response: httpx.Response,
-    sampling: Sampling,
-    client: openai.OpenAI,
+def fold_stream(
+    chunks: Iterable[Mapping[str, Any]],
     chat: bool,
     on_position: PositionHook | None,
     started: float,
+    temperature: float,
 ) -> Completion:
+    """The completion that a stream of checked chunks makes, read until `on_position` asks to stop."""
     state = _StreamState()
-    temperature = sampling.temperature
-    try:
-        for data in events(response, reply_bounds(client, sampling)):
-            if consume_chunk(state, checked_chunk(data, chat), chat, on_position):
-                break
-    finally:
-        response.close()  # a cut stream closes the connection: the server stops generating
+    for chunk in chunks:
+        if consume_chunk(state, chunk, chat, on_position):
+            break
     if not state.cancelled and state.finish_reason is None:
         # the server ended the stream early (llama.cpp's server does so when another request arrives)
         raise ValueError("the stream ended before the completion did (no finish reason)")
@@ -146,6 +142,21 @@ def _streamed(
         cancelled=state.cancelled,
         usage_source=source,
     )
+
+
+def _streamed(
+    response: httpx.Response,
+    sampling: Sampling,
+    client: openai.OpenAI,
+    chat: bool,
+    on_position: PositionHook | None,
+    started: float,
+) -> Completion:
+    chunks = (checked_chunk(data, chat) for data in events(response, reply_bounds(client, sampling)))
+    try:
+        return fold_stream(chunks, chat, on_position, started, sampling.temperature)
+    finally:
+        response.close()  # a cut stream closes the connection: the server stops generating
 
 
 def chat_stream(
