@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,16 +10,20 @@ import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import (
+    OUTCOME,
     DbOpt,
     JsonOpt,
     UsageError,
     clean,
+    database_failure,
     fail,
+    json_outcome,
     open_run,
     open_store,
     out,
     resolve_db,
     table,
+    write_json,
 )
 from knowledge_flow.cli.run import describe_item
 
@@ -40,7 +43,9 @@ def show(
 
     The database stores long texts compressed; `--texts` reads them back."""
     from knowledge_flow.evaluation.rows import EvalStore
+    from knowledge_flow.persistence.seals import StoreDamaged
 
+    json_outcome(as_json, thread_id=thread_id)
     try:
         db_path, store, run = open_run(db, thread_id)
     except UsageError as exc:
@@ -48,6 +53,10 @@ def show(
     from knowledge_flow.text.answers import equivalent
 
     run = mirrored(db_path, store, [run])[0]
+    damage = run_damage(db_path, store, run)
+    if damage is not None:
+        OUTCOME.fields["run_id"] = run.run_id
+        raise fail(f"{database_failure(StoreDamaged(damage), db_path)}; restore it from a copy", 1, status="damaged")
 
     rows = store.rollouts(run.run_id)
     item = EvalStore(store).eval_item_of_thread(thread_id)
@@ -94,7 +103,7 @@ def show(
             "rollouts": rollouts,
             **({key: figures[key] for key in ("trt", "deepconf") if key in figures}),
         }
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        write_json(payload)
         return
     out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
     out.print(Text(f"problem: {clean(run.problem, 300)}"))
@@ -138,6 +147,7 @@ def threads(
     """List the runs in a database, oldest first, with their status."""
     from knowledge_flow.evaluation.rows import EvalStore
 
+    json_outcome(as_json)
     try:
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
@@ -164,7 +174,7 @@ def threads(
         for r in runs
     ]
     if as_json:
-        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        write_json(listing)
         return
     listing_table = table("thread", "run", "status", "rollouts", "final answer", "model", "created")
     for item in listing:
@@ -232,6 +242,34 @@ def describe_call(call: dict[str, Any] | None) -> str:
     if outcome.get("note"):
         parts.append(str(outcome["note"]))
     return "; ".join(parts) or "no change"
+
+
+def run_damage(db_path: str, store: RolloutStore, run: RunRow) -> str | None:
+    """What is wrong with the run's stored rows (`persistence.damage`): rollouts missing, altered or
+    unreadable, or chosen answers that disagree with the run's checkpoint; None when intact."""
+    from knowledge_flow.graph import compile_graph
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.damage import describe_iterations, rollout_damage
+
+    damage = rollout_damage(store, [run.run_id], {run.run_id: run.iterations_done}).get(run.run_id)
+    if damage:
+        return f"thread {run.thread_id}, run {run.run_id}: {damage.describe()}"
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": run.thread_id}}).values
+    finally:
+        checkpointer.close()
+    if values.get("run_id") != run.run_id:
+        return None  # an earlier run of the thread: its checkpoint was replaced by the latest run's
+    chosen = {row.iteration: row.answer for row in store.rollouts(run.run_id) if row.rank == 0}
+    answers = list(values.get("answers", []))
+    differ = [k for k, answer in enumerate(answers) if k not in chosen or chosen[k] != answer]
+    if differ:
+        return (
+            f"thread {run.thread_id}, run {run.run_id}: the stored answers of {describe_iterations(differ)} "
+            "disagree with the run's checkpoint"
+        )
+    return None
 
 
 def mirrored(db_path: str, store: RolloutStore, runs: Sequence[RunRow]) -> list[RunRow]:

@@ -52,6 +52,7 @@ from knowledge_flow.nodes.common import context_of, step_of, store_of
 from knowledge_flow.options import DEFAULT_WINDOW
 from knowledge_flow.persistence.compression import pack_confidences
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
+from knowledge_flow.prompts import PromptSetError
 from knowledge_flow.state import State
 from knowledge_flow.strategies import RolloutPrompt, Streaming, get_strategy
 from knowledge_flow.strategies.confidence import WindowMonitor, measures, token_confidences
@@ -172,7 +173,8 @@ class Iteration:
                     conf_threshold=self.streaming.threshold if self.streaming is not None else None,
                     stop_reason=STOPPED if completion.cancelled else None,
                     token_confidence=pack_confidences(confidences) if confidences else None,
-                )
+                ),
+                len(self.ids),
             )
 
     def run_batch(self, indices: list[int]) -> None:
@@ -235,6 +237,27 @@ class Iteration:
         self.store_outcomes([index], prepared, [outcome], counted=counted, retries=resends.count)
 
 
+def store_unrendered(state: State, store: RolloutStore, ids: list[str], count: int, reason: str) -> None:
+    """Rollouts (of an iteration of `count`) whose prompt could not be built: stored as failed, with the
+    reason; nothing is sent."""
+    for rid in ids:
+        store.add_rollout(
+            RolloutRow(
+                id=rid,
+                run_id=state["run_id"],
+                thread_id=state["thread_id"],
+                iteration=state.get("iteration", 0),
+                index=int(rid.rsplit(":", 1)[1]),
+                created_at=utcnow(),
+                prompt_json="[]",
+                content="",
+                finish_reason="error",
+                error=reason,
+            ),
+            count,
+        )
+
+
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     with endpoint_errors((context_of(runtime).api_key,)):
         return _solve(state, runtime)
@@ -255,7 +278,12 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     if iteration == 0:
         store.update_run(state["run_id"], served_json=json.dumps(served.info().as_dict()))
-    prompts = strategy.build_prompts(step, count)
+    try:
+        prompts = strategy.build_prompts(step, count)
+    except PromptSetError as exc:  # e.g. a model's text made a template pass its bounds
+        reason = f"the prompt could not be rendered: {exc}"
+        store_unrendered(state, store, [ids[index] for index in missing], count, reason)
+        return {"pending_rollouts": ids}
     if len(prompts) != count:
         raise RuntimeError(f"strategy {strategy.name} built {len(prompts)} prompts for {count} thinkers")
     streaming = strategy.streaming(step)

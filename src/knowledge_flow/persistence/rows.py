@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -37,7 +37,9 @@ before stay readable. 4: prompt sets (``kf_prompt_sets``); rollouts gain the req
 outside the rollouts (``kf_calls``: TRT planning, reflection, verifier); rollouts gain the TRT strategy they
 followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the online threshold in force,
 the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
-(``retries``); runs gain DeepConf's threshold."""
+(``retries``); runs gain DeepConf's threshold. 6: rows of runs, rollouts, calls, evaluations and their
+problems carry a seal (`knowledge_flow.persistence.seals`); rollouts record how many rollouts their iteration
+has."""
 
 
 class SchemaError(RuntimeError):
@@ -78,6 +80,7 @@ class RunRow(Base):
     """What the endpoint served: model name, context length, server kind, how tokens were counted."""
     confidence_threshold: Mapped[float | None] = mapped_column(Float)
     """deepconf: the online threshold the warm-up wave set."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -158,6 +161,9 @@ class RolloutRow(Base):
     below_threshold (finished, its lowest group confidence under the threshold)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
+    iteration_rollouts: Mapped[int | None] = mapped_column(Integer)
+    """How many rollouts (thinkers) its iteration has."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def strategy(self) -> dict[str, str] | None:
@@ -220,6 +226,7 @@ class CallRow(Base):
     """Why the call failed (no usable response after retries)."""
     outcome_json: Mapped[str | None] = mapped_column(Text)
     """What the call changed, as applied (small JSON)."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def messages(self) -> list[dict[str, str]]:

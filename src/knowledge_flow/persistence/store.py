@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,7 +28,8 @@ from knowledge_flow.persistence.rows import (
     utcnow,
 )
 from knowledge_flow.persistence.schema import make_engine, open_schema
-from knowledge_flow.prompts import PromptSet, from_source
+from knowledge_flow.persistence.seals import StoreDamaged, reseal, seal_row, table_of
+from knowledge_flow.prompts import PromptSet, digest_of, from_source
 from knowledge_flow.records import StoredRollout
 
 __all__ = [
@@ -39,9 +40,19 @@ __all__ = [
     "RolloutStore",
     "RunRow",
     "SchemaError",
+    "StoreDamaged",
     "get_store",
     "utcnow",
 ]
+
+R = TypeVar("R", bound=Base)
+
+
+def sealed(row: R) -> R:
+    """A new row with its seal set (`knowledge_flow.persistence.seals`)."""
+    seal_row(row)
+    return row
+
 
 #: The "endpoint" of rollouts that failed before any replica answered.
 NO_ENDPOINT = "(none: failed before a response)"
@@ -94,33 +105,38 @@ class RolloutStore:
             if session.get(RunRow, run_id) is not None:
                 return
             session.add(
-                RunRow(
-                    run_id=run_id,
-                    thread_id=thread_id,
-                    created_at=now,
-                    updated_at=now,
-                    status="running",
-                    problem=problem,
-                    params_json=json.dumps(params, sort_keys=True),
-                    base_url=base_url,
-                    model=str(params.get("model", "")),
-                    strategy=str(params.get("strategy", "")),
-                    prompt_version=f"{params.get('prompt_set', '')}@{str(params.get('prompt_hash', ''))[:12]}",
-                    package_version=package_version,
-                    iterations_done=0,
-                    final_answer=None,
+                sealed(
+                    RunRow(
+                        run_id=run_id,
+                        thread_id=thread_id,
+                        created_at=now,
+                        updated_at=now,
+                        status="running",
+                        problem=problem,
+                        params_json=json.dumps(params, sort_keys=True),
+                        base_url=base_url,
+                        model=str(params.get("model", "")),
+                        strategy=str(params.get("strategy", "")),
+                        prompt_version=f"{params.get('prompt_set', '')}@{str(params.get('prompt_hash', ''))[:12]}",
+                        package_version=package_version,
+                        iterations_done=0,
+                        final_answer=None,
+                    )
                 )
             )
 
     def update_row(self, model: type[Base], key: Any, what: str, values: dict[str, Any]) -> None:
         """Set `values` on the row of `model` with primary key `key`, in one UPDATE (the row's long texts
-        are neither read nor decompressed)."""
+        are not decompressed); a sealed row is sealed again, after its old seal was checked (`seals.reseal`)."""
         mapper = inspect(model)
         if "updated_at" in mapper.columns:
             values = {**values, "updated_at": utcnow()}
         keys = key if isinstance(key, tuple) else (key,)
         match = [column == value for column, value in zip(mapper.primary_key, keys, strict=True)]
         with self.session() as session:
+            primary = {str(column.key): value for column, value in zip(mapper.primary_key, keys, strict=True)}
+            values = dict(values)
+            reseal(session.connection(), table_of(model), primary, what, values)
             statement = update(model).where(*match).values(**values).execution_options(synchronize_session=False)
             result = session.execute(statement)
             if not result.rowcount:  # type: ignore[attr-defined]
@@ -157,11 +173,14 @@ class RolloutStore:
                 )
 
     def prompt_set(self, digest: str) -> PromptSet:
-        """The prompt set a run used, from its stored text."""
+        """The prompt set a run used, from its stored text (whose SHA-256 is its key: an altered text is
+        refused, never rendered)."""
         with self.session() as session:
             row = session.get(PromptSetRow, digest)
             if row is None:
                 raise KeyError(f"prompt set {digest[:12]} is not in {self.path}")
+            if digest_of(row.source) != digest:
+                raise StoreDamaged(f"the stored text of prompt set {row.name!r} ({digest[:12]}) was altered")
             return from_source(row.source, row.name)
 
     # rollouts ---------------------------------------------------------------------------------------
@@ -174,9 +193,11 @@ class RolloutStore:
         with self.session() as session:
             return set(session.scalars(select(RolloutRow.id).where(RolloutRow.id.in_(rollout_ids))))
 
-    def add_rollout(self, row: RolloutRow) -> None:
+    def add_rollout(self, row: RolloutRow, count: int = 1) -> None:
+        """Store a new rollout of an iteration that has `count` rollouts (thinkers), sealed."""
+        row.iteration_rollouts = count
         with self.session() as session:
-            session.add(row)
+            session.add(sealed(row))
 
     def stored_texts(self, rollout_id: str) -> StoredRollout | None:
         row = self.get_rollout(rollout_id)
@@ -225,7 +246,7 @@ class RolloutStore:
 
     def add_call(self, row: CallRow) -> None:
         with self.session() as session:
-            session.add(row)
+            session.add(sealed(row))
 
     def update_call(self, call_id: str, **values: Any) -> None:
         self.update_row(CallRow, call_id, f"call {call_id!r}", values)
@@ -242,9 +263,10 @@ class RolloutStore:
             )
             return session.scalars(statement).all()
 
-    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
-        """Per run, each iteration's chosen rollout (rank 0), in order, texts included."""
-        rows: dict[str, list[RolloutRow]] = {run_id: [] for run_id in run_ids}
+    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, dict[int, RolloutRow]]:
+        """Per run, each iteration's chosen rollout (rank 0) by iteration, texts included (an iteration whose
+        rows are missing is absent: callers match rows by iteration, never by position)."""
+        rows: dict[str, dict[int, RolloutRow]] = {run_id: {} for run_id in run_ids}
         ordered = list(rows)
         with self.session() as session:
             for start in range(0, len(ordered), 500):  # within SQLite's limit on bound parameters
@@ -254,7 +276,7 @@ class RolloutStore:
                     .order_by(RolloutRow.run_id, RolloutRow.iteration, RolloutRow.index)
                 )
                 for row in session.scalars(statement):
-                    rows[row.run_id].append(row)
+                    rows[row.run_id].setdefault(row.iteration, row)
         return rows
 
     def rollout_stats(self, run_ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
