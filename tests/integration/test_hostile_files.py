@@ -231,9 +231,9 @@ def fold_wal(db: Path) -> None:
 
 
 def finished_run(server: ScriptedServer, db: Path, thread: str = "t1", iterations: int = 3) -> None:
+    args = ["--thread-id", thread, "--model", "m", "--prompts", PAPER_SET]
     proc = run_kflow(
-        ["solve", PROBLEM, "--base-url", server.base_url, "--iterations", str(iterations), "--db", str(db)]
-        + ["--thread-id", thread, "--model", "m", "--prompts", PAPER_SET]
+        ["solve", PROBLEM, "--base-url", server.base_url, "--iterations", str(iterations), "--db", str(db), *args]
     )
     assert proc.returncode == 0, proc.stderr
     fold_wal(db)

@@ -44,6 +44,7 @@ def show(
     The database stores long texts compressed; `--texts` reads them back."""
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.persistence.seals import StoreDamaged
+    from knowledge_flow.prompts.bounds import one_line
 
     json_outcome(as_json, thread_id=thread_id)
     try:
@@ -52,8 +53,14 @@ def show(
         raise fail(str(exc)) from None
     from knowledge_flow.text.answers import equivalent
 
-    run = mirrored(db_path, store, [run])[0]
-    damage = run_damage(db_path, store, run)
+    try:
+        run = mirrored(db_path, store, [run])[0]
+    except Exception as exc:
+        if database_failure(exc) is not None:
+            raise
+        damage: str | None = f"thread {run.thread_id}: its checkpoint cannot be read ({one_line(exc)})"
+    else:
+        damage = run_damage(db_path, store, run)
     if damage is not None:
         OUTCOME.fields["run_id"] = run.run_id
         raise fail(f"{database_failure(StoreDamaged(damage), db_path)}; restore it from a copy", 1, status="damaged")
@@ -250,6 +257,7 @@ def run_damage(db_path: str, store: RolloutStore, run: RunRow) -> str | None:
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
     from knowledge_flow.persistence.damage import describe_iterations, rollout_damage
+    from knowledge_flow.prompts.bounds import one_line
 
     damage = rollout_damage(store, [run.run_id], {run.run_id: run.iterations_done}).get(run.run_id)
     if damage:
@@ -257,6 +265,8 @@ def run_damage(db_path: str, store: RolloutStore, run: RunRow) -> str | None:
     checkpointer = SqliteCheckpointer(db_path)
     try:
         values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": run.thread_id}}).values
+    except Exception as exc:  # a checkpoint that cannot be decoded
+        return f"thread {run.thread_id}, run {run.run_id}: its checkpoint cannot be read ({one_line(exc)})"
     finally:
         checkpointer.close()
     if values.get("run_id") != run.run_id:

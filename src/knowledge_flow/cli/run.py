@@ -310,6 +310,7 @@ def resume(
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
     from knowledge_flow.persistence.leases import holder
+    from knowledge_flow.prompts.bounds import one_line
 
     json_outcome(as_json, thread_id=thread_id)
     try:
@@ -332,6 +333,12 @@ def resume(
     checkpointer = SqliteCheckpointer(db_path)
     try:
         values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}}).values
+    except Exception as exc:
+        problem = database_failure(exc, db_path) or (
+            f"database {db_path!r} is damaged: the checkpoint of thread {thread_id!r} cannot be read "
+            f"({one_line(exc)}); restore it from a copy"
+        )
+        raise fail(problem, code=1) from None
     finally:
         checkpointer.close()
     if not values:

@@ -117,8 +117,9 @@ def rollout_damage(
             expected = run["iterations_done"] if run is not None and isinstance(run["iterations_done"], int) else 0
         iterations = by_iteration[run_id]
         for iteration, rows in iterations.items():
-            if not all(check_seal(table, row) for row in rows):
+            if not all(check_seal(table, row) and isinstance(row["index"], int) for row in rows):
                 damage.altered.add(iteration)
+                continue
             if iteration >= expected:  # in flight when the process stopped: may be partly stored
                 continue
             declared = {row["iteration_rollouts"] for row in rows}

@@ -103,7 +103,7 @@ def foreign_tables(path: Path) -> list[str]:
 
 #: SQLite's messages, and what they mean for the person who gave the file.
 _PROBLEMS = (
-    (("malformed", "not a database", "corrupt"), "is damaged ({reason}); restore it from a copy"),
+    (("malformed", "not a database", "corrupt", "could not decode"), "is damaged ({reason}); restore it from a copy"),
     (("readonly", "read-only"), "cannot be written ({reason}); give a writable file and folder"),
     (("disk is full", "disk i/o error", "no space"), "could not be written ({reason}; a full disk?)"),
     (("unable to open",), "cannot be opened ({reason}); check the file and its folder"),
