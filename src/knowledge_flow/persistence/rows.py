@@ -62,6 +62,8 @@ class MetaRow(Base):
 
 class RunRow(Base):
     __tablename__ = "kf_runs"
+    #: Mirrors of the run's checkpoint (`knowledge_flow.runs.MIRRORED`): the checkpoint is their source.
+    __table_args__ = {"info": {"unsealed": ("status", "iterations_done", "final_answer")}}  # noqa: RUF012
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     thread_id: Mapped[str] = mapped_column(String(256), index=True)
     created_at: Mapped[str] = mapped_column(String(40))

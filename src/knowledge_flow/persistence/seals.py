@@ -22,7 +22,9 @@ from sqlalchemy.orm import DeclarativeBase
 from knowledge_flow.persistence.compression import CompressedText
 
 SEAL = "seal"
-#: Columns no seal covers: the seal itself, and the time of the last write (it changes with every write).
+#: Columns no seal covers: the seal itself, and the time of the last write (it changes with every write). A
+#: table names more in its ``info["unsealed"]``: ``kf_runs`` mirrors its run's status, iterations and final
+#: answer from the checkpoint, which is their source (`knowledge_flow.runs.from_checkpoints` mends them).
 UNSEALED = frozenset({SEAL, "updated_at"})
 
 
@@ -39,7 +41,8 @@ def sealed_columns(table: Table) -> list[Column[Any]]:
     """The columns `table`'s seal covers, in table order (empty for a table without a seal column)."""
     if SEAL not in table.columns:
         return []
-    return [column for column in table.columns if column.key not in UNSEALED]
+    skipped = UNSEALED | set(table.info.get("unsealed", ()))
+    return [column for column in table.columns if column.key not in skipped]
 
 
 def stored_form(column: Column[Any], value: Any) -> Any:

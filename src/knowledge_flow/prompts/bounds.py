@@ -15,8 +15,8 @@ machine. Every template is compiled and rendered under them:
 - **Calls** (macros, methods, globals) nest at most `MAX_CALL_DEPTH` deep: a recursive macro ends with an
   error, not a crash of the interpreter's stack.
 - **Time**: compiling or rendering one template may take `CPU_SECONDS` of CPU time (`WALL_SECONDS` of wall
-  time at most, however loaded the machine): a watchdog thread stops a render that takes longer by raising
-  an exception in its thread, which ends any Python-level loop.
+  time at most, however loaded the machine): `knowledge_flow.prompts.watchdog` stops a render that takes
+  longer by raising an exception in its thread, which ends any Python-level loop.
 
 A template that goes past a bound raises `TemplateBoundError` (a Jinja `SecurityError`); `guarded` turns
 that and every other failure of a template into one `TemplateFailure` with a one-line reason.
@@ -24,17 +24,15 @@ that and every other failure of a template into one `TemplateFailure` with a one
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import re
 import string
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from jinja2.exceptions import SecurityError
 from jinja2.utils import Namespace
+
+from knowledge_flow.prompts.watchdog import TimeLimitExceeded, time_limit
 
 MAX_CHARS = 1_000_000
 MAX_ITEMS = 1_000_000
@@ -52,11 +50,6 @@ class TemplateBoundError(SecurityError):
 
 class TemplateFailure(Exception):
     """A template could not be compiled or rendered; the message is one line."""
-
-
-class TemplateTimeout(BaseException):
-    """Raised by the watchdog in a thread whose template ran past the time limit (a BaseException, so that no
-    `except Exception` on the way swallows it)."""
 
 
 # --- sizes ---------------------------------------------------------------------------------------------
@@ -227,103 +220,13 @@ def _collect(items: Iterable[Any]) -> list[Any]:
     return collected
 
 
-# --- time ----------------------------------------------------------------------------------------------
-
-
-def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc) if exc else None)
-
-
-def _cpu_clock(ident: int) -> int | None:
-    try:
-        return time.pthread_getcpuclockid(ident)
-    except (AttributeError, OSError):  # not on this platform: wall time only
-        return None
-
-
-class _Watch:
-    __slots__ = ("clock", "cpu_limit", "cpu_start", "fired", "ident", "wall_deadline")
-
-    def __init__(self, cpu_seconds: float, wall_seconds: float) -> None:
-        self.ident = threading.get_ident()
-        self.clock = _cpu_clock(self.ident)
-        self.cpu_start = time.clock_gettime(self.clock) if self.clock is not None else 0.0
-        self.cpu_limit = cpu_seconds
-        self.wall_deadline = time.monotonic() + wall_seconds
-        self.fired = False
-
-    def over(self, now: float) -> bool:
-        if now > self.wall_deadline:
-            return True
-        if self.clock is None:
-            return False
-        try:
-            return time.clock_gettime(self.clock) - self.cpu_start > self.cpu_limit
-        except OSError:
-            return False
-
-
-class Watchdog:
-    """One daemon thread per process that stops templates running past their time (see the module's doc)."""
-
-    POLL_S = 0.02
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._watches: dict[int, _Watch] = {}
-        self._thread: threading.Thread | None = None
-
-    def watch(self, cpu_seconds: float, wall_seconds: float) -> _Watch:
-        watch = _Watch(cpu_seconds, wall_seconds)
-        with self._lock:
-            self._watches[id(watch)] = watch
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="kflow-template-watchdog", daemon=True)
-                self._thread.start()
-            self._lock.notify()
-        return watch
-
-    def release(self, watch: _Watch) -> None:
-        """After the guarded code: the watch can no longer fire; an exception it raised but that was not yet
-        delivered is withdrawn."""
-        with self._lock:
-            self._watches.pop(id(watch), None)
-            if watch.fired:
-                _set_async_exc(watch.ident, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._watches:
-                    self._lock.wait()
-                now = time.monotonic()
-                for key, watch in list(self._watches.items()):
-                    if watch.over(now):
-                        watch.fired = True
-                        del self._watches[key]
-                        _set_async_exc(watch.ident, TemplateTimeout)
-            time.sleep(self.POLL_S)
-
-
-WATCHDOG = Watchdog()
-
-
-@contextlib.contextmanager
-def _timed(cpu_seconds: float, wall_seconds: float) -> Iterator[None]:
-    watch = WATCHDOG.watch(cpu_seconds, wall_seconds)
-    try:
-        yield
-    finally:
-        WATCHDOG.release(watch)
-
-
 def guarded(work: Callable[[], T]) -> T:
     """Run template work (compiling, rendering) under the time limit; any failure becomes one
     `TemplateFailure` with a one-line reason."""
     try:
-        with _timed(CPU_SECONDS, WALL_SECONDS):
+        with time_limit(CPU_SECONDS, WALL_SECONDS):
             return work()
-    except TemplateTimeout:
+    except TimeLimitExceeded:
         raise TemplateFailure(f"took more than {CPU_SECONDS:g} s (the time limit of a template)") from None
     except RecursionError:
         raise TemplateFailure("nests too deeply") from None
