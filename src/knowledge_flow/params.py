@@ -76,10 +76,11 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
 
 
 def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
-    """The run's parameters and its prompt set (checked against the strategy's table). Raises ValueError
-    with a message meant for the user. Keys of `given` other than run options are ignored; None means
-    "not given"."""
+    """The run's parameters and its prompt set (checked against the strategy's table, and rendered on sample
+    states with `given`'s problem: `strategies.rehearsal`). Raises ValueError with a message meant for the
+    user. Keys of `given` other than run options and the problem are ignored; None means "not given"."""
     from knowledge_flow.strategies import get_strategy
+    from knowledge_flow.strategies.rehearsal import rehearse
 
     options = parse_options({name: given.get(name) for name in OPTION_NAMES})
     strategy = get_strategy(options.strategy)
@@ -142,6 +143,8 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         trace_budget=trace_budget,
         **selection_options(options, strategy, final, table),  # type: ignore[typeddict-item]
     )
+    problem = given.get("problem")
+    rehearse(strategy, table, params, problem if isinstance(problem, str) and problem.strip() else None)
     return params, prompt_set
 
 

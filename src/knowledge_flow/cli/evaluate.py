@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,16 +24,19 @@ from knowledge_flow.cli.common import (
     endpoint,
     err,
     fail,
+    json_outcome,
     open_store,
     out,
     resolve_db,
     warn_withheld,
+    write_json,
 )
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.cli.report import print_report
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 
 if TYPE_CHECKING:
+    from knowledge_flow.evaluation.report import EvalReport
     from knowledge_flow.evaluation.runner import Progress as Counters
 
 
@@ -81,7 +82,7 @@ def evaluate(
     options: dict[str, Any],
 ) -> None:
     """Evaluate a whole benchmark: one thread per problem, all in flight, resumable."""
-
+    json_outcome(as_json)
     if resume is None and dataset is None:
         raise fail("--dataset is required (or --resume RUN_ID)")
     if concurrency is not None and concurrency < 1:
@@ -104,7 +105,7 @@ def evaluate(
             raise UsageError("--concurrency must be at least 1")
         db_path = resolve_db(db)
         if resume is not None:
-            store = open_store(db_path, must_exist=True)
+            store = open_store(db_path, must_exist=True, writable=True)
             row = EvalStore(store).get_eval(resume)
             if row is None:
                 raise UsageError(f"no evaluation run {resume!r} in {db_path}")
@@ -130,12 +131,13 @@ def evaluate(
                 raise UsageError(f"answer_type must be one of integer, latex, text, got {answer_type!r}")
             spec = DatasetSpec(source, problem_field, answer_field, id_field, answer_type, limit)
             loaded = spec.load()
-            params = dict(resolve_params({**given, "answer_type": loaded.answer_type}))
+            longest = max((p.problem for p in loaded.problems), key=len)  # the prompt set is rendered on it
+            params = dict(resolve_params({**given, "answer_type": loaded.answer_type, "problem": longest}))
             eval_id = eval_id_given or new_eval_id()
             postfix = output_postfix or str(params["strategy"])
             folder = Path(output_dir).expanduser().resolve()
             check_output_dir(folder, {"params": params, "output_postfix": postfix})
-            store = open_store(db_path)
+            store = open_store(db_path, writable=True)
             if EvalStore(store).get_eval(eval_id) is not None:
                 raise UsageError(f"evaluation run {eval_id!r} already exists; continue it with --resume {eval_id}")
             concurrency = concurrency or DEFAULT_CONCURRENCY
@@ -198,28 +200,46 @@ def evaluate(
         display.stop()
         report = build_report(store, eval_id)
         if stop.requested:
-            print_report(report)
-            if written:
-                out.print(Text(clean(f"predictions of the {report.finished} complete problems: {written[0].parent}")))
-            err.print(Text(f"{stop.signal_name}: stopped; continue with {resume_hint}", style="bold yellow"))
+            stopped = f"{stop.signal_name}: stopped; continue with {resume_hint}"
+            show_outcome(report, written, as_json, status="stopped", reason=stopped)
+            err.print(Text(stopped, style="bold yellow"))
             lease.release()
             checkpointer.close()
             exit_now()
     lease.release()
     checkpointer.close()
     failures = [r for r in results if r.error]
-    if as_json:
-        sys.stdout.write(json.dumps({**report.to_json(), "predictions": [str(p) for p in written]}) + "\n")
-    else:
-        print_report(report)
-        if written:
-            out.print(Text(clean(f"predictions: {written[0].parent} ({len(written)} files)")))
+    count = max(len(failures), report.failed)
+    unfinished = f"{count} problem(s) did not finish; continue with {resume_hint}" if count else None
+    show_outcome(report, written, as_json, reason=unfinished)
+    if not as_json:
         out.print(f"elapsed {time.monotonic() - started:.1f}s")
-    if failures or report.failed:
+    if unfinished is not None:
         for failure in failures[:5]:
             err.print(Text(f"problem {failure.position} failed: {clean(failure.error, 300)}", style="red"))
-        count = max(len(failures), report.failed)
-        raise fail(f"{count} problem(s) did not finish; continue with {resume_hint}", code=1)
+        raise fail(unfinished, code=1)
+
+
+def show_outcome(
+    report: EvalReport, written: list[Path], as_json: bool, *, status: str | None = None, reason: str | None = None
+) -> None:
+    """The evaluation's figures and prediction files: a table, or its one JSON object (with the status and the
+    reason when it was stopped or problems did not finish)."""
+    if as_json:
+        extra = {"status": status} if status else {}
+        write_json(
+            {
+                **report.to_json(),
+                **extra,
+                **({"reason": reason} if reason else {}),
+                "predictions": [str(p) for p in written],
+            }
+        )
+        return
+    print_report(report)
+    if written:
+        complete = "" if report.finished == report.problems else f" of the {report.finished} finished problems"
+        out.print(Text(clean(f"predictions{complete}: {written[0].parent} ({len(written)} files)")))
 
 
 DEFAULT_CONCURRENCY = 256

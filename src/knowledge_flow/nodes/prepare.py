@@ -14,6 +14,7 @@ from knowledge_flow.endpoint.urls import shown_url
 from knowledge_flow.nodes.common import context_of, store_of
 from knowledge_flow.params import resolve_run
 from knowledge_flow.state import State
+from knowledge_flow.user_files import check_problem
 from knowledge_flow.version import package_version
 
 #: State of TRT, DeepConf and thinker selection, and its value at the start of a run on a thread that held one
@@ -33,6 +34,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     problem = state.get("problem")
     if not isinstance(problem, str) or not problem.strip():
         raise ValueError("problem must be a non-empty string")
+    check_problem(problem)
     params, prompt_set = resolve_run(state)
     run_id = uuid.uuid4().hex
     thread_id = str((get_config().get("configurable") or {}).get("thread_id") or run_id)

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -44,7 +44,9 @@ followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the 
 the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
 (``retries``); runs gain DeepConf's threshold. 6: rollouts gain the order in which streamed traces finished
 (``finish_order``) and where a streamed trace's token count comes from (``usage_source``); per-token
-confidences are written as float32 (float16 rows stay readable)."""
+confidences are written as float32 (float16 rows stay readable). 7: rows of runs, rollouts, calls,
+evaluations and their problems carry a seal (`knowledge_flow.persistence.seals`); rollouts record how many
+rollouts their iteration has."""
 
 
 class SchemaError(RuntimeError):
@@ -67,6 +69,8 @@ class MetaRow(Base):
 
 class RunRow(Base):
     __tablename__ = "kf_runs"
+    #: Mirrors of the run's checkpoint (`knowledge_flow.runs.MIRRORED`): the checkpoint is their source.
+    __table_args__ = {"info": {"unsealed": ("status", "iterations_done", "final_answer")}}  # noqa: RUF012
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     thread_id: Mapped[str] = mapped_column(String(256), index=True)
     created_at: Mapped[str] = mapped_column(String(40))
@@ -85,6 +89,7 @@ class RunRow(Base):
     """What the endpoint served: model name, context length, server kind, how tokens were counted."""
     confidence_threshold: Mapped[float | None] = mapped_column(Float)
     """deepconf: the online threshold the warm-up wave set."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -173,6 +178,9 @@ class RolloutRow(Base):
     received) or chunks-estimate (the chunks received: an estimate)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
+    iteration_rollouts: Mapped[int | None] = mapped_column(Integer)
+    """How many rollouts (thinkers) its iteration has."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def strategy(self) -> dict[str, str] | None:
@@ -235,6 +243,7 @@ class CallRow(Base):
     """Why the call failed (no usable response after retries)."""
     outcome_json: Mapped[str | None] = mapped_column(Text)
     """What the call changed, as applied (small JSON)."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def messages(self) -> list[dict[str, str]]:
