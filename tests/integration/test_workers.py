@@ -28,7 +28,7 @@ from tests.support.scripted_server import Reply, Request, ScriptedServer
 TIMEOUT = {"KFLOW_HEARTBEAT_TIMEOUT": "3"}
 
 
-def wait_for(condition: Any, what: str, timeout: float = 120, procs: tuple[Any, ...] = ()) -> None:
+def wait_for(condition: Any, what: str, timeout: float = 300, procs: tuple[Any, ...] = ()) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         for proc in procs:

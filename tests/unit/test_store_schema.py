@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from knowledge_flow.persistence.damage import rollout_damage
 from knowledge_flow.persistence.store import SCHEMA_VERSION, RolloutStore, SchemaError
 from tests.support.databases import Database
+from tests.unit.test_compression import LONG, rollout
 
 
 def columns(database: Database, table: str) -> set[str]:
@@ -28,6 +30,29 @@ def test_version_1_database_is_migrated(database: Database) -> None:
     assert {"eval_id", "claimed_by", "worker"} <= columns(database, "kf_evals") | columns(database, "kf_eval_items")
     assert "timeout" in columns(database, "kf_leases")
     assert database.rows("SELECT value FROM kf_meta") == [(str(SCHEMA_VERSION),)]
+    store.close()
+
+
+def test_rows_sealed_before_the_workers_version_stay_intact_after_its_migration(database: Database) -> None:
+    store = RolloutStore(database.target)
+    store.create_run(run_id="run", thread_id="t", problem="p", params={}, base_url=None, package_version="0")
+    for k, content in enumerate((LONG + "\\boxed{12}", "short \\boxed{3}")):
+        row = rollout(f"run:{k}", content)
+        row.id, row.rank = f"run:{k}:0", 0  # {run}:{iteration}:{index}, the chosen one
+        store.add_rollout(row)
+    assert rollout_damage(store, ["run"], {"run": 2}) == {}
+    store.close()
+    # as version 7 wrote them: sealed, without the columns of the workers
+    database.execute('ALTER TABLE kf_rollouts DROP COLUMN "worker"')
+    database.execute("ALTER TABLE kf_eval_items DROP COLUMN claimed_by")
+    database.execute('ALTER TABLE kf_eval_items DROP COLUMN "worker"')
+    database.execute("ALTER TABLE kf_leases DROP COLUMN timeout")
+    database.execute("UPDATE kf_meta SET value = '7' WHERE key = 'schema_version'")
+    store = RolloutStore(database.target)
+    assert "worker" in columns(database, "kf_rollouts")
+    assert rollout_damage(store, ["run"], {"run": 2}) == {}
+    database.execute("UPDATE kf_rollouts SET iteration_rollouts = 2 WHERE id = 'run:1:0'")  # still checked
+    assert set(rollout_damage(store, ["run"], {"run": 2})) == {"run"}
     store.close()
 
 

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, case, func, select
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, case, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from knowledge_flow.persistence.rows import Base, RolloutRow
+from knowledge_flow.persistence.rows import Base, RolloutRow, RunRow
+from knowledge_flow.persistence.seals import reseal, seal_row, table_of
 from knowledge_flow.persistence.store import RolloutStore, get_store
 
 
@@ -29,6 +30,7 @@ class EvalRow(Base):
     dataset: Mapped[str] = mapped_column(Text)
     dataset_hash: Mapped[str] = mapped_column(String(64))
     manifest_json: Mapped[str] = mapped_column(Text)
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -40,6 +42,8 @@ class EvalItemRow(Base):
     """One problem of an evaluation run: its thread, gold answer and per-rollout results."""
 
     __tablename__ = "kf_eval_items"
+    #: Claims change as workers take problems (`knowledge_flow.evaluation.claims`): outside the seal.
+    __table_args__ = {"info": {"unsealed": ("claimed_by", "worker")}}  # noqa: RUF012
     eval_id: Mapped[str] = mapped_column(ForeignKey("kf_evals.eval_id"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     problem_id: Mapped[str] = mapped_column(Text)
@@ -59,6 +63,7 @@ class EvalItemRow(Base):
     """The lease key of the worker running it now (free when None or when that lease expired)."""
     worker: Mapped[str | None] = mapped_column(Text)
     """The worker (``HOST:PID``) that claimed it last: the one that finished it, once it is done."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def answers(self) -> list[str | None]:
@@ -105,8 +110,11 @@ class EvalStore:
         with self.store.session() as session:
             if session.get(EvalRow, eval_row.eval_id) is not None:
                 raise KeyError(f"evaluation run {eval_row.eval_id!r} already exists")
+            seal_row(eval_row)
             session.add(eval_row)
             session.flush()
+            for item in items:
+                seal_row(item)
             session.add_all(items)
 
     def get_eval(self, eval_id: str) -> EvalRow | None:
@@ -134,10 +142,19 @@ class EvalStore:
                 return False
             manifest = row.manifest
             manifest["finished_at"] = finished_at
-            row.manifest_json = manifest_json(manifest)
-            row.status = "done"
-            row.finished_at = finished_at
-            row.updated_at = finished_at
+            values = {
+                "manifest_json": manifest_json(manifest),
+                "status": "done",
+                "finished_at": finished_at,
+                "updated_at": finished_at,
+            }
+            reseal(session.connection(), table_of(EvalRow), {"eval_id": eval_id}, f"evaluation run {eval_id!r}", values)
+            session.execute(
+                update(EvalRow)
+                .where(EvalRow.eval_id == eval_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
             return True
 
     def eval_items(self, eval_id: str) -> Sequence[EvalItemRow]:
@@ -172,6 +189,23 @@ class EvalStore:
             )
         done, correct = by_status.get("done", (0, 0))
         return Counts(done, correct, by_status.get("failed", (0, 0))[0], int(rollouts or 0))
+
+    def item_runs(self, items: Sequence[EvalItemRow]) -> dict[int, str]:
+        """Each problem's run by position: a finished problem's recorded run, else its thread's latest (a
+        problem stopped mid-way has one too, with the rollouts it stored)."""
+        runs = {item.position: item.run_id for item in items if item.run_id}
+        threads = {item.thread_id: item.position for item in items if not item.run_id}
+        names = list(threads)
+        with self.store.session() as session:
+            for start in range(0, len(names), 500):
+                statement = (
+                    select(RunRow.thread_id, RunRow.run_id)
+                    .where(RunRow.thread_id.in_(names[start : start + 500]))
+                    .order_by(RunRow.created_at)
+                )
+                for thread_id, run_id in session.execute(statement):
+                    runs[threads[thread_id]] = run_id  # the latest comes last
+        return runs
 
     def update_eval_item(self, eval_id: str, position: int, **values: Any) -> None:
         self.store.update_row(

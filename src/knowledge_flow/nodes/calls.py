@@ -72,11 +72,12 @@ def endpoint_of(runtime: Runtime[Context], served: Served) -> Endpoint:
     pool = get_pool(ctx.base_url)
     # With several replicas, fail over at once instead of retrying a dead one.
     retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
-    return Endpoint(served, pool, ctx.request_timeout, retries, (ctx.api_key,))
+    return Endpoint(served, pool, ctx.request_timeout, retries, ctx.secrets)
 
 
 def sampling_of(params: RunParams, max_tokens: int, *, logprobs: bool = False, top_logprobs: int = 0) -> Sampling:
-    """The run's sampling parameters for one request."""
+    """The run's sampling parameters for one request. `top_logprobs` is DeepConf's k: k + 1 candidates are
+    requested, so that the exact top k is among them (see `strategies.confidence`)."""
     return Sampling(
         model=params["model"],
         temperature=params["temperature"],
@@ -86,7 +87,7 @@ def sampling_of(params: RunParams, max_tokens: int, *, logprobs: bool = False, t
         repetition_penalty=params["repetition_penalty"],
         max_tokens=max_tokens,
         logprobs=logprobs or top_logprobs > 0,
-        top_logprobs=top_logprobs or None,
+        top_logprobs=top_logprobs + 1 if top_logprobs else None,
         reasoning_effort=params["reasoning_effort"],
         extra=params.get("extra_body"),
     )

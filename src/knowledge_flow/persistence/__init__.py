@@ -2,10 +2,11 @@
 or a PostgreSQL database (``postgresql://``, the ``postgres`` extra).
 
 Modules: `files` (the file checks, standard library only), `urls` (which store a ``--db`` names; passwords
-masked), `checkpointer` (LangGraph's SQLite saver, opened lazily, compressed; `get_checkpointer` picks the
+redacted), `checkpointer` (LangGraph's SQLite saver, opened lazily, compressed; `get_checkpointer` picks the
 saver of a database), `pg_saver` and `postgres` (LangGraph's Postgres saver, the PostgreSQL engine and checks),
 `rows` and `schema` (the tables, opening and migrating a database), `store` (runs, rollouts, calls, prompt
-sets), `leases` (one process per run; workers), `copy` (`kflow db copy`).
+sets), `seals` (a digest of every row's stored values) and `damage` (runs whose rows are missing, altered or
+unreadable), `leases` (one process per run; workers), `copy` (`kflow db copy`).
 The names below load on first use.
 """
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Float, Integer, String, Text, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.functions import FunctionElement
@@ -132,7 +133,8 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * self.timeout / BEATS_PER_TIMEOUT)
-        with self.store.session() as session:
+        # a full or failing disk, a lost connection: the lease expires with this process
+        with contextlib.suppress(DBAPIError, sqlite3.Error), self.store.session() as session:
             session.execute(delete(LeaseRow).where(LeaseRow.key == self.key, LeaseRow.token == self.token))
 
     def __enter__(self) -> Lease:
@@ -184,8 +186,8 @@ def _take(store: RolloutStore, key: str, token: str, timeout: float) -> None:
 
 def _renew(lease: Lease) -> None:
     while not lease._stop.wait(lease.timeout / BEATS_PER_TIMEOUT):
-        # a lost connection: try again at the next beat
-        with contextlib.suppress(Exception), lease.store.session() as session:
+        # a lost connection, a failing disk: try again at the next beat (the command reports what failed)
+        with contextlib.suppress(DBAPIError, sqlite3.Error), lease.store.session() as session:
             statement = (
                 update(LeaseRow)
                 .where(LeaseRow.key == lease.key, LeaseRow.token == lease.token)

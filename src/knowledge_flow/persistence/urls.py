@@ -1,25 +1,27 @@
 """Which store a ``--db`` names: an SQLite file (a path) or a PostgreSQL database (a URL), and how to show it.
 
 A PostgreSQL URL is ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?OPTIONS]`` (``postgres://`` and
-``postgresql+psycopg://`` are accepted too). Its password is never shown: `shown` replaces it with ``***``.
-Standard library only (the command line imports this before anything heavy).
+``postgresql+psycopg://`` are accepted too). Its secrets (the password, and options whose names look secret,
+as for endpoint URLs: `knowledge_flow.endpoint.urls.is_secret_name`) are never shown: `shown` replaces them
+with `REDACTED`, and `db_secrets` gives them to the redaction of texts. Standard library only (the command line
+imports this before anything heavy).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+from knowledge_flow.endpoint.urls import REDACTED, is_secret_name
 from knowledge_flow.persistence.files import check_db_path
 
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 _URL = re.compile(r"^(?:postgresql|postgres)(?:\+psycopg)?://", re.IGNORECASE)
-#: The password of a URL anywhere in a text: after ``scheme://user:`` and before the host's ``@``, or a
-#: ``password=`` option.
-_SECRET = re.compile(r"((?:postgresql|postgres)(?:\+psycopg)?://[^:/@\s]*:)[^\s/]*@", re.IGNORECASE)
-_OPTION = re.compile(r"(\bpassword=)[^&\s]*", re.IGNORECASE)
-MASK = "***"
+#: A database URL anywhere in a text (up to white space or a quote).
+_IN_TEXT = re.compile(r"(?:postgresql|postgres)(?:\+psycopg)?://[^\s'\"]+", re.IGNORECASE)
+#: A secret ``name=value`` of a libpq connection string (``password=...``) in a text.
+_OPTION = re.compile(r"\b([a-z_]+)=([^&\s'\"]*)", re.IGNORECASE)
 
 
 def is_postgres(target: str | os.PathLike[str]) -> bool:
@@ -38,13 +40,40 @@ def check_url(url: str) -> str:
 
 
 def shown(target: str | os.PathLike[str]) -> str:
-    """`target` as it may be shown or logged: a URL's password masked, a path as it is."""
-    return redact(str(target))
+    """`target` as it may be shown or logged: a URL's password and secret options redacted, a path as it is.
+    String operations only: a text shown once (brackets in it) is shown again unchanged."""
+    text = str(target)
+    if not is_postgres(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        netloc = f"{user}:{REDACTED}{at}{host}"
+    path, question, query = tail.partition("?")
+    options = "&".join(
+        f"{name}={REDACTED}" if is_secret_name(name) and equals else f"{name}{equals}{value}"
+        for name, equals, value in (item.partition("=") for item in query.split("&"))
+    )
+    return f"{scheme}://{netloc}{slash}{path}{question}{options if question else ''}"
 
 
 def redact(text: str) -> str:
-    """`text` with the password of every database URL in it masked."""
-    return _OPTION.sub(rf"\1{MASK}", _SECRET.sub(rf"\1{MASK}@", text))
+    """`text` with every database URL in it as `shown`, and secret ``name=value`` options redacted."""
+    text = _IN_TEXT.sub(lambda found: shown(found.group(0)), text)
+    return _OPTION.sub(lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1)) else m.group(0), text)
+
+
+def db_secrets(target: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The secrets a database URL carries (its password, the values of secret-looking options)."""
+    text = str(target)
+    if not is_postgres(text):
+        return ()
+    parts = urlsplit(text)
+    found = [unquote(parts.password)] if parts.password else []
+    found += [value for name, value in parse_qsl(parts.query) if is_secret_name(name) and value]
+    return tuple(found)
 
 
 def database_key(target: str | os.PathLike[str]) -> str:
@@ -67,4 +96,14 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1]
 
 
-__all__ = ["SCHEMES", "check_url", "database_key", "is_postgres", "libpq_url", "redact", "shown", "sqlalchemy_url"]
+__all__ = [
+    "SCHEMES",
+    "check_url",
+    "database_key",
+    "db_secrets",
+    "is_postgres",
+    "libpq_url",
+    "redact",
+    "shown",
+    "sqlalchemy_url",
+]
