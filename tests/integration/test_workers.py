@@ -101,8 +101,11 @@ def test_three_workers_one_sigkilled_every_problem_done_once(
     assert extend.returncode == 2 and "has workers running" in extend.stderr
 
     b_name = f"{os.uname().nodename}:{b.pid}"
-    sql = "SELECT position FROM kf_eval_items WHERE worker = %s AND status != 'done' AND claimed_by IS NOT NULL"
-    claimed_by_b = {position for (position,) in postgres.rows(sql, b_name)}
+    sql = (
+        "SELECT position FROM kf_eval_items JOIN kf_leases ON kf_leases.key = kf_eval_items.claimed_by "
+        "WHERE kf_leases.pid = %s AND status != 'done'"
+    )
+    claimed_by_b = {position for (position,) in postgres.rows(sql, b.pid)}
     assert held_problem in claimed_by_b
     os.killpg(b.pid, signal.SIGKILL)
     b.wait(timeout=30)

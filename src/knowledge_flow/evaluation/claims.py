@@ -19,7 +19,7 @@ from collections.abc import Collection, Sequence
 from sqlalchemy import ColumnElement, func, not_, or_, select, update
 
 from knowledge_flow.evaluation.rows import EvalItemRow
-from knowledge_flow.persistence.leases import Lease, LeaseRow, acquire, fresh, reap, worker_name
+from knowledge_flow.persistence.leases import Lease, LeaseRow, acquire, fresh, reap
 from knowledge_flow.persistence.store import RolloutStore
 
 
@@ -49,7 +49,6 @@ def claim(store: RolloutStore, eval_id: str, lease: Lease, limit: int, skip: Col
     """Claim up to `limit` free problems of `eval_id`, in order of position; never those in `skip`."""
     if limit < 1:
         return []
-    name = worker_name()
     with store.session() as session:
         statement = (
             select(EvalItemRow)
@@ -61,7 +60,6 @@ def claim(store: RolloutStore, eval_id: str, lease: Lease, limit: int, skip: Col
         items = list(session.scalars(statement))
         for item in items:
             item.claimed_by = lease.key
-            item.worker = name
         return items
 
 
@@ -76,7 +74,6 @@ def claim_position(store: RolloutStore, eval_id: str, position: int, lease: Leas
             if held is not None:
                 return held
         item.claimed_by = lease.key
-        item.worker = worker_name()
     return None
 
 

@@ -42,8 +42,9 @@ class EvalItemRow(Base):
     """One problem of an evaluation run: its thread, gold answer and per-rollout results."""
 
     __tablename__ = "kf_eval_items"
-    #: Claims change as workers take problems (`knowledge_flow.evaluation.claims`): outside the seal.
-    __table_args__ = {"info": {"unsealed": ("claimed_by", "worker")}}  # noqa: RUF012
+    #: Claims change as workers take problems (`knowledge_flow.evaluation.claims`): outside the seal. The
+    #: worker, added after seals existed, is sealed when it is set (`seals.sealed_columns`).
+    __table_args__ = {"info": {"unsealed": ("claimed_by",), "added": ("worker",)}}  # noqa: RUF012
     eval_id: Mapped[str] = mapped_column(ForeignKey("kf_evals.eval_id"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     problem_id: Mapped[str] = mapped_column(Text)
@@ -62,7 +63,7 @@ class EvalItemRow(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(300))
     """The lease key of the worker running it now (free when None or when that lease expired)."""
     worker: Mapped[str | None] = mapped_column(Text)
-    """The worker (``HOST:PID``) that claimed it last: the one that finished it, once it is done."""
+    """The worker (``HOST:PID``) that finished it (or where it failed last)."""
     seal: Mapped[str | None] = mapped_column(String(32))
 
     @property

@@ -27,7 +27,7 @@ from knowledge_flow.endpoint import describe
 from knowledge_flow.evaluation.claims import claim, claimed_elsewhere, release
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
 from knowledge_flow.params import recursion_limit
-from knowledge_flow.persistence.leases import BEATS_PER_TIMEOUT, Lease
+from knowledge_flow.persistence.leases import BEATS_PER_TIMEOUT, Lease, worker_name
 from knowledge_flow.persistence.store import RolloutStore, utcnow
 from knowledge_flow.runs import mark_failed, reopen
 from knowledge_flow.state import AnswerType, OutputState, State
@@ -174,6 +174,7 @@ def grade_item(
         correct_json=_dumps(correct),
         prompt_tokens_json=_dumps(prompt_tokens),
         completion_tokens_json=_dumps(completion_tokens),
+        worker=worker_name(),
     )
     return final_correct
 
@@ -291,7 +292,7 @@ def record(
     if result.error == INTERRUPTED:
         return True
     error = result.error or "its rollouts kept failing (see `kflow show` of its thread for the reasons)"
-    EvalStore(store).update_eval_item(eval_id, item.position, status="failed", error=error)
+    EvalStore(store).update_eval_item(eval_id, item.position, status="failed", error=error, worker=worker_name())
     with progress.lock:
         progress.failed += 1
     return False

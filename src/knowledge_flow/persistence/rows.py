@@ -116,8 +116,8 @@ class PromptSetRow(Base):
 
 class RolloutRow(Base):
     __tablename__ = "kf_rollouts"
-    #: Columns added after seals existed stay outside them, so rows sealed before the migration still match.
-    __table_args__ = {"info": {"unsealed": ("worker",)}}  # noqa: RUF012
+    #: A column added after seals existed is sealed when it holds a value (`seals.sealed_columns`).
+    __table_args__ = {"info": {"added": ("worker",)}}  # noqa: RUF012
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("kf_runs.run_id"), index=True)
     thread_id: Mapped[str] = mapped_column(String(256), index=True)

@@ -28,8 +28,9 @@ _SQLITE = sqlite.dialect()
 SEAL = "seal"
 #: Columns no seal covers: the seal itself, and the time of the last write (it changes with every write). A
 #: table names more in its ``info["unsealed"]``: ``kf_runs`` mirrors its run's status, iterations and final
-#: answer from the checkpoint, which is their source (`knowledge_flow.runs.from_checkpoints` mends them); a
-#: column added by a later schema version is named there too (rows sealed before it have no value for it).
+#: answer from the checkpoint, which is their source (`knowledge_flow.runs.from_checkpoints` mends them). A
+#: column added after seals existed is named in ``info["added"]``: it counts only when it holds a value, so a
+#: row sealed before the column existed (NULL in it after the migration) still matches its seal.
 UNSEALED = frozenset({SEAL, "updated_at"})
 
 
@@ -84,7 +85,12 @@ def digest(values: Iterable[Any]) -> str:
 
 def seal_values(table: Table, values: Mapping[str, Any]) -> str:
     """The seal of a row whose stored values (by column key) are `values`."""
-    return digest(values.get(column.key) for column in sealed_columns(table))
+    added = set(table.info.get("added", ()))
+    return digest(
+        values.get(column.key)
+        for column in sealed_columns(table)
+        if column.key not in added or values.get(column.key) is not None
+    )
 
 
 def seal_row(row: DeclarativeBase) -> None:
