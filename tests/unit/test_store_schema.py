@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
 from knowledge_flow.persistence.damage import rollout_damage
+from knowledge_flow.persistence.rows import RolloutRow
+from knowledge_flow.persistence.seals import digest, sealed_columns, select_raw, table_of
 from knowledge_flow.persistence.store import SCHEMA_VERSION, RolloutStore, SchemaError
 from tests.support.databases import Database
 from tests.unit.test_compression import LONG, rollout
@@ -41,8 +44,13 @@ def test_rows_sealed_before_the_workers_version_stay_intact_after_its_migration(
         row.id, row.rank = f"run:{k}:0", 0  # {run}:{iteration}:{index}, the chosen one
         store.add_rollout(row)
     assert rollout_damage(store, ["run"], {"run": 2}) == {}
+    table = table_of(RolloutRow)
+    with store.session() as session:  # sealed as version 7 sealed them: over every column but the worker
+        for raw in select_raw(session.connection(), table, {"run_id": "run"}):
+            v7_seal = digest(raw[column.key] for column in sealed_columns(table) if column.key != "worker")
+            session.execute(update(RolloutRow).where(RolloutRow.id == raw["id"]).values(seal=v7_seal, worker=None))
     store.close()
-    # as version 7 wrote them: sealed, without the columns of the workers
+    # as version 7 wrote them: without the columns of the workers
     database.execute('ALTER TABLE kf_rollouts DROP COLUMN "worker"')
     database.execute("ALTER TABLE kf_eval_items DROP COLUMN claimed_by")
     database.execute('ALTER TABLE kf_eval_items DROP COLUMN "worker"')
@@ -51,8 +59,11 @@ def test_rows_sealed_before_the_workers_version_stay_intact_after_its_migration(
     store = RolloutStore(database.target)
     assert "worker" in columns(database, "kf_rollouts")
     assert rollout_damage(store, ["run"], {"run": 2}) == {}
+    database.execute("UPDATE kf_rollouts SET worker = 'elsewhere:1' WHERE id = 'run:0:0'")  # the new column counts
+    assert rollout_damage(store, ["run"], {"run": 2})["run"].altered == {0}
+    database.execute("UPDATE kf_rollouts SET worker = NULL WHERE id = 'run:0:0'")
     database.execute("UPDATE kf_rollouts SET iteration_rollouts = 2 WHERE id = 'run:1:0'")  # still checked
-    assert set(rollout_damage(store, ["run"], {"run": 2})) == {"run"}
+    assert rollout_damage(store, ["run"], {"run": 2})["run"].altered == {1}
     store.close()
 
 
