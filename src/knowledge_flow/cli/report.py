@@ -138,6 +138,7 @@ def report(
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
     stops where the runs have them; with --compare, the runs side by side; a PNG plot."""
     from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
+    from knowledge_flow.evaluation.integrity import check_evaluation
     from knowledge_flow.evaluation.report import build_report, finished_items, grade, plot_reports
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.persistence.seals import StoreDamaged
@@ -156,6 +157,7 @@ def report(
             row = EvalStore(store).get_eval(name)
             if row is None:
                 raise UsageError(f"no evaluation run {name!r} in {shown(db_path)}")
+            check_evaluation(store, name)  # the rows are checked before anything is graded from them
             items = list(EvalStore(store).eval_items(name))
             grades = grade(store, items, row.manifest["params"], answer_rule)
             reports.append(build_report(store, name, answer_rule, grades))
