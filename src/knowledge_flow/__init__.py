@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from knowledge_flow.context import Context
     from knowledge_flow.graph import builder, compile_graph, graph
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
     from knowledge_flow.state import InputState, State
 
 _EXPORTS = {
@@ -25,6 +26,7 @@ _EXPORTS = {
     "builder": "knowledge_flow.graph",
     "compile_graph": "knowledge_flow.graph",
     "graph": "knowledge_flow.graph",
+    "get_checkpointer": "knowledge_flow.persistence.checkpointer",
 }
 
 
@@ -41,4 +43,4 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-__all__ = ["Context", "InputState", "State", "builder", "compile_graph", "graph"]
+__all__ = ["Context", "InputState", "State", "builder", "compile_graph", "get_checkpointer", "graph"]

@@ -40,7 +40,11 @@ class Context:
     )
     db_path: str = field(
         default_factory=lambda: _env("KFLOW_DB", default=DEFAULT_DB) or DEFAULT_DB,
-        metadata={"description": "SQLite file holding checkpoints and the rollout store."},
+        repr=False,
+        metadata={
+            "description": "The rollout store's database: an SQLite file, or a postgresql:// URL (its password is "
+            "never stored or shown)."
+        },
     )
     request_timeout: float = field(
         default=3600.0,
@@ -53,10 +57,12 @@ class Context:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """The API key and the secrets of the endpoint URLs: kept out of every text stored or shown."""
+        """The API key and the secrets of the endpoint URLs and of the database URL: kept out of every text
+        stored or shown."""
         from knowledge_flow.endpoint.urls import url_secrets
+        from knowledge_flow.persistence.urls import db_secrets
 
-        return (self.api_key, *url_secrets(self.base_url))
+        return (self.api_key, *url_secrets(self.base_url), *db_secrets(self.db_path))
 
     def __post_init__(self) -> None:
         for f in fields(self):

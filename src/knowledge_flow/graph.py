@@ -9,9 +9,10 @@ draws every edge::
     START -> prepare -> (reflect ->) solve -> extract_answer -> (verify | manage ->) distill_knowledge
     distill_knowledge -> stop_check -> reflect | solve | END
 
-`builder` is the uncompiled `StateGraph`; `graph` is compiled with the SQLite checkpointer (the file named
-by ``KFLOW_DB``, opened on first use), so ``graph.invoke({"problem": ...}, {"configurable": {"thread_id":
-T}})`` runs and ``graph.invoke(None, same_config)`` resumes. LangGraph Studio uses `studio.graph`, which has
+`builder` is the uncompiled `StateGraph`; `graph` is compiled with the checkpointer of ``KFLOW_DB``
+(`get_checkpointer`: an SQLite file, opened on first use, or a ``postgresql://`` database), so
+``graph.invoke({"problem": ...}, {"configurable": {"thread_id": T}})`` runs and ``graph.invoke(None,
+same_config)`` resumes. LangGraph Studio uses `studio.graph`, which has
 no checkpointer of its own (the server brings one).
 """
 
@@ -39,7 +40,7 @@ from knowledge_flow.nodes import (
     verify,
 )
 from knowledge_flow.params import MAX_ITERATIONS, recursion_limit, resolve_run
-from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+from knowledge_flow.persistence.checkpointer import get_checkpointer
 from knowledge_flow.state import InputState, OutputState, PrepareInput, State
 
 GRAPH_NAME = "Knowledge Flow"
@@ -103,4 +104,4 @@ def compile_graph(checkpointer: BaseCheckpointSaver[str] | None = None) -> Knowl
     return configured
 
 
-graph = compile_graph(SqliteCheckpointer())
+graph = compile_graph(get_checkpointer())

@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from benchmarks import accuracy, b1_efficiency, b2_barrier, b3_storage, b4_overhead, b5_prompts
+from benchmarks import accuracy, b1_efficiency, b2_barrier, b3_storage, b4_overhead, b5_prompts, b7_workers
+
+from tests.support.postgres import PostgresCluster
 
 
 def test_b1_efficiency_tiny(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,6 +46,16 @@ def test_b5_prompts_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert "prompt tokens" in capsys.readouterr().out
     assert figures["record"] >= 3  # the answer changed at every rollout
     assert figures["peak"] <= figures["bound"]
+
+
+def test_b7_workers_tiny(capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster) -> None:
+    figures = b7_workers.main(["--tiny", "--postgres", postgres_cluster.url()])
+    assert "CPU ms / graph step" in capsys.readouterr().out
+    rows = {(row["store"], row["workers"]): row for row in figures["rows"]}
+    assert set(rows) == {("SQLite", 1), ("PostgreSQL", 1), ("PostgreSQL", 2)}  # each checked: done once, paid once
+    for row in rows.values():
+        assert row["rollouts_per_s"] > 0 and row["cpu_ms_per_step"] > 0
+        assert sum(row["shares"]) == pytest.approx(100, abs=0.5) and len(row["shares"]) <= row["workers"]
 
 
 @pytest.mark.e2e

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from tests.conftest import run_kflow, start_kflow
 from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PAPER_SET, PROBLEM, SCRIPT
+from tests.support.databases import Database
 from tests.support.scripted_server import Reply, Request, ScriptedServer, script_responder
 
 KILL_AT = 3
 
 
-def solve_args(server: ScriptedServer, db: Path, thread: str) -> list[str]:
+def solve_args(server: ScriptedServer, db: Path | Database, thread: str) -> list[str]:
     return [
         "solve",
         PROBLEM,
@@ -34,7 +35,7 @@ def solve_args(server: ScriptedServer, db: Path, thread: str) -> list[str]:
     ]
 
 
-def test_sigkill_in_flight_then_resume(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+def test_sigkill_in_flight_then_resume(scripted: type[ScriptedServer], tmp_path: Path, database: Database) -> None:
     # the reference: an uninterrupted run
     reference_server = scripted(script_responder({"default": SCRIPT})).start()
     reference = run_kflow(solve_args(reference_server, tmp_path / "ref.db", "t"))
@@ -50,8 +51,8 @@ def test_sigkill_in_flight_then_resume(scripted: type[ScriptedServer], tmp_path:
         return reply
 
     server = scripted(respond).start()
-    db = tmp_path / "crash.db"
-    proc = start_kflow(solve_args(server, db, "t"), new_session=True)
+    db = database.target
+    proc = start_kflow(solve_args(server, database, "t"), new_session=True)
     deadline = time.monotonic() + 120
     while not any(r.index == KILL_AT for r in server.requests):
         assert proc.poll() is None, proc.communicate()
@@ -67,7 +68,7 @@ def test_sigkill_in_flight_then_resume(scripted: type[ScriptedServer], tmp_path:
         time.sleep(0.05)
     assert server.requests[-1].aborted
 
-    resumed = run_kflow(["resume", "t", "--db", str(db), "--base-url", server.base_url, "--json"])
+    resumed = run_kflow(["resume", "t", "--db", db, "--base-url", server.base_url, "--json"])
     assert resumed.returncode == 0, resumed.stderr
     expected = {k: v for k, v in json.loads(reference.stdout).items() if k != "run_id"}
     assert {k: v for k, v in json.loads(resumed.stdout).items() if k != "run_id"} == expected

@@ -15,6 +15,7 @@ import pytest
 from knowledge_flow.prompts import load_prompt_set
 from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
 from tests.integration.scripts import PAPER_SET
+from tests.support.databases import Database
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer, word_count
 
@@ -34,7 +35,9 @@ def aime_answer(golds: dict[str, int], order: list[str]) -> Any:
     return answer
 
 
-def eval_args(server: ScriptedServer, tmp: Path, dataset: Path, iterations: int, run_id: str, *extra: str) -> list[str]:
+def eval_args(
+    server: ScriptedServer, tmp: Path, dataset: Path, iterations: int, run_id: str, *extra: str, db: str | None = None
+) -> list[str]:
     return [
         "eval",
         "--dataset",
@@ -54,7 +57,7 @@ def eval_args(server: ScriptedServer, tmp: Path, dataset: Path, iterations: int,
         "--output-postfix",
         "kftest",
         "--db",
-        str(tmp / "eval.db"),
+        db or str(tmp / "eval.db"),
         "--output-dir",
         str(tmp / "results"),
         "--eval-id",
@@ -132,7 +135,7 @@ def test_aime25_run_matches_the_script(scripted: type[ScriptedServer], tmp_path:
     assert Path(payload["plot"]).is_file() and Path(payload["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sigkill_eval_then_resume(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+def test_sigkill_eval_then_resume(scripted: type[ScriptedServer], tmp_path: Path, database: Database) -> None:
     data = rows(AIME25)[:6]
     dataset = tmp_path / "six.jsonl"
     dataset.write_text("\n".join(json.dumps(row) for row in data))
@@ -146,7 +149,8 @@ def test_sigkill_eval_then_resume(scripted: type[ScriptedServer], tmp_path: Path
     assert reference.returncode == 0, reference.stderr
 
     server = scripted(eval_responder(aime_answer(golds, order), {p: 0.15 for p in order}), keys=order).start()
-    proc = start_kflow(eval_args(server, tmp_path, dataset, iterations, "six", "--concurrency", "3"), new_session=True)
+    args = eval_args(server, tmp_path, dataset, iterations, "six", "--concurrency", "3", db=database.target)
+    proc = start_kflow(args, new_session=True)
     deadline = time.monotonic() + 120
     while len(server.delivered()) < 9:
         assert proc.poll() is None, proc.communicate()
@@ -156,15 +160,10 @@ def test_sigkill_eval_then_resume(scripted: type[ScriptedServer], tmp_path: Path
     proc.wait(timeout=30)
     time.sleep(0.5)  # in-flight replies find the client gone
 
-    conn = sqlite3.connect(tmp_path / "eval.db")
-    stored = {
-        (thread, iteration)
-        for thread, iteration in conn.execute("SELECT thread_id, iteration FROM kf_rollouts").fetchall()
-    }
-    conn.close()
+    stored = set(database.rows("SELECT thread_id, iteration FROM kf_rollouts"))
     assert 0 < len(stored) < len(order) * iterations
     resume_started = time.monotonic()
-    resumed = run_kflow(["eval", "--resume", "six", "--db", str(tmp_path / "eval.db"), "--json"])
+    resumed = run_kflow(["eval", "--resume", "six", "--db", database.target, "--json"])
     assert resumed.returncode == 0, resumed.stderr
     after, before = json.loads(resumed.stdout), json.loads(reference.stdout)
     for key in ("per_iteration", "final_accuracy", "problems", "finished", "total_tokens"):

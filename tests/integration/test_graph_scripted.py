@@ -14,9 +14,10 @@ import pytest
 from langgraph.types import Overwrite
 
 from knowledge_flow import Context, compile_graph
-from knowledge_flow.persistence import SqliteCheckpointer, get_store
+from knowledge_flow.persistence import SqliteCheckpointer, get_checkpointer, get_store
 from tests.conftest import REPO, kflow_env
 from tests.integration.scripts import ANSWERS, EXPECTED_PROMPTS, PAPER_SET, PROBLEM, RECORD, SCRIPT
+from tests.support.databases import Database
 from tests.support.scripted_server import Reply, Request, ScriptedServer, script_responder
 from tests.support.stored import checkpoint_payloads, checkpoints_and_writes
 
@@ -102,15 +103,43 @@ def stock_sqlite(db: Path) -> Any:
     return SqliteSaver(sqlite3.connect(db.with_suffix(".checkpoints.db"), check_same_thread=False))
 
 
-@pytest.mark.parametrize("saver", [SqliteCheckpointer, in_memory, stock_sqlite], ids=["ours", "memory", "sqlite"])
-def test_exact_prompts_with_any_checkpointer(scripted: type[ScriptedServer], tmp_path: Path, saver: Any) -> None:
-    """The README promises that any LangGraph checkpointer works: the same run, byte for byte, over each."""
+def ours_on_postgres(db: str) -> Any:
+    return get_checkpointer(db)
+
+
+def stock_postgres(db: str) -> Any:
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg import Connection
+    from psycopg.rows import dict_row
+
+    saver = PostgresSaver(Connection.connect(db, autocommit=True, prepare_threshold=0, row_factory=dict_row))
+    saver.setup()
+    return saver
+
+
+@pytest.mark.parametrize(
+    ("saver", "store"),
+    [
+        (SqliteCheckpointer, "sqlite"),
+        (in_memory, "sqlite"),
+        (stock_sqlite, "sqlite"),
+        (ours_on_postgres, "postgres"),
+        (stock_postgres, "postgres"),
+        (in_memory, "postgres"),
+    ],
+    ids=["ours", "memory", "sqlite", "ours-postgres", "postgres", "memory-postgres-store"],
+)
+def test_exact_prompts_with_any_checkpointer(
+    scripted: type[ScriptedServer], tmp_path: Path, request: pytest.FixtureRequest, saver: Any, store: str
+) -> None:
+    """The README promises that any LangGraph checkpointer works: the same run, byte for byte, over each, with
+    the rollout store in an SQLite file or a PostgreSQL database."""
     server = scripted(script_responder({"default": SCRIPT})).start()
-    db = tmp_path / "kf.db"
-    checkpointer = saver(db)
+    db = str(tmp_path / "kf.db") if store == "sqlite" else request.getfixturevalue("postgres").target
+    checkpointer = saver(Path(db) if store == "sqlite" else db)
     graph = compile_graph(checkpointer)
     config: Any = {"configurable": {"thread_id": "any"}}
-    context = Context(base_url=server.base_url, db_path=str(db), max_retries=0)
+    context = Context(base_url=server.base_url, db_path=db, max_retries=0)
     result = graph.invoke(
         {"problem": PROBLEM, "model": "scripted-model", "iterations": 8, "prompts": PAPER_SET}, config, context=context
     )
@@ -184,10 +213,11 @@ def test_new_run_on_same_thread_starts_fresh(scripted: type[ScriptedServer], tmp
     assert len(get_store(db).list_runs()) == 2
 
 
-def test_exported_graph_with_env_and_resume(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    """`from knowledge_flow import graph` works with the SQLite checkpointer; invoke(None) continues."""
+def test_exported_graph_with_env_and_resume(scripted: type[ScriptedServer], database: Database) -> None:
+    """`from knowledge_flow import graph` works with the checkpointer of KFLOW_DB (an SQLite file or a
+    PostgreSQL database); invoke(None) continues."""
     server = scripted(script_responder({"default": SCRIPT})).start()
-    db = tmp_path / "exported.db"
+    db = database.target
     code = (
         "import json, sys\n"
         "from knowledge_flow import graph\n"
@@ -201,5 +231,6 @@ def test_exported_graph_with_env_and_resume(scripted: type[ScriptedServer], tmp_
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout.strip().splitlines()[-1])
     assert payload == {"answers": ANSWERS[:3], "status": "done", "again": ANSWERS[:3]}
-    assert db.is_file()
+    assert database.rows("SELECT count(*) FROM kf_rollouts") == [(3,)]
+    assert database.rows("SELECT count(*) FROM checkpoints")[0][0] > 0
     assert len(server.requests) == 3

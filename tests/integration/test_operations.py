@@ -21,13 +21,14 @@ import pytest
 from tests.conftest import run_kflow, start_kflow
 from tests.integration.scripts import PAPER_SET
 from tests.integration.test_reliability import changing_answer, dataset_of, eval_cmd
+from tests.support.databases import Database
 from tests.support.eval_script import eval_responder
 from tests.support.scripted_server import Reply, Request, ScriptedServer, kf_output, script_responder
 
 PROBLEM = "How many positive divisors does 36 have?"
 
 
-def solve_args(url: str, db: Path, thread: str, iterations: int, *extra: str) -> list[str]:
+def solve_args(url: str, db: Path | str, thread: str, iterations: int, *extra: str) -> list[str]:
     return ["solve", PROBLEM, "--base-url", url, "--iterations", str(iterations), "--thread-id", thread,
             "--db", str(db), "--model", "m", "--prompts", PAPER_SET, "--json", *extra]  # fmt: skip
 
@@ -44,7 +45,9 @@ def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
 # --- 1, 13: failed runs -----------------------------------------------------------------------------------
 
 
-def test_failed_streak_then_resume_tries_those_iterations_again(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+def test_failed_streak_then_resume_tries_those_iterations_again(
+    scripted: type[ScriptedServer], database: Database
+) -> None:
     broken = threading.Event()
     broken.set()
 
@@ -54,19 +57,19 @@ def test_failed_streak_then_resume_tries_those_iterations_again(scripted: type[S
         return Reply(content=kf_output(str(5 + request.index), f"S{request.index}"))
 
     server = scripted(respond).start()
-    db = tmp_path / "f.db"
+    db = database.target
     failed = run_kflow(solve_args(server.base_url, db, "fs", 5))
     assert failed.returncode == 1
     text = one_line(failed.stderr)
     assert "the run failed: its rollouts keep failing" in text and "kflow resume fs" in text
     assert "Traceback" not in failed.stderr and len(server.requests) == 3
     broken.clear()  # the cause is fixed
-    resumed = run_kflow(["resume", "fs", "--db", str(db), "--json"])
+    resumed = run_kflow(["resume", "fs", "--db", db, "--json"])
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["status"] == "done" and len(result["answers"]) == 5 and None not in result["answers"]
     assert len(server.requests) == 3 + 5  # the 3 failed iterations were tried again, then 2 more
-    assert rows(db, "SELECT COUNT(*) FROM kf_rollouts WHERE error IS NOT NULL") == [(0,)]
+    assert database.rows("SELECT COUNT(*) FROM kf_rollouts WHERE error IS NOT NULL") == [(0,)]
 
 
 def test_a_short_run_whose_every_rollout_failed_is_a_failure(scripted: type[ScriptedServer], tmp_path: Path) -> None:
@@ -183,18 +186,55 @@ def test_two_resumes_of_one_run_do_not_both_run(scripted: type[ScriptedServer], 
     assert len(server.delivered()) == 4 * 3  # nothing paid twice, although three processes tried
 
 
-def test_a_sigkilled_owner_does_not_lock_the_run(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    server, dataset, db = slow_eval(scripted, tmp_path, 3, 0.5)
-    proc = start_kflow(eval_cmd(server.base_url, dataset, db, tmp_path / "out", "dead", 3), new_session=True)
+def test_two_resumes_of_one_thread_do_not_both_run(scripted: type[ScriptedServer], database: Database) -> None:
+    release = threading.Event()
+    release.set()
+
+    def respond(request: Request) -> Reply:
+        reply = Reply(content=kf_output(str(5 + request.index), f"S{request.index}"))
+        if not release.is_set():
+            reply.hold = release
+        return reply
+
+    server = scripted(respond).start()
+    db = database.target
+    assert run_kflow(solve_args(server.base_url, db, "lk", 2)).returncode == 0
+    release.clear()
+    owner = start_kflow(["resume", "lk", "--db", db, "--iterations", "3", "--json"])
+    deadline = time.monotonic() + 60
+    while len(server.requests) < 3 and time.monotonic() < deadline:  # the owner's request is waiting
+        assert owner.poll() is None, owner.communicate()
+        time.sleep(0.05)
+    second = run_kflow(["resume", "lk", "--db", db, "--iterations", "3"])
+    assert second.returncode == 2
+    assert f"thread lk is being continued by pid {owner.pid} on " in one_line(second.stderr)
+    release.set()
+    stdout, errors = owner.communicate(timeout=120)
+    assert owner.returncode == 0, errors
+    assert json.loads(stdout)["answers"] == ["5", "6", "7"]
+    assert len(server.requests) == 3 and database.rows("SELECT count(*) FROM kf_leases") == [(0,)]
+
+
+def test_a_sigkilled_owner_does_not_lock_the_run(
+    scripted: type[ScriptedServer], tmp_path: Path, database: Database
+) -> None:
+    server, dataset, _ = slow_eval(scripted, tmp_path, 3, 0.5)
+    db = database.target
+    # its leases would stay live for an hour: they are freed because it ran on this host and is gone
+    args = eval_cmd(server.base_url, dataset, db, tmp_path / "out", "dead", 3)
+    proc = start_kflow(args, new_session=True, env={"KFLOW_HEARTBEAT_TIMEOUT": "3600"})
     deadline = time.monotonic() + 60
     while len(server.delivered()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert rows(db, "SELECT pid FROM kf_leases") == [(proc.pid,)]  # left behind by the killed process
-    resumed = run_kflow(["eval", "--resume", "dead", "--db", str(db), "--json"])
-    assert resumed.returncode == 0, resumed.stderr  # its owner is gone: the lease is free
-    assert rows(db, "SELECT COUNT(*) FROM kf_leases") == [(0,)]
+    left = database.rows("SELECT pid FROM kf_leases")  # the evaluation's (SQLite) and the worker's
+    assert left and {pid for (pid,) in left} == {proc.pid}  # left behind by the killed process
+    assert database.rows("SELECT count(*) FROM kf_eval_items WHERE claimed_by IS NOT NULL")[0][0] > 0
+    resumed = run_kflow(["eval", "--resume", "dead", "--db", db, "--json"])
+    assert resumed.returncode == 0, resumed.stderr  # its owner is gone: the lease and claims are free
+    assert json.loads(resumed.stdout)["finished"] == 3
+    assert database.rows("SELECT COUNT(*) FROM kf_leases") == [(0,)]
 
 
 # --- 4: secrets ---------------------------------------------------------------------------------------------
@@ -205,7 +245,7 @@ SECRET = "sk-echoed-SECRET-5c0ffee"
 
 @pytest.mark.parametrize("status", [400, 401])
 def test_an_echoed_key_is_never_stored_logged_or_shown(
-    scripted: type[ScriptedServer], tmp_path: Path, status: int
+    scripted: type[ScriptedServer], tmp_path: Path, status: int, database: Database
 ) -> None:
     """Some gateways echo the request's Authorization header in their error bodies."""
 
@@ -215,12 +255,12 @@ def test_an_echoed_key_is_never_stored_logged_or_shown(
 
     server = scripted(respond).start()
     dataset, _, _ = dataset_of(tmp_path, 2)
-    db = tmp_path / "k.db"
+    db = database.target
     env = {"KFLOW_API_KEY": SECRET}
     solved = run_kflow(solve_args(server.base_url, db, "key", 3), env=env)
     evaluated = run_kflow(eval_cmd(server.base_url, dataset, db, tmp_path / "out", "keys", 2), env=env)
-    shown = run_kflow(["show", "key", "--db", str(db), "--json", "--texts"])
-    reported = run_kflow(["report", "keys", "--db", str(db), "--out", str(tmp_path / "rep"), "--json"])
+    shown = run_kflow(["show", "key", "--db", db, "--json", "--texts"])
+    reported = run_kflow(["report", "keys", "--db", db, "--out", str(tmp_path / "rep"), "--json"])
     assert any(f"Bearer {SECRET}" in r.headers.get("authorization", "") for r in server.requests)  # it was sent
     assert solved.returncode == 1 and evaluated.returncode == 1
     for proc in (solved, evaluated, shown, reported):
@@ -229,6 +269,7 @@ def test_an_echoed_key_is_never_stored_logged_or_shown(
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET.encode() not in database.content() and b"[REDACTED]" in database.content()
 
 
 # --- 7, 8, 9: bad input before anything is written ---------------------------------------------------------
@@ -293,8 +334,11 @@ def test_output_paths_that_are_files_are_refused_before_any_request(
 # --- 10: resume with options ------------------------------------------------------------------------------
 
 
-def test_resume_refuses_changed_options_and_extends_the_budget(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    server, dataset, db = slow_eval(scripted, tmp_path, 3, 0.0)
+def test_resume_refuses_changed_options_and_extends_the_budget(
+    scripted: type[ScriptedServer], tmp_path: Path, database: Database
+) -> None:
+    server, dataset, _ = slow_eval(scripted, tmp_path, 3, 0.0)
+    db = database.target
     first = run_kflow(eval_cmd(server.base_url, dataset, db, tmp_path / "out", "ext", 2, "--concurrency", "3"))
     assert first.returncode == 0, first.stderr
     changed = run_kflow(["eval", "--resume", "ext", "--db", str(db), "--model", "other", "--strategy", "regeneration"])
@@ -308,7 +352,7 @@ def test_resume_refuses_changed_options_and_extends_the_budget(scripted: type[Sc
     assert len(server.delivered()) == 3 * 4  # the first two iterations were not paid again
     result = json.loads(extended.stdout)
     assert result["iterations"] == 4 and result["finished"] == 3 and len(result["per_iteration"]) == 4
-    manifest = json.loads(rows(db, "SELECT manifest_json FROM kf_evals")[0][0])
+    manifest = json.loads(database.rows("SELECT manifest_json FROM kf_evals")[0][0])
     assert manifest["params"]["iterations"] == 4 and manifest["concurrency"] == 3
     assert [(e["from"], e["to"]) for e in manifest["extensions"]] == [(2, 4)]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
 from tests.integration.scripts import PAPER_SET
+from tests.support.databases import Database
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer, faulty
 
@@ -38,7 +39,9 @@ def changing_answer(order: list[str]) -> Any:
     return answer
 
 
-def eval_cmd(base_url: str, dataset: Path, db: Path, out: Path, run_id: str, iterations: int, *extra: str) -> list[str]:
+def eval_cmd(
+    base_url: str, dataset: Path, db: Path | str, out: Path, run_id: str, iterations: int, *extra: str
+) -> list[str]:
     return [
         "eval",
         "--dataset",
@@ -62,31 +65,34 @@ def eval_cmd(base_url: str, dataset: Path, db: Path, out: Path, run_id: str, ite
     ]
 
 
-def knowledge_by_thread(db: Path) -> dict[str, list[Any]]:
+def knowledge_by_thread(db: Path | Database) -> dict[str, list[Any]]:
     """The knowledge items stored per thread, in order (from the rollout store)."""
-    conn = sqlite3.connect(db)
-    rows = conn.execute(
+    database = db if isinstance(db, Database) else Database("sqlite", str(db))
+    rows = database.rows(
         "SELECT thread_id, iteration, knowledge_added FROM kf_rollouts WHERE knowledge_added IS NOT NULL "
         "ORDER BY thread_id, iteration"
-    ).fetchall()
-    conn.close()
+    )
     result: dict[str, list[Any]] = {}
     for thread, _, added in rows:
         result.setdefault(thread, []).append(json.loads(added))
     return result
 
 
-def run_exists(db: Path) -> bool:
-    if not db.exists():
+def run_exists(database: Database) -> bool:
+    if "kf_evals" not in (database.tables() if database.kind == "postgres" or database.exists() else set()):
         return False
-    with sqlite3.connect(db) as conn:
-        try:
-            return bool(conn.execute("SELECT count(*) FROM kf_evals").fetchone()[0])
-        except sqlite3.OperationalError:
-            return False
+    return bool(database.rows("SELECT count(*) FROM kf_evals")[0][0])
 
 
-def test_crash_fuzz_random_sigkills_then_resume(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+def stored_rollouts(database: Database) -> set[tuple[str, int]]:
+    if "kf_rollouts" not in (database.tables() if database.kind == "postgres" or database.exists() else set()):
+        return set()
+    return {(t, i) for t, i in database.rows("SELECT thread_id, iteration FROM kf_rollouts")}
+
+
+def test_crash_fuzz_random_sigkills_then_resume(
+    scripted: type[ScriptedServer], tmp_path: Path, database: Database
+) -> None:
     """R1: 8 problems x 6 iterations, SIGKILL at 10 seeded random moments, resume each time."""
     dataset, order, _ = dataset_of(tmp_path, 8)
     answer = changing_answer(order)
@@ -102,39 +108,32 @@ def test_crash_fuzz_random_sigkills_then_resume(scripted: type[ScriptedServer], 
     assert reference.returncode == 0, reference.stderr
 
     server = scripted(eval_responder(answer, {p: 0.01 for p in order}), keys=order).start()
-    db = tmp_path / "e.db"
+    db = database.target
     rng = random.Random(20261123)
     stored_before: list[tuple[float, set[tuple[str, int]]]] = []
     for _ in range(10):
-        exists = run_exists(db)
+        exists = run_exists(database)
         args = (
-            ["eval", "--resume", "fuzz", "--db", str(db), "--json"]
+            ["eval", "--resume", "fuzz", "--db", db, "--json"]
             if exists
             else eval_cmd(server.base_url, dataset, db, tmp_path / "out", "fuzz", iterations)
         )
         proc = start_kflow(args, output=subprocess.DEVNULL, new_session=True)
         if not exists:  # the first run: let it create the evaluation (however long start-up takes here)
             deadline = time.monotonic() + 120
-            while not run_exists(db) and proc.poll() is None and time.monotonic() < deadline:
+            while not run_exists(database) and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
         time.sleep(rng.uniform(1.5, 4.5))  # start-up takes ~2 s: the kills land anywhere in the run
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        if db.exists():
-            conn = sqlite3.connect(db)
-            try:
-                stored = {(t, i) for t, i in conn.execute("SELECT thread_id, iteration FROM kf_rollouts")}
-            except sqlite3.OperationalError:
-                stored = set()
-            conn.close()
-            stored_before.append((time.monotonic(), stored))
-    final = run_kflow(["eval", "--resume", "fuzz", "--db", str(db), "--json"])
+        stored_before.append((time.monotonic(), stored_rollouts(database)))
+    final = run_kflow(["eval", "--resume", "fuzz", "--db", db, "--json"])
     assert final.returncode == 0, final.stderr
     after, before = json.loads(final.stdout), json.loads(reference.stdout)
     for key in ("per_iteration", "final_accuracy", "problems", "finished", "total_tokens"):
         assert after[key] == before[key], key
-    assert knowledge_by_thread(db) == knowledge_by_thread(tmp_path / "ref" / "e.db")  # same threads, same items
-    assert knowledge_by_thread(db)
+    assert knowledge_by_thread(database) == knowledge_by_thread(tmp_path / "ref" / "e.db")  # same threads, items
+    assert knowledge_by_thread(database)
 
     # nothing stored before a kill was requested again after it
     for killed_at, stored in stored_before:
@@ -142,8 +141,8 @@ def test_crash_fuzz_random_sigkills_then_resume(scripted: type[ScriptedServer], 
             (f"fuzz:{order.index(r.key)}", iteration_of(r.prompt)) for r in server.requests if r.started > killed_at
         }
         assert not (later & stored)
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if database.kind == "sqlite":
+        assert database.rows("PRAGMA integrity_check")[0][0] == "ok"
 
 
 def test_endpoint_faults_complete_and_are_counted(scripted: type[ScriptedServer], tmp_path: Path) -> None:
@@ -252,32 +251,33 @@ def test_endpoint_down_for_good_then_resume(scripted: type[ScriptedServer], tmp_
     assert len(server.delivered()) == 9
 
 
-def test_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "newer.db"
+def test_database_from_a_newer_version_is_refused(database: Database) -> None:
+    db = database.target
     from knowledge_flow.persistence.store import RolloutStore
 
     RolloutStore(db).close()
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE kf_meta SET value = '999'")
-    with sqlite3.connect(db) as conn:  # fold the WAL into the file, so its bytes are the whole content
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    before = db.read_bytes()
+    database.execute("UPDATE kf_meta SET value = '999'")
+    before = database.snapshot()
     for args in (
-        ["solve", "p", "--base-url", "http://127.0.0.1:9/v1", "--db", str(db)],
-        ["threads", "--db", str(db)],
-        ["show", "t", "--db", str(db)],
+        ["solve", "p", "--base-url", "http://127.0.0.1:9/v1", "--db", db],
+        ["threads", "--db", db],
+        ["show", "t", "--db", db],
+        ["eval", "--resume", "r", "--db", db],
     ):
         proc = run_kflow(args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "newer knowledge-flow" in " ".join(proc.stderr.split())
-    assert db.read_bytes() == before
+        assert database.password is None or database.password not in proc.stderr
+    assert database.snapshot() == before
 
 
-def test_two_evaluations_write_one_database_at_once(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    """R5: no 'database is locked' with two processes writing the same file."""
+def test_two_evaluations_write_one_database_at_once(
+    scripted: type[ScriptedServer], tmp_path: Path, database: Database
+) -> None:
+    """R5: no 'database is locked' with two processes writing the same database (both create its tables)."""
     dataset, order, _ = dataset_of(tmp_path, 8)
     server = scripted(eval_responder(changing_answer(order)), keys=order).start()
-    db = tmp_path / "shared.db"
+    db = database.target
     procs = [
         start_kflow(eval_cmd(server.base_url, dataset, db, tmp_path / f"out{i}", f"run{i}", 6, "--concurrency", "8"))
         for i in range(2)
@@ -287,29 +287,33 @@ def test_two_evaluations_write_one_database_at_once(scripted: type[ScriptedServe
         assert proc.returncode == 0, stderr
         assert "locked" not in stderr
         assert json.loads(stdout)["finished"] == 8
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM kf_rollouts").fetchone()[0] == 2 * 8 * 6
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert database.rows("SELECT count(*) FROM kf_rollouts")[0][0] == 2 * 8 * 6
+    if database.kind == "sqlite":
+        assert database.rows("PRAGMA integrity_check")[0][0] == "ok"
 
 
-def test_api_key_is_never_written(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+def test_api_key_is_never_written(scripted: type[ScriptedServer], tmp_path: Path, database: Database) -> None:
     """R6: the key reaches the endpoint and nothing else: database, checkpoints, WAL, results, logs."""
     dataset, order, _ = dataset_of(tmp_path, 2)
     server = scripted(eval_responder(changing_answer(order)), keys=order).start()
     work = tmp_path / "work"
     work.mkdir()
+    db = str(work / "k.db") if database.kind == "sqlite" else database.target
     proc = run_kflow(
-        eval_cmd(server.base_url, dataset, work / "k.db", work / "out", "keys", 2),
+        eval_cmd(server.base_url, dataset, db, work / "out", "keys", 2),
         env={"KFLOW_API_KEY": SECRET, "KFLOW_CACHE": str(work / "cache")},
     )
     assert proc.returncode == 0, proc.stderr
-    report = run_kflow(["report", "keys", "--db", str(work / "k.db"), "--out", str(work / "rep")])
+    report = run_kflow(["report", "keys", "--db", db, "--out", str(work / "rep")])
     assert report.returncode == 0
     assert all(r.headers.get("authorization") == f"Bearer {SECRET}" for r in server.requests)
     files = [p for p in work.rglob("*") if p.is_file()]
-    assert any(p.name.endswith(".db") for p in files) and any(p.suffix == ".png" for p in files)
+    assert any(p.suffix == ".png" for p in files)
+    assert database.kind == "postgres" or any(p.name.endswith(".db") for p in files)
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
+    if database.kind == "postgres":
+        assert SECRET.encode() not in database.content() and database.rows("SELECT count(*) FROM kf_rollouts")[0][0]
     assert SECRET not in proc.stdout + proc.stderr + report.stdout + report.stderr
 
 

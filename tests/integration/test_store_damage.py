@@ -23,6 +23,7 @@ from knowledge_flow.evaluation.report import build_report
 from knowledge_flow.persistence.store import RolloutStore, SchemaError
 from tests.conftest import run_kflow
 from tests.integration.test_reliability import dataset_of, eval_cmd
+from tests.support.databases import Database
 from tests.support.eval_script import iteration_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer, kf_output
 
@@ -235,3 +236,29 @@ def test_each_kind_of_damage_is_found(finished: tuple[Path, dict[str, Any], dict
                 assert refused_clearly(caught.value) and "evaluation dmg: " in str(caught.value), statement
         finally:
             store.close()
+
+
+def test_seals_are_written_and_checked_on_both_stores(
+    scripted: type[ScriptedServer], tmp_path: Path, database: Database
+) -> None:
+    """The seals of an evaluation stored in PostgreSQL read as in SQLite: an altered value is refused, the value
+    put back reads as before, a deleted rollout is named."""
+    dataset, order, _ = dataset_of(tmp_path, 3)
+    server = scripted(responder(order), keys=order).start()
+    args = eval_cmd(server.base_url, dataset, database.target, tmp_path / "out", EVAL, 2, "--thinkers", "2")
+    assert run_kflow([*args, "--max-retries", "0"]).returncode == 0
+    report = ["report", EVAL, "--db", database.target, "--out", str(tmp_path / "r"), "--json"]
+    intact = run_kflow(report)
+    assert intact.returncode == 0, intact.stderr
+    assert database.rows("SELECT count(*) FROM kf_rollouts WHERE seal IS NULL") == [(0,)]
+    where = "thread_id = 'dmg:1' AND iteration = 1"
+    database.execute(f"UPDATE kf_rollouts SET completion_tokens = completion_tokens + 1 WHERE {where}")
+    altered = run_kflow(report)
+    assert altered.returncode == 1 and json.loads(altered.stdout)["status"] == "damaged"
+    assert "problem 1" in altered.stderr and "the rollouts of iteration 1 were altered" in altered.stderr
+    database.execute(f"UPDATE kf_rollouts SET completion_tokens = completion_tokens - 1 WHERE {where}")
+    restored = run_kflow(report)
+    assert restored.returncode == 0 and json.loads(restored.stdout) == json.loads(intact.stdout)
+    database.execute("DELETE FROM kf_rollouts WHERE thread_id = 'dmg:0' AND iteration = 0 AND \"index\" = 1")
+    deleted = run_kflow(report)
+    assert deleted.returncode == 1 and "is damaged" in deleted.stderr and "problem 0" in deleted.stderr

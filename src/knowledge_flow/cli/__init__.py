@@ -2,7 +2,7 @@
 
 - `run`: solve, resume; `demo`: demo; `inspect`: show, threads;
 - `evaluate`: eval; `report`: report;
-- `serve`: serve vllm | local | stop;
+- `serve`: serve vllm | local | stop; `db`: db copy;
 - `prompts`: prompts list | show | export.
 
 Every module imports only light libraries at import time, so `kflow --help` and argument errors answer at
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from knowledge_flow.cli import demo, evaluate, inspect, prompts, report, run, serve
+from knowledge_flow.cli import db, demo, evaluate, inspect, prompts, report, run, serve
 
 app = typer.Typer(
     help="Knowledge Flow: solve hard problems in many rollouts that pass knowledge, not context.",
@@ -34,6 +34,10 @@ serve_app.command("vllm")(serve.serve_vllm)
 serve_app.command("local")(serve.serve_local)
 serve_app.command("stop")(serve.serve_stop)
 app.add_typer(serve_app, name="serve")
+
+db_app = typer.Typer(help="Databases: copy runs and evaluations between them.", no_args_is_help=True)
+db_app.command("copy")(db.db_copy)
+app.add_typer(db_app, name="db")
 
 prompts_app = typer.Typer(help="Prompt sets: list, show and export the built-in ones.", no_args_is_help=True)
 prompts_app.command("list")(prompts.prompts_list)

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 from knowledge_flow.persistence.files import DEFAULT_DB
+from knowledge_flow.persistence.urls import shown
 from knowledge_flow.text.safe import json_line, printable
 
 if TYPE_CHECKING:
@@ -119,11 +120,13 @@ def current_db() -> str | None:
 
 
 def resolve_db(db: str | None) -> str:
-    from knowledge_flow.persistence.files import check_db_path
+    """The database to use: `db`, else ``KFLOW_DB``, else the default file; checked (an SQLite path:
+    `check_db_path`; a PostgreSQL URL: reachable and not another program's)."""
+    from knowledge_flow.persistence.urls import database_key
 
-    path = db or os.environ.get("KFLOW_DB") or DEFAULT_DB
+    target = db or os.environ.get("KFLOW_DB") or DEFAULT_DB
     try:
-        resolved = str(check_db_path(path))
+        resolved = database_key(target)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _CURRENT_DB.append(resolved)
@@ -131,15 +134,22 @@ def resolve_db(db: str | None) -> str:
 
 
 def open_store(db: str, must_exist: bool = False, *, writable: bool = False) -> RolloutStore:
-    """The database's store; UsageError (nothing written) when the file is missing (`must_exist`), from a newer
-    version, damaged, or cannot be written by a command that writes (`writable`)."""
+    """The database's store; UsageError (nothing written) when it is missing or holds no knowledge-flow data
+    yet (`must_exist`: nothing is created for a command that only reads), is from a newer version, damaged, or
+    cannot be written by a command that writes (`writable`, an SQLite file)."""
     from knowledge_flow.persistence.files import probe_writable
     from knowledge_flow.persistence.store import SchemaError, get_store
+    from knowledge_flow.persistence.urls import is_postgres
 
-    if must_exist and not Path(db).is_file():
+    if must_exist and not is_postgres(db) and not Path(db).is_file():
         raise UsageError(f"database {db!r} does not exist")
     try:
-        if writable:
+        if must_exist and is_postgres(db):
+            from knowledge_flow.persistence.postgres import has_schema
+
+            if not has_schema(db):
+                raise UsageError(f"database {shown(db)} holds no knowledge-flow runs")
+        if writable and not is_postgres(db):
             probe_writable(Path(db))
         return get_store(db)
     except (SchemaError, ValueError) as exc:
@@ -161,7 +171,7 @@ def database_failure(exc: BaseException, db: str | None = None) -> str | None:
     from knowledge_flow.persistence.damage import StoreDamaged
     from knowledge_flow.persistence.files import database_problem
 
-    where = f"database {db!r}" if db else "the database"
+    where = f"database {shown(db)!r}" if db else "the database"
     if isinstance(exc, StoreDamaged):
         return f"{where} is damaged: {exc}"
     if isinstance(exc, zlib.error):
@@ -183,7 +193,7 @@ def open_run(db: str | None, thread_id: str, *, writable: bool = False) -> tuple
             raise
         raise UsageError(problem) from None
     if run is None:
-        raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
+        raise UsageError(f"no run on thread {thread_id!r} in {shown(db_path)}")
     return db_path, store, run
 
 
@@ -246,7 +256,14 @@ BaseUrlOpt = Annotated[
 ]
 
 
-DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (env KFLOW_DB; default knowledge_flow.db).")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="SQLite file, or a PostgreSQL database postgresql://USER@HOST[:PORT]/DB (password: PGPASSWORD or "
+        "~/.pgpass); env KFLOW_DB; default knowledge_flow.db.",
+    ),
+]
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,10 +35,12 @@ from knowledge_flow.cli.common import (
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.cli.report import print_report
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.report import EvalReport
     from knowledge_flow.evaluation.runner import Progress as Counters
+    from knowledge_flow.persistence.leases import Lease
 
 
 @with_run_options
@@ -75,6 +78,15 @@ def evaluate(
     progress_every: Annotated[
         float, typer.Option("--progress-every", min=0.1, help="Seconds between progress lines when not a terminal.")
     ] = 30.0,
+    max_problems: Annotated[
+        int | None,
+        typer.Option(
+            "--max-problems",
+            min=0,
+            help="Stop after claiming M problems (a job with a time limit); the others are left to other workers "
+            "or a later resume. 0: create the evaluation and send nothing (workers then resume it).",
+        ),
+    ] = None,
     max_retries: MaxRetriesOpt = 6,
     request_timeout: TimeoutOpt = 3600.0,
     as_json: JsonOpt = False,
@@ -89,6 +101,7 @@ def evaluate(
         raise fail("--concurrency must be at least 1")
     from knowledge_flow.context import Context
     from knowledge_flow.endpoint.client import describe
+    from knowledge_flow.evaluation.claims import join, live_workers, release_all
     from knowledge_flow.evaluation.datasets import DatasetError
     from knowledge_flow.evaluation.report import build_report
     from knowledge_flow.evaluation.rows import EvalStore
@@ -96,8 +109,8 @@ def evaluate(
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.interrupts import StopRequest, exit_now
     from knowledge_flow.params import resolve_params
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
-    from knowledge_flow.persistence.leases import LeaseHeld, acquire
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
+    from knowledge_flow.persistence.leases import LeaseHeld, acquire, heartbeat_timeout
 
     given = {name: value for name, value in options.items() if value is not None}
     try:
@@ -108,7 +121,7 @@ def evaluate(
             store = open_store(db_path, must_exist=True, writable=True)
             row = EvalStore(store).get_eval(resume)
             if row is None:
-                raise UsageError(f"no evaluation run {resume!r} in {db_path}")
+                raise UsageError(f"no evaluation run {resume!r} in {shown(db_path)}")
             manifest = row.manifest
             check_unchanged(given, manifest["params"], f"run {resume!r}")
             loaded = DatasetSpec(**manifest["dataset_spec"]).load()
@@ -152,18 +165,37 @@ def evaluate(
                 output_postfix=postfix,
                 output_dir=str(folder),
             )
-        lease = acquire(store, f"evaluation run:{eval_id}")
+        heartbeat_timeout()  # a bad KFLOW_HEARTBEAT_TIMEOUT is refused before anything runs
+        exclusive: Lease | None = None
+        if store.dialect == "sqlite":  # one process per evaluation: its claims are this process's alone
+            exclusive = acquire(store, f"evaluation run:{eval_id}")
+            release_all(store, eval_id)
+        elif resume is not None and "iterations" in given and live_workers(store, eval_id):
+            held = live_workers(store, eval_id)[0]
+            raise UsageError(
+                f"evaluation run {eval_id} has workers running (pid {held.pid} on {held.host}); its budget can "
+                "be extended when they have stopped"
+            )
+        lease = join(store, eval_id)
     except LeaseHeld as exc:
         raise fail(str(exc)) from None
     except (UsageError, ValueError, DatasetError) as exc:
         raise fail(str(exc)) from None
 
-    resume_hint = f"`kflow eval --resume {eval_id} --db {db_path}`"
+    def release() -> None:
+        lease.release()
+        if exclusive is not None:
+            exclusive.release()
+
+    resume_hint = f"`kflow eval --resume {eval_id} --db {shown(db_path)}`"
     err.print(
-        Text(f"evaluation {clean(eval_id)}: {clean(loaded.name)}, {len(loaded.problems)} problems (database {db_path})")
+        Text(
+            f"evaluation {clean(eval_id)}: {clean(loaded.name)}, {len(loaded.problems)} problems "
+            f"(database {shown(db_path)})"
+        )
     )
     display = ProgressDisplay(progress_every)
-    checkpointer = SqliteCheckpointer(db_path)
+    checkpointer = get_checkpointer(db_path)
     graph = compile_graph(checkpointer)
     started = time.monotonic()
     with StopRequest() as stop:
@@ -172,7 +204,7 @@ def evaluate(
                 before = extend(graph, store, eval_id, int(given["iterations"]))
                 if before != given["iterations"]:
                     err.print(f"extended from {before} to {given['iterations']} iterations")
-            with endpoint(url) as live_url:
+            with endpoint(url) if max_problems != 0 else nullcontext(url) as live_url:
                 context = Context(
                     base_url=live_url, db_path=db_path, max_retries=max_retries, request_timeout=request_timeout
                 )
@@ -183,18 +215,20 @@ def evaluate(
                     context=context,
                     concurrency=concurrency,
                     stop=stop.event,
+                    lease=lease,
+                    max_problems=max_problems,
                     on_start=display.start,
                     on_tick=display.tick,
                 )
         except (UsageError, ValueError) as exc:
             display.stop()
-            lease.release()
+            release()
             raise fail(str(exc)) from None
         except Exception as exc:  # the evaluation itself failed: what is complete is kept for resume
             display.stop()
             with contextlib.suppress(Exception):
                 EvalStore(store).update_eval(eval_id, status="incomplete")
-            lease.release()
+            release()
             reason = describe(exc, Context(base_url=url, db_path=db_path).secrets)
             raise fail(f"the evaluation stopped: {reason}; continue with {resume_hint}", code=1) from None
         display.stop()
@@ -203,10 +237,10 @@ def evaluate(
             stopped = f"{stop.signal_name}: stopped; continue with {resume_hint}"
             show_outcome(report, written, as_json, status="stopped", reason=stopped)
             err.print(Text(stopped, style="bold yellow"))
-            lease.release()
+            release()
             checkpointer.close()
             exit_now()
-    lease.release()
+    release()
     checkpointer.close()
     failures = [r for r in results if r.error]
     count = max(len(failures), report.failed)
@@ -218,6 +252,11 @@ def evaluate(
         for failure in failures[:5]:
             err.print(Text(f"problem {failure.position} failed: {clean(failure.error, 300)}", style="red"))
         raise fail(unfinished, code=1)
+    left = report.problems - report.finished
+    if left and max_problems == 0:
+        err.print(f"evaluation {eval_id} is ready; its workers run it with {resume_hint}")
+    elif left and max_problems is not None and len(results) >= max_problems:
+        err.print(f"this worker ran its {max_problems} problems; {left} are left: continue with {resume_hint}")
 
 
 def show_outcome(
@@ -298,7 +337,8 @@ class ProgressDisplay:
         self.counters = counters
         self.last = time.monotonic()
         if self.terminal:
-            self.task = self.bar.add_task("eval", total=counters.rollouts_total, problems="", tokens="0", acc="—")
+            name = f"worker {counters.worker}" if counters.worker else "eval"
+            self.task = self.bar.add_task(name, total=counters.rollouts_total, problems="", tokens="0", acc="—")
             self.bar.start()
         else:
             err.print(counters.line())

@@ -26,6 +26,7 @@ from knowledge_flow.cli.common import (
     write_json,
 )
 from knowledge_flow.cli.run import describe_item
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.persistence.store import RolloutStore, RunRow
@@ -186,7 +187,7 @@ def threads(
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
         if evaluation is not None and EvalStore(store).get_eval(evaluation) is None:
-            raise UsageError(f"no evaluation run {evaluation!r} in {db_path}")
+            raise UsageError(f"no evaluation run {evaluation!r} in {shown(db_path)}")
     except UsageError as exc:
         raise fail(str(exc)) from None
     runs = mirrored(db_path, store, store.list_runs())
@@ -292,10 +293,10 @@ def describe_call(call: dict[str, Any] | None) -> str:
 
 def stopping_error(db_path: str, thread_id: str) -> str | None:
     """The error that stopped the thread's run in a step (`knowledge_flow.runs.step_error`)."""
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
     from knowledge_flow.runs import step_error
 
-    checkpointer = SqliteCheckpointer(db_path)
+    checkpointer = get_checkpointer(db_path)
     try:
         return step_error(checkpointer, thread_id)
     finally:
@@ -306,14 +307,14 @@ def run_damage(db_path: str, store: RolloutStore, run: RunRow) -> str | None:
     """What is wrong with the run's stored rows (`persistence.damage`): rollouts missing, altered or
     unreadable, or chosen answers that disagree with the run's checkpoint; None when intact."""
     from knowledge_flow.graph import compile_graph
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
     from knowledge_flow.persistence.damage import describe_iterations, rollout_damage
     from knowledge_flow.prompts.bounds import one_line
 
     damage = rollout_damage(store, [run.run_id], {run.run_id: run.iterations_done}).get(run.run_id)
     if damage:
         return f"thread {run.thread_id}, run {run.run_id}: {damage.describe()}"
-    checkpointer = SqliteCheckpointer(db_path)
+    checkpointer = get_checkpointer(db_path)
     try:
         values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": run.thread_id}}).values
     except Exception as exc:  # a checkpoint that cannot be decoded
@@ -337,10 +338,10 @@ def mirrored(db_path: str, store: RolloutStore, runs: Sequence[RunRow]) -> list[
     """The runs as their checkpoints hold them (`knowledge_flow.runs.from_checkpoints`)."""
     if not runs:
         return []
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
     from knowledge_flow.runs import from_checkpoints
 
-    checkpointer = SqliteCheckpointer(db_path)
+    checkpointer = get_checkpointer(db_path)
     try:
         return from_checkpoints(store, checkpointer, runs)
     finally:

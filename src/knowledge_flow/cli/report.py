@@ -25,6 +25,7 @@ from knowledge_flow.cli.common import (
     write_json,
 )
 from knowledge_flow.cli.inspect import counted_by_client
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.compare import RunComparison
@@ -99,6 +100,13 @@ def print_report(report: EvalReport) -> None:
                 f"{entry['completion_tokens']:,}",
             )
         out.print(replicas)
+    if len(report.workers) > 1:
+        workers = table("worker", "problems finished", "rollouts run", "tokens")
+        for entry in report.workers:
+            workers.add_row(
+                Text(clean(entry["worker"])), f"{entry['problems']:,}", f"{entry['rollouts']:,}", f"{entry['tokens']:,}"
+            )
+        out.print(workers)
     out.print(
         f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
         f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"
@@ -130,6 +138,7 @@ def report(
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
     stops where the runs have them; with --compare, the runs side by side; a PNG plot."""
     from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
+    from knowledge_flow.evaluation.integrity import check_evaluation
     from knowledge_flow.evaluation.report import build_report, finished_items, grade, plot_reports
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.persistence.seals import StoreDamaged
@@ -147,7 +156,8 @@ def report(
         for name in [run_id, *(compare or [])]:
             row = EvalStore(store).get_eval(name)
             if row is None:
-                raise UsageError(f"no evaluation run {name!r} in {db_path}")
+                raise UsageError(f"no evaluation run {name!r} in {shown(db_path)}")
+            check_evaluation(store, name)  # the rows are checked before anything is graded from them
             items = list(EvalStore(store).eval_items(name))
             grades = grade(store, items, row.manifest["params"], answer_rule)
             reports.append(build_report(store, name, answer_rule, grades))
@@ -160,8 +170,8 @@ def report(
     plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
     datasets = sorted({r.dataset for r in reports})
     if len(datasets) > 1:
-        shown = clean("; ".join(datasets))
-        err.print(Text(f"warning: the runs compared are on different datasets: {shown}", style="yellow"))
+        named = clean("; ".join(datasets))
+        err.print(Text(f"warning: the runs compared are on different datasets: {named}", style="yellow"))
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
     comparison = compare_runs(records) if compare else []
     if as_json:

@@ -35,9 +35,11 @@ from knowledge_flow.cli.common import (
 )
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
+from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
     from knowledge_flow.context import Context
+    from knowledge_flow.persistence.leases import Lease
     from knowledge_flow.persistence.store import RolloutStore
     from knowledge_flow.state import KnowledgeItem, State
 
@@ -84,12 +86,12 @@ def run_graph(
     `iterations` above its budget extends it)."""
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.params import recursion_limit, resolve_params
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
     from knowledge_flow.persistence.store import get_store
     from knowledge_flow.runs import reopen
     from knowledge_flow.strategies import shown_knowledge
 
-    checkpointer = SqliteCheckpointer(db)
+    checkpointer = get_checkpointer(db)
     graph = compile_graph(checkpointer)
     config: Any = {"configurable": {"thread_id": thread_id}}
     if graph_input is None:
@@ -114,7 +116,7 @@ def run_graph(
                 continue
             values = cast(dict[str, Any], chunk)
             if "prepare" in updated:
-                err.print(Text(f"run {values['run_id']} on thread {clean(thread_id)} (database {db})"))
+                err.print(Text(f"run {values['run_id']} on thread {clean(thread_id)} (database {shown(db)})"))
             if "distill_knowledge" in updated:
                 _print_rollout(store, values)
                 params = values["params"]
@@ -160,7 +162,7 @@ def emit(result: dict[str, Any], as_json: bool) -> None:
         f"rollouts: {result['iterations_done']}   tokens: {usage['prompt_tokens']} prompt + "
         f"{usage['completion_tokens']} completion"
     )
-    out.print(f"thread: {result['thread_id']}   database: {result['db']}")
+    out.print(f"thread: {result['thread_id']}   database: {shown(result['db'])}")
 
 
 def _execute(
@@ -173,7 +175,10 @@ def _execute(
     *,
     iterations: int | None = None,
     lease_key: str | None = None,
+    problem: tuple[str, int] | None = None,
 ) -> None:
+    """Run or continue one thread, holding its lease (`lease_key`: another key, e.g. its evaluation's); the
+    thread of an evaluation's `problem` (eval id, position) is claimed too, so no worker runs it meanwhile."""
     from knowledge_flow.context import Context
     from knowledge_flow.endpoint.client import EndpointError, describe
     from knowledge_flow.endpoint.urls import shown_url
@@ -182,13 +187,14 @@ def _execute(
     from knowledge_flow.persistence.store import get_store
     from knowledge_flow.runs import mark_failed
 
-    resume_hint = f"`kflow resume {thread_id} --db {db}`"
+    resume_hint = f"`kflow resume {thread_id} --db {shown(db)}`"
     OUTCOME.fields["thread_id"] = thread_id
     store = get_store(db)
     try:
         lease = acquire(store, lease_key or f"thread:{thread_id}")
     except LeaseHeld as exc:
         raise fail(str(exc)) from None
+    worker = claim_problem(store, lease, thread_id, problem) if problem is not None else None
     try:
         with StopRequest(raise_in_main=True) as stop, endpoint(base_url) as url:
             context = Context(
@@ -213,15 +219,17 @@ def _execute(
         name = stop.signal_name or "interrupted"
         raise fail(f"{name}: stopped; completed rollouts are saved; continue with {resume_hint}", code=130) from None
     except Exception as exc:  # a step failed on its own: the run is failed, its checkpoint kept for resume
-        problem = database_failure(exc, db)
-        if problem is not None:
-            raise fail(f"{problem}. {after_database_failure(store, thread_id, resume_hint)}", code=1) from None
+        failure = database_failure(exc, db)
+        if failure is not None:
+            raise fail(f"{failure}. {after_database_failure(store, thread_id, resume_hint)}", code=1) from None
         mark_failed(store, thread_id)
         reason = describe(exc, Context(base_url=base_url, db_path=db).secrets)
         raise fail(
             f"the run stopped: {reason}. Completed rollouts are saved; continue with {resume_hint}", code=1
         ) from None
     finally:
+        if worker is not None:
+            worker.release()
         lease.release()
     if result["status"] == "failed":
         message = failure_message(store, result, thread_id, db)
@@ -241,14 +249,31 @@ def after_database_failure(store: RolloutStore, thread_id: str, resume_hint: str
     return "Nothing of the run was stored; once it is fixed, start it again"
 
 
+def claim_problem(store: RolloutStore, lease: Lease, thread_id: str, problem: tuple[str, int]) -> Lease:
+    """Claim an evaluation's problem for this process (as a worker of the evaluation); fail (releasing
+    `lease`) when a live worker of the evaluation runs it."""
+    from knowledge_flow.evaluation.claims import claim_position, join
+
+    worker = join(store, problem[0])
+    held = claim_position(store, problem[0], problem[1], worker)
+    if held is None:
+        return worker
+    worker.release()
+    lease.release()
+    raise fail(
+        f"thread {thread_id} belongs to evaluation run {problem[0]}, being run by worker pid {held.pid} on "
+        f"{held.host} since {held.taken_at}"
+    )
+
+
 def failure_message(store: RolloutStore, result: dict[str, Any], thread_id: str, db: str) -> str:
     """Why a run failed (its rollouts' distinct errors, the latest first) and how to continue it."""
     reasons = list(dict.fromkeys(r.error for r in reversed(store.rollouts(result["run_id"])) if r.error))
-    shown = "; ".join(clean(reason, 300) for reason in reasons[:3]) or "no reason recorded"
+    reasons_shown = "; ".join(clean(reason, 300) for reason in reasons[:3]) or "no reason recorded"
     done = result["iterations_done"]
     return (
         f"the run failed: its rollouts keep failing ({done} iterations, the last of them without a usable "
-        f"response): {shown}. Fix the cause, then `kflow resume {thread_id} --db {db}` tries them again"
+        f"response): {reasons_shown}. Fix the cause, then `kflow resume {thread_id} --db {shown(db)}` tries them again"
     )
 
 
@@ -323,7 +348,7 @@ def resume(
     endpoint failure (its failed iterations are tried again), or with a larger budget (--iterations)."""
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.graph import compile_graph
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.checkpointer import get_checkpointer
     from knowledge_flow.persistence.leases import holder
     from knowledge_flow.prompts.bounds import one_line
 
@@ -336,29 +361,30 @@ def resume(
             raise UsageError(
                 f"the run has done {run.iterations_done} iterations; --iterations {iterations} cannot shrink it"
             )
-        evaluation = EvalStore(store).evaluation_of_thread(thread_id)
-        # A thread of an evaluation is held through its evaluation's lease (one process per run).
-        lease_key = f"evaluation run:{evaluation}" if evaluation is not None else None
-        if lease_key is not None and (held := holder(store, lease_key)) is not None:
+        item = EvalStore(store).eval_item_of_thread(thread_id)
+        # A thread of an evaluation is claimed like a worker claims it; on SQLite its evaluation's lease is
+        # held too (one process per evaluation there).
+        lease_key = f"evaluation run:{item.eval_id}" if item is not None and store.dialect == "sqlite" else None
+        if lease_key is not None and item is not None and (held := holder(store, lease_key)) is not None:
             raise UsageError(
-                f"thread {thread_id} belongs to evaluation run {evaluation}, being continued by pid {held.pid} "
+                f"thread {thread_id} belongs to evaluation run {item.eval_id}, being continued by pid {held.pid} "
                 f"on {held.host} since {held.taken_at}"
             )
     except UsageError as exc:
         raise fail(str(exc)) from None
-    checkpointer = SqliteCheckpointer(db_path)
+    checkpointer = get_checkpointer(db_path)
     try:
         values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}}).values
     except Exception as exc:
         problem = database_failure(exc, db_path) or (
-            f"database {db_path!r} is damaged: the checkpoint of thread {thread_id!r} cannot be read "
+            f"database {shown(db_path)!r} is damaged: the checkpoint of thread {thread_id!r} cannot be read "
             f"({one_line(exc)}); restore it from a copy"
         )
         raise fail(problem, code=1) from None
     finally:
         checkpointer.close()
     if not values:
-        raise fail(f"thread {thread_id!r} has no checkpoint in {db_path}")
+        raise fail(f"thread {thread_id!r} has no checkpoint in {shown(db_path)}")
     extend = iterations is not None and iterations > int(values["params"]["iterations"])
     if values.get("status") == "done" and not extend:
         err.print(Text(f"thread {clean(thread_id)} is already complete"))
@@ -373,4 +399,5 @@ def resume(
         RequestSettings(max_retries, request_timeout),
         iterations=iterations,
         lease_key=lease_key,
+        problem=(item.eval_id, item.position) if item is not None else None,
     )

@@ -40,8 +40,8 @@ def check_evaluation(store: RolloutStore, eval_id: str) -> None:
     try:
         with store.session() as session:
             connection = session.connection()
-            evals = select_raw(connection, table_of(EvalRow), "eval_id = ?", [eval_id])
-            items = select_raw(connection, table_of(EvalItemRow), "eval_id = ?", [eval_id])
+            evals = select_raw(connection, table_of(EvalRow), {"eval_id": eval_id})
+            items = select_raw(connection, table_of(EvalItemRow), {"eval_id": eval_id})
     except (DBAPIError, sqlite3.Error) as exc:
         raise StoreDamaged(f"evaluation {eval_id}: its rows cannot be read: the file {database_problem(exc)}") from None
     problems: list[str] = []

@@ -72,6 +72,9 @@ class EvalReport:
     """Rollouts whose iteration sent requests again (an unusable response, a failed replica)."""
     answer_rule: str = "default"
     """How answers were read from the outputs (see `knowledge_flow.text.answer_rules`)."""
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    """Which worker ran what: per worker (``HOST:PID``) the problems it finished, the rollouts it ran and their
+    tokens."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,7 +259,28 @@ def build_report(
         stop_policy=str(params.get("stop_policy", "fixed")),
         final_answer_rule=str(params.get("final_answer_rule", "last")),
         answer_rule=answer_rule,
+        workers=worker_figures(store, items),
     )
+
+
+def worker_figures(store: RolloutStore, items: list[EvalItemRow]) -> list[dict[str, Any]]:
+    """Per worker: problems finished, rollouts run, their tokens (a problem taken over from a worker that died
+    counts for the one that finished it; its rollouts for the one that ran each)."""
+    finished: dict[str, int] = {}
+    for item in items:
+        if item.status == "done" and item.worker:
+            finished[item.worker] = finished.get(item.worker, 0) + 1
+    ran = store.worker_stats([item.run_id for item in items if item.run_id])
+    names = sorted(set(finished) | set(ran))
+    return [
+        {
+            "worker": name,
+            "problems": finished.get(name, 0),
+            "rollouts": ran.get(name, {}).get("rollouts", 0),
+            "tokens": ran.get(name, {}).get("tokens", 0),
+        }
+        for name in names
+    ]
 
 
 def percent(value: float | None) -> float:

@@ -1,19 +1,20 @@
-"""The evaluations' rows, beside the rollout store in the same file: ``kf_evals`` (one evaluation run, its
-manifest and status) and ``kf_eval_items`` (one problem: its thread, gold answer and per-iteration results).
-`EvalStore` reads and writes them."""
+"""The evaluations' rows, beside the rollout store in the same database: ``kf_evals`` (one evaluation run, its
+manifest and status) and ``kf_eval_items`` (one problem: its thread, gold answer, per-iteration results, and the
+worker that claims it). `EvalStore` reads and writes them; `knowledge_flow.evaluation.claims` shares them out."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, select
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, case, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from knowledge_flow.persistence.rows import Base, RunRow
-from knowledge_flow.persistence.seals import seal_row
+from knowledge_flow.persistence.rows import Base, RolloutRow, RunRow
+from knowledge_flow.persistence.seals import reseal, seal_row, table_of
 from knowledge_flow.persistence.store import RolloutStore, get_store
 
 
@@ -41,6 +42,9 @@ class EvalItemRow(Base):
     """One problem of an evaluation run: its thread, gold answer and per-rollout results."""
 
     __tablename__ = "kf_eval_items"
+    #: Claims change as workers take problems (`knowledge_flow.evaluation.claims`): outside the seal. The
+    #: worker, added after seals existed, is sealed when it is set (`seals.sealed_columns`).
+    __table_args__ = {"info": {"unsealed": ("claimed_by",), "added": ("worker",)}}  # noqa: RUF012
     eval_id: Mapped[str] = mapped_column(ForeignKey("kf_evals.eval_id"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     problem_id: Mapped[str] = mapped_column(Text)
@@ -56,6 +60,10 @@ class EvalItemRow(Base):
     correct_json: Mapped[str] = mapped_column(Text, default="[]")
     prompt_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
     completion_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
+    claimed_by: Mapped[str | None] = mapped_column(String(300))
+    """The lease key of the worker running it now (free when None or when that lease expired)."""
+    worker: Mapped[str | None] = mapped_column(Text)
+    """The worker (``HOST:PID``) that finished it (or where it failed last)."""
     seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
@@ -77,6 +85,20 @@ class EvalItemRow(Base):
     def completion_tokens(self) -> list[int]:
         value: list[int] = json.loads(self.completion_tokens_json)
         return value
+
+
+def manifest_json(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How far an evaluation is, over every worker: problems done (and correct), failed, rollouts stored."""
+
+    done: int
+    correct: int
+    failed: int
+    rollouts: int
 
 
 class EvalStore:
@@ -113,6 +135,29 @@ class EvalStore:
     def update_eval(self, eval_id: str, **values: Any) -> None:
         self.store.update_row(EvalRow, eval_id, f"evaluation run {eval_id!r}", values)
 
+    def finish(self, eval_id: str, finished_at: str) -> bool:
+        """Mark a running evaluation done, its manifest with the time; False when it already was."""
+        with self.store.session() as session:
+            row = session.get(EvalRow, eval_id, with_for_update=True)
+            if row is None or row.status == "done":
+                return False
+            manifest = row.manifest
+            manifest["finished_at"] = finished_at
+            values = {
+                "manifest_json": manifest_json(manifest),
+                "status": "done",
+                "finished_at": finished_at,
+                "updated_at": finished_at,
+            }
+            reseal(session.connection(), table_of(EvalRow), {"eval_id": eval_id}, f"evaluation run {eval_id!r}", values)
+            session.execute(
+                update(EvalRow)
+                .where(EvalRow.eval_id == eval_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            return True
+
     def eval_items(self, eval_id: str) -> Sequence[EvalItemRow]:
         with self.store.session() as session:
             statement = select(EvalItemRow).where(EvalItemRow.eval_id == eval_id).order_by(EvalItemRow.position)
@@ -128,6 +173,23 @@ class EvalStore:
         """The evaluation run a thread belongs to, if any."""
         item = self.eval_item_of_thread(thread_id)
         return item.eval_id if item is not None else None
+
+    def counts(self, eval_id: str) -> Counts:
+        with self.store.session() as session:
+            right = func.sum(case((EvalItemRow.final_correct.is_(True), 1), else_=0))
+            statement = (
+                select(EvalItemRow.status, func.count(), right)
+                .where(EvalItemRow.eval_id == eval_id)
+                .group_by(EvalItemRow.status)
+            )
+            by_status = {status: (int(n), int(correct or 0)) for status, n, correct in session.execute(statement)}
+            rollouts = session.scalar(
+                select(func.count()).where(
+                    RolloutRow.thread_id.startswith(f"{eval_id}:", autoescape=True), RolloutRow.index == 0
+                )
+            )
+        done, correct = by_status.get("done", (0, 0))
+        return Counts(done, correct, by_status.get("failed", (0, 0))[0], int(rollouts or 0))
 
     def item_runs(self, items: Sequence[EvalItemRow]) -> dict[int, str]:
         """Each problem's run by position: a finished problem's recorded run, else its thread's latest (a
@@ -157,4 +219,4 @@ def get_eval_store(path: str | os.PathLike[str]) -> EvalStore:
     return EvalStore(get_store(path))
 
 
-__all__ = ["EvalItemRow", "EvalRow", "EvalStore", "get_eval_store"]
+__all__ = ["Counts", "EvalItemRow", "EvalRow", "EvalStore", "get_eval_store", "manifest_json"]

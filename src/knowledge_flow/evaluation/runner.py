@@ -1,10 +1,12 @@
 """Run a whole benchmark: one LangGraph thread per problem, all progressing independently.
 
-There is no barrier per iteration: each problem runs its rollouts back to back in its own worker, so problem
+There is no barrier per iteration: each problem runs its rollouts back to back in its own thread, so problem
 A can be at rollout 10 while B is at rollout 3, and a server's continuous batching always has work. At most
-`concurrency` problems are in flight. Rollouts are graded in the main thread (math-verify's timeouts need it)
-as problems finish. Resuming continues every unfinished thread from its last checkpoint; completed rollouts
-are read back from the rollout store, never requested again.
+`concurrency` problems are in flight. Problems are claimed from the database as threads free up
+(`knowledge_flow.evaluation.claims`), so several processes (workers) can share one evaluation. Rollouts are
+graded in the main thread (math-verify's timeouts need it) as problems finish. Resuming continues every
+unfinished thread from its last checkpoint; completed rollouts are read back from the rollout store, never
+requested again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -22,8 +24,10 @@ from langgraph.graph.state import CompiledStateGraph
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import describe
+from knowledge_flow.evaluation.claims import claim, claimed_elsewhere, release
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
 from knowledge_flow.params import recursion_limit
+from knowledge_flow.persistence.leases import BEATS_PER_TIMEOUT, Lease, worker_name
 from knowledge_flow.persistence.store import RolloutStore, utcnow
 from knowledge_flow.runs import mark_failed, reopen
 from knowledge_flow.state import AnswerType, OutputState, State
@@ -47,6 +51,10 @@ class Progress:
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
     rollouts_at_start: int = 0
+    worker: str = ""
+    """This process, when it shares the evaluation with other workers."""
+    finished_here: int = 0
+    in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_rollout(self, tokens: int, failed: int = 0) -> None:
@@ -67,8 +75,10 @@ class Progress:
         left = self.rollouts_total - self.rollouts_done
         eta = f"{int(left / rate * 60 // 3600)}:{int(left / rate * 60 % 3600 // 60):02d}" if rate > 0 else "?"
         accuracy = f", final-answer accuracy {100 * self.accuracy:.1f}%" if self.accuracy is not None else ""
+        here = f" of worker {self.worker} ({self.finished_here} finished here, {self.in_flight} running)"
         return (
-            f"progress: problems {self.problems_done}/{self.problems} done ({self.failed} failed), "
+            f"progress{here if self.worker else ''}: problems {self.problems_done}/{self.problems} done "
+            f"({self.failed} failed), "
             f"rollouts {self.rollouts_done}/{self.rollouts_total} ({self.rollouts_failed} failed), "
             f"tokens {self.tokens:,}, {rate:.1f} rollouts/min, elapsed {int(elapsed // 60)} min, ETA {eta} h"
             f"{accuracy}"
@@ -164,6 +174,7 @@ def grade_item(
         correct_json=_dumps(correct),
         prompt_tokens_json=_dumps(prompt_tokens),
         completion_tokens_json=_dumps(completion_tokens),
+        worker=worker_name(),
     )
     return final_correct
 
@@ -177,46 +188,86 @@ def run_items(
     graph: Graph,
     store: RolloutStore,
     eval_id: str,
-    items: Sequence[EvalItemRow],
     params: dict[str, Any],
     context: Context,
     concurrency: int,
     progress: Progress,
     stop: threading.Event,
+    lease: Lease,
+    max_problems: int | None = None,
     on_tick: Callable[[], None] = lambda: None,
 ) -> list[ItemResult]:
-    """Run every item not yet done, at most `concurrency` at once; returns the results of those run.
+    """Claim problems not yet done and run them, at most `concurrency` at once, until none is left to claim or
+    `max_problems` were claimed; returns the results of those run. While other live workers hold problems this
+    worker could take over, it waits (and takes them over if those workers die).
 
-    When `stop` is set, no new problem starts and the workers stop after their current step; the ones still
+    When `stop` is set, no new problem starts and the threads stop after their current step; the ones still
     waiting for a response are not waited for (the caller ends the process: their responses were never
     stored, so a resume sends those requests again).
     """
-    pending = [item for item in items if item.status != "done"]
     answer_type = cast(AnswerType, params["answer_type"])
     results: list[ItemResult] = []
-    by_position = {item.position: item for item in pending}
+    running: dict[Future[ItemResult], EvalItemRow] = {}
+    failed_here: set[int] = set()  # not claimed again by this worker
+    claimed = 0
+    poll = min(1.0, lease.timeout / BEATS_PER_TIMEOUT)
+    refreshed = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="kflow-eval")
-    futures: set[Future[ItemResult]] = {
-        pool.submit(_solve_one, graph, store, item, params, context, progress, stop) for item in pending
-    }
     try:
-        while futures:
-            done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+        while True:
+            room = concurrency - len(running)
+            if max_problems is not None:
+                room = min(room, max_problems - claimed)
+            if room > 0 and not stop.is_set():
+                for item in claim(store, eval_id, lease, room, failed_here):
+                    running[pool.submit(_solve_one, graph, store, item, params, context, progress, stop)] = item
+                    claimed += 1
+            progress.in_flight = len(running)
+            if not running:
+                limited = max_problems is not None and claimed >= max_problems
+                if stop.is_set() or limited or not claimed_elsewhere(store, eval_id, lease, failed_here):
+                    break
+                stop.wait(poll)  # other workers hold the rest: take it over if they die
+                refresh(store, eval_id, progress)
+                on_tick()
+                continue
+            done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
             for future in done:
+                item = running.pop(future)
                 if future.cancelled():
                     continue
                 result = future.result()
                 results.append(result)
-                record(store, eval_id, by_position[result.position], result, answer_type, progress)
+                if not record(store, eval_id, item, result, answer_type, progress):
+                    failed_here.add(item.position)
+                release(store, eval_id, [item.position], lease)
+            if time.monotonic() - refreshed >= REFRESH_S:
+                refresh(store, eval_id, progress)
+                refreshed = time.monotonic()
             on_tick()
             if stop.is_set():
-                for future in futures:
+                for future in running:
                     future.cancel()
                 break
     finally:
         pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
     EvalStore(store).update_eval(eval_id, updated_at=utcnow())
     return results
+
+
+#: Seconds between reads of what every worker has done (for the progress display).
+REFRESH_S = 10.0
+
+
+def refresh(store: RolloutStore, eval_id: str, progress: Progress) -> None:
+    """The evaluation's counts as every worker has advanced them."""
+    counts = EvalStore(store).counts(eval_id)
+    with progress.lock:
+        progress.problems_done = counts.done
+        progress.graded = counts.done
+        progress.correct_final = counts.correct
+        progress.failed = counts.failed
+        progress.rollouts_done = max(progress.rollouts_done, counts.rollouts)
 
 
 def record(
@@ -226,19 +277,22 @@ def record(
     result: ItemResult,
     answer_type: AnswerType,
     progress: Progress,
-) -> None:
-    """Grade a finished problem, or record why it did not finish (an interrupted one stays pending)."""
+) -> bool:
+    """Grade a finished problem, or record why it did not finish (an interrupted one stays pending); False
+    when it failed."""
     values = result.values
     if values is not None and values.get("status") == "done":
         final_correct = grade_item(store, eval_id, item, values, answer_type)
         with progress.lock:
             progress.problems_done += 1
+            progress.finished_here += 1
             progress.graded += 1
             progress.correct_final += int(bool(final_correct))
-        return
+        return True
     if result.error == INTERRUPTED:
-        return
+        return True
     error = result.error or "its rollouts kept failing (see `kflow show` of its thread for the reasons)"
-    EvalStore(store).update_eval_item(eval_id, item.position, status="failed", error=error)
+    EvalStore(store).update_eval_item(eval_id, item.position, status="failed", error=error, worker=worker_name())
     with progress.lock:
         progress.failed += 1
+    return False

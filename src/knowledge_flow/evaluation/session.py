@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -12,10 +11,12 @@ from typing import Any
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint.urls import shown_url
+from knowledge_flow.evaluation.claims import join, live_workers
 from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
 from knowledge_flow.evaluation.predictions import write_predictions
-from knowledge_flow.evaluation.rows import EvalItemRow, EvalRow, EvalStore
+from knowledge_flow.evaluation.rows import EvalItemRow, EvalRow, EvalStore, manifest_json
 from knowledge_flow.evaluation.runner import Graph, ItemResult, Progress, run_items, thread_id_for
+from knowledge_flow.persistence.leases import Lease, worker_name
 from knowledge_flow.persistence.store import RolloutStore, utcnow
 from knowledge_flow.records import AnswerType
 from knowledge_flow.runs import reopen
@@ -42,10 +43,6 @@ class DatasetSpec:
             answer_type=self.answer_type,
             limit=self.limit,
         )
-
-
-def manifest_json(manifest: dict[str, Any]) -> str:
-    return json.dumps(manifest, ensure_ascii=False, sort_keys=True)
 
 
 def new_eval_id() -> str:
@@ -145,11 +142,29 @@ def execute(
     context: Context,
     concurrency: int,
     stop: threading.Event,
+    lease: Lease | None = None,
+    max_problems: int | None = None,
     on_start: Callable[[Progress], None] = lambda _p: None,
     on_tick: Callable[[], None] = lambda: None,
 ) -> tuple[EvalRow, list[ItemResult], list[Path]]:
-    """Run (or continue) an evaluation; write the prediction files once every problem is done (when `stop`
-    was set or problems failed, for the problems complete so far)."""
+    """Run (or continue) an evaluation as the worker holding `lease` (None: join as a worker for this call);
+    write the prediction files once every problem is done (when `stop` was set or problems failed, for the
+    problems complete so far). Of several workers finishing at once, the one that marks the evaluation done
+    writes them."""
+    if lease is None:
+        with join(store, eval_id) as own:
+            return execute(
+                graph=graph,
+                store=store,
+                eval_id=eval_id,
+                context=context,
+                concurrency=concurrency,
+                stop=stop,
+                lease=own,
+                max_problems=max_problems,
+                on_start=on_start,
+                on_tick=on_tick,
+            )
     row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
@@ -168,39 +183,36 @@ def execute(
             run = store.get_run(runs[item.position])
             progress.rollouts_done += run.iterations_done if run is not None else 0
     progress.rollouts_at_start = progress.rollouts_done
+    others = [worker for worker in live_workers(store, eval_id) if worker.key != lease.key]
+    if others or store.dialect != "sqlite":
+        progress.worker = worker_name()
     EvalStore(store).update_eval(eval_id, status="running")
     on_start(progress)
     results = run_items(
         graph=graph,
         store=store,
         eval_id=eval_id,
-        items=items,
         params=params,
         context=context,
         concurrency=concurrency,
         progress=progress,
         stop=stop,
+        lease=lease,
+        max_problems=max_problems,
         on_tick=on_tick,
     )
-    row = EvalStore(store).get_eval(eval_id) or row
-    manifest = row.manifest
     items = EvalStore(store).eval_items(eval_id)
     written: list[Path] = []
+    alone = not [worker for worker in live_workers(store, eval_id) if worker.key != lease.key]
     if all(item.status == "done" for item in items):
         finished = utcnow()
-        manifest["finished_at"] = finished
-        EvalStore(store).update_eval(
-            eval_id,
-            status="done",
-            finished_at=finished,
-            manifest_json=manifest_json(manifest),
-        )
-        row = EvalStore(store).get_eval(eval_id) or row
-        written = write_predictions(store, row, Path(manifest["output_dir"]))
-    else:  # stopped, or problems failed: the files hold the problems that finished
+        if EvalStore(store).finish(eval_id, finished) or alone:
+            row = EvalStore(store).require_eval(eval_id)
+            written = write_predictions(store, row, Path(row.manifest["output_dir"]))
+    elif alone:  # stopped, or problems failed: the files hold the problems that finished
         EvalStore(store).update_eval(eval_id, status="interrupted" if stop.is_set() else "incomplete")
         if any(item.status == "done" for item in items):
             written = write_predictions(
-                store, EvalStore(store).get_eval(eval_id) or row, Path(manifest["output_dir"]), done_only=True
+                store, EvalStore(store).require_eval(eval_id), Path(manifest["output_dir"]), done_only=True
             )
-    return EvalStore(store).get_eval(eval_id) or row, results, written
+    return EvalStore(store).require_eval(eval_id), results, written

@@ -1,9 +1,12 @@
-"""SQLite persistence: LangGraph checkpoints and the rollout store share one file.
+"""Persistence: LangGraph checkpoints and the rollout store share one database, an SQLite file (the default)
+or a PostgreSQL database (``postgresql://``, the ``postgres`` extra).
 
-Modules: `files` (the file checks, standard library only), `checkpointer` (LangGraph's SQLite saver, opened
-lazily, compressed), `rows` and `schema` (the tables, opening and migrating a file), `store` (runs, rollouts, calls,
-prompt sets), `seals` (a digest of every row's stored values) and `damage` (runs whose rows are missing, altered
-or unreadable), `leases` (one process per run).
+Modules: `files` (the file checks, standard library only), `urls` (which store a ``--db`` names; passwords
+redacted), `checkpointer` (LangGraph's SQLite saver, opened lazily, compressed; `get_checkpointer` picks the
+saver of a database), `pg_saver` and `postgres` (LangGraph's Postgres saver, the PostgreSQL engine and checks),
+`rows` and `schema` (the tables, opening and migrating a database), `store` (runs, rollouts, calls, prompt
+sets), `seals` (a digest of every row's stored values) and `damage` (runs whose rows are missing, altered or
+unreadable), `leases` (one process per run; workers), `copy` (`kflow db copy`).
 The names below load on first use.
 """
 
@@ -13,12 +16,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer, connect
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer, connect, get_checkpointer
     from knowledge_flow.persistence.store import RolloutRow, RolloutStore, RunRow, get_store
 
 _EXPORTS = {
     "SqliteCheckpointer": "knowledge_flow.persistence.checkpointer",
     "connect": "knowledge_flow.persistence.checkpointer",
+    "get_checkpointer": "knowledge_flow.persistence.checkpointer",
     "RolloutRow": "knowledge_flow.persistence.store",
     "RunRow": "knowledge_flow.persistence.store",
     "RolloutStore": "knowledge_flow.persistence.store",
@@ -32,4 +36,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'knowledge_flow.persistence' has no attribute {name!r}")
 
 
-__all__ = ["RolloutRow", "RolloutStore", "RunRow", "SqliteCheckpointer", "connect", "get_store"]
+__all__ = ["RolloutRow", "RolloutStore", "RunRow", "SqliteCheckpointer", "connect", "get_checkpointer", "get_store"]

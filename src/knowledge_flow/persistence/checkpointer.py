@@ -1,11 +1,13 @@
-"""The LangGraph SQLite checkpointer, opened lazily, in WAL mode with a busy timeout."""
+"""The checkpointers: LangGraph's SQLite saver (opened lazily, WAL mode, busy timeout) and, for a
+``postgresql://`` database, its Postgres saver (`knowledge_flow.persistence.pg_saver`); `get_checkpointer`
+picks one. Both store checkpoints compressed, with integer channel versions."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -13,6 +15,10 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from knowledge_flow.persistence.compression import CompressingSerializer
 from knowledge_flow.persistence.files import DEFAULT_DB, check_db_path
+from knowledge_flow.persistence.urls import is_postgres
+
+if TYPE_CHECKING:
+    from knowledge_flow.persistence.pg_saver import PostgresCheckpointer
 
 BUSY_TIMEOUT_S = 60.0
 
@@ -25,7 +31,21 @@ def connect(path: str | os.PathLike[str], timeout: float = BUSY_TIMEOUT_S) -> sq
     return conn
 
 
-class SqliteCheckpointer(SqliteSaver):
+class IntegerVersions:
+    """Integer channel versions (LangGraph's own default) instead of the savers' 50-character strings.
+
+    Every checkpoint stores the version of every channel; with short versions a checkpoint is about half
+    as big. A thread first written with string versions keeps them, so versions never mix types (a thread
+    copied between stores continues with the versions it has).
+    """
+
+    def get_next_version(self, current: str | int | None, channel: None) -> Any:
+        if isinstance(current, str):
+            return super().get_next_version(current, channel)  # type: ignore[misc]
+        return (current or 0) + 1
+
+
+class SqliteCheckpointer(IntegerVersions, SqliteSaver):
     """A `SqliteSaver` that opens its file on first use.
 
     The path is given, or read from ``KFLOW_DB`` at first use, so importing the package never creates a
@@ -59,18 +79,23 @@ class SqliteCheckpointer(SqliteSaver):
     def conn(self, value: sqlite3.Connection) -> None:
         self._conn = value
 
-    def get_next_version(self, current: str | int | None, channel: None) -> Any:
-        """Integer channel versions (LangGraph's own default) instead of the saver's 50-character strings.
-
-        Every checkpoint stores the version of every channel; with short versions a checkpoint is about half
-        as big. A thread first written with string versions keeps them, so versions never mix types.
-        """
-        if isinstance(current, str):
-            return super().get_next_version(current, channel)
-        return (current or 0) + 1
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
             self.is_setup = False
+
+
+def get_checkpointer(target: str | os.PathLike[str] | None = None) -> SqliteCheckpointer | PostgresCheckpointer:
+    """The checkpointer of a database: LangGraph's Postgres saver for a ``postgresql://`` URL, else the SQLite
+    saver of a file; both open on first use. None: ``KFLOW_DB`` (for SQLite read at first use)."""
+    name = str(target) if target is not None else os.environ.get("KFLOW_DB")
+    if name is not None and is_postgres(name):
+        try:
+            from knowledge_flow.persistence.pg_saver import PostgresCheckpointer
+        except ImportError:
+            from knowledge_flow.persistence.postgres import missing_driver
+
+            raise missing_driver() from None
+        return PostgresCheckpointer(name)
+    return SqliteCheckpointer(target)

@@ -14,7 +14,7 @@ from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from sqlalchemy import Text
+from sqlalchemy import LargeBinary, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -50,25 +50,41 @@ class CompressingSerializer(SerializerProtocol):
         return self.serde.loads_typed(data)
 
 
-class CompressedText(TypeDecorator[str]):
-    """A text column whose long values are stored zlib-compressed (a BLOB); short ones stay TEXT.
+#: How every stream `pack` writes begins (zlib, level 6). UTF-8 text never does: 0x9C cannot follow an ASCII
+#: byte, so a column holding both compressed and plain bytes tells them apart.
+ZLIB_HEADER = b"\x78\x9c"
 
-    Reads accept both, so rows written before compression existed read back unchanged. SQL on such a
-    column (``length(content)``, ``LIKE``) sees the compressed bytes: read texts through the store.
+
+class CompressedText(TypeDecorator[str]):
+    """A text column whose long values are stored zlib-compressed; short ones stay plain.
+
+    SQLite: compressed values are BLOBs, plain ones TEXT. PostgreSQL (whose text cannot hold bytes, nor NUL
+    characters): a ``bytea`` column holding the compressed stream or the UTF-8 text (`ZLIB_HEADER` tells them
+    apart). Reads accept both, so rows written before compression existed read back unchanged. SQL on such a
+    column (``length(content)``, ``LIKE``) sees the stored bytes: read texts through the store.
     """
 
     impl = Text
     cache_ok = True
 
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        return dialect.type_descriptor(LargeBinary() if dialect.name == "postgresql" else Text())
+
     def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        packed = pack(value.encode("utf-8"))
-        return packed if packed is not None else value
+        data = value.encode("utf-8")
+        packed = pack(data)
+        if packed is not None:
+            return packed
+        return data if dialect.name == "postgresql" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         if isinstance(value, bytes | bytearray | memoryview):
-            return zlib.decompress(bytes(value)).decode("utf-8")
+            data = bytes(value)
+            if dialect.name == "postgresql" and not data.startswith(ZLIB_HEADER):
+                return data.decode("utf-8")
+            return zlib.decompress(data).decode("utf-8")
         return value  # type: ignore[no-any-return]
 
 

@@ -75,9 +75,7 @@ def _query(store: RolloutStore, table: Table, run_ids: Sequence[str]) -> list[di
         with store.session() as session:
             connection = session.connection()
             for start in range(0, len(run_ids), CHUNK):
-                chunk = list(run_ids[start : start + CHUNK])
-                marks = ", ".join("?" * len(chunk))
-                rows.extend(select_raw(connection, table, f"run_id IN ({marks})", chunk))
+                rows.extend(select_raw(connection, table, {"run_id": list(run_ids[start : start + CHUNK])}))
     except (DBAPIError, sqlite3.Error) as exc:
         raise StoreDamaged(f"its rows cannot be read: the file {database_problem(exc)}") from None
     return rows

@@ -1,6 +1,6 @@
 """The rollout store's tables (SQLAlchemy 2): runs and rollouts with their full texts, next to the checkpoints.
 
-Tables (in the same SQLite file as the LangGraph checkpoints):
+Tables (in the same database as the LangGraph checkpoints: an SQLite file or a PostgreSQL database):
 
 - ``kf_meta``: key/value, holds ``schema_version``.
 - ``kf_runs``: one row per run (a thread can hold several runs, one after another).
@@ -19,7 +19,7 @@ Tables (in the same SQLite file as the LangGraph checkpoints):
   previous best), the votes and the agreement; id ``{run_id}:{iteration}``. Added without a new schema version:
   a file that lacks the table gets it when it is opened, and iterations without a row read their rank-0 rollout.
 - ``kf_evals``, ``kf_eval_items``: evaluation runs, in `knowledge_flow.evaluation.rows`; ``kf_leases``: one
-  process per run, in `knowledge_flow.persistence.leases`.
+  process per run, and the workers of an evaluation, in `knowledge_flow.persistence.leases`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -46,7 +46,9 @@ the stop reason of a trace kept out of votes, the per-token confidences and the 
 (``finish_order``) and where a streamed trace's token count comes from (``usage_source``); per-token
 confidences are written as float32 (float16 rows stay readable). 7: rows of runs, rollouts, calls,
 evaluations and their problems carry a seal (`knowledge_flow.persistence.seals`); rollouts record how many
-rollouts their iteration has."""
+rollouts their iteration has. 8: workers: rollouts gain the worker that ran them, evaluation problems the
+worker that claims them (``claimed_by``) and the one that ran them last (``worker``), leases their holder's
+heartbeat timeout; the same schema on PostgreSQL."""
 
 
 class SchemaError(RuntimeError):
@@ -114,6 +116,8 @@ class PromptSetRow(Base):
 
 class RolloutRow(Base):
     __tablename__ = "kf_rollouts"
+    #: A column added after seals existed is sealed when it holds a value (`seals.sealed_columns`).
+    __table_args__ = {"info": {"added": ("worker",)}}  # noqa: RUF012
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("kf_runs.run_id"), index=True)
     thread_id: Mapped[str] = mapped_column(String(256), index=True)
@@ -178,6 +182,8 @@ class RolloutRow(Base):
     received) or chunks-estimate (the chunks received: an estimate)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
+    worker: Mapped[str | None] = mapped_column(Text)
+    """The process that ran it (``HOST:PID``)."""
     iteration_rollouts: Mapped[int | None] = mapped_column(Integer)
     """How many rollouts (thinkers) its iteration has."""
     seal: Mapped[str | None] = mapped_column(String(32))

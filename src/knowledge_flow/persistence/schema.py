@@ -1,17 +1,21 @@
-"""Opening a database file: the engine (WAL, busy timeout, write transactions that take the lock up front),
-the schema version check, and the migration of older files (new tables and columns)."""
+"""Opening a database: the engine (SQLite: WAL, busy timeout, write transactions that take the lock up front;
+PostgreSQL: `knowledge_flow.persistence.postgres`), the schema version check, and the migration of older
+databases (new tables and columns)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateColumn
 
 from knowledge_flow.persistence.checkpointer import BUSY_TIMEOUT_S
 from knowledge_flow.persistence.rows import SCHEMA_VERSION, Base, MetaRow, SchemaError
+from knowledge_flow.persistence.urls import is_postgres
 
 #: The modules whose tables belong to the schema besides `persistence.rows`: every file holds them all, so a
 #: database opened by any command can be used by every other.
@@ -19,6 +23,10 @@ TABLE_MODULES = ("knowledge_flow.persistence.leases", "knowledge_flow.evaluation
 
 
 def make_engine(path: str) -> Engine:
+    if is_postgres(path):
+        from knowledge_flow.persistence.postgres import make_pg_engine
+
+        return make_pg_engine(path)
     engine = create_engine(
         f"sqlite:///{path}",
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
@@ -50,8 +58,21 @@ def add_columns(session: Session, tables: Iterable[Table]) -> None:
         existing = {column["name"] for column in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in existing:
-                kind = column.type.compile(dialect=connection.dialect)
-                connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                definition = CreateColumn(column).compile(dialect=connection.dialect)
+                connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {definition}")
+
+
+@contextlib.contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """PostgreSQL: hold the database's schema lock while creating or migrating (workers open it at once); an
+    SQLite file is locked by its write transactions."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    from knowledge_flow.persistence.postgres import schema_lock as lock
+
+    with lock(engine):
+        yield
 
 
 def open_schema(engine: Engine, path: str, sessions: sessionmaker[Session]) -> None:
@@ -77,4 +98,4 @@ def open_schema(engine: Engine, path: str, sessions: sessionmaker[Session]) -> N
             row.value = str(SCHEMA_VERSION)
 
 
-__all__ = ["TABLE_MODULES", "make_engine", "open_schema"]
+__all__ = ["TABLE_MODULES", "make_engine", "open_schema", "schema_lock"]

@@ -13,18 +13,24 @@ Rows written before seals existed (schema 5 and older) have none and are not che
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from sqlalchemy import Column, Connection, Table
+from sqlalchemy import Column, Connection, Table, select, type_coerce
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import NullType
 
-from knowledge_flow.persistence.compression import CompressedText
+from knowledge_flow.persistence.compression import ZLIB_HEADER, CompressedText
+
+_SQLITE = sqlite.dialect()
 
 SEAL = "seal"
 #: Columns no seal covers: the seal itself, and the time of the last write (it changes with every write). A
 #: table names more in its ``info["unsealed"]``: ``kf_runs`` mirrors its run's status, iterations and final
-#: answer from the checkpoint, which is their source (`knowledge_flow.runs.from_checkpoints` mends them).
+#: answer from the checkpoint, which is their source (`knowledge_flow.runs.from_checkpoints` mends them). A
+#: column added after seals existed is named in ``info["added"]``: it counts only when it holds a value, so a
+#: row sealed before the column existed (NULL in it after the migration) still matches its seal.
 UNSEALED = frozenset({SEAL, "updated_at"})
 
 
@@ -51,8 +57,8 @@ def stored_form(column: Column[Any], value: Any) -> Any:
         value = column.default.arg  # type: ignore[attr-defined]
     if value is None:
         return None
-    if isinstance(column.type, CompressedText):
-        return column.type.process_bind_param(value, None)  # type: ignore[arg-type]
+    if isinstance(column.type, CompressedText):  # as an SQLite file holds it, whichever the database
+        return column.type.process_bind_param(value, _SQLITE)
     if isinstance(value, bool):
         return int(value)
     return value
@@ -79,7 +85,12 @@ def digest(values: Iterable[Any]) -> str:
 
 def seal_values(table: Table, values: Mapping[str, Any]) -> str:
     """The seal of a row whose stored values (by column key) are `values`."""
-    return digest(values.get(column.key) for column in sealed_columns(table))
+    added = set(table.info.get("added", ()))
+    return digest(
+        values.get(column.key)
+        for column in sealed_columns(table)
+        if column.key not in added or values.get(column.key) is not None
+    )
 
 
 def seal_row(row: DeclarativeBase) -> None:
@@ -97,18 +108,37 @@ def check_seal(table: Table, raw: Mapping[str, Any]) -> bool:
 
 
 def select_raw(
-    connection: Connection, table: Table, where: str, parameters: Sequence[Any] | Mapping[str, Any]
+    connection: Connection, table: Table, match: Mapping[str, Any], *, lock: bool = False
 ) -> list[dict[str, Any]]:
-    """Rows of `table` as stored (compressed texts as bytes), every column, by a WHERE clause with ``?``
-    parameters."""
-    names = [column.key for column in table.columns if column.key not in _DEFERRED]
-    names += [column.key for column in table.columns if column.key in _DEFERRED]
-    listed = ", ".join(f'"{name}"' for name in names)
-    result = connection.exec_driver_sql(f"SELECT {listed} FROM {table.name} WHERE {where}", tuple(parameters))
-    return [dict(zip(names, row, strict=True)) for row in result]
+    """Rows of `table` as stored (compressed texts as their bytes), every column, whose columns equal the
+    values of `match` (a list or tuple: one of its values); `lock`: the rows locked until the transaction ends
+    (PostgreSQL; an SQLite write transaction holds the whole file)."""
+    columns = [type_coerce(column, NullType()).label(column.key) for column in table.columns]  # no conversion
+    criteria = [
+        table.c[name].in_(list(value)) if isinstance(value, list | tuple) else table.c[name] == value
+        for name, value in match.items()
+    ]
+    statement = select(*columns).where(*criteria)
+    if lock:
+        statement = statement.with_for_update()
+    rows = [dict(row._mapping) for row in connection.execute(statement)]
+    if connection.dialect.name != "sqlite":
+        texts = [column.key for column in table.columns if isinstance(column.type, CompressedText)]
+        for row in rows:
+            for name in texts:
+                row[name] = plain_text(row[name])
+    return rows
 
 
-_DEFERRED = frozenset({"token_confidence"})
+def plain_text(value: Any) -> Any:
+    """A compressed-text value read from PostgreSQL as SQLite holds it: uncompressed bytes as their text (a
+    seal reads the same on both stores, and after `kflow db copy`); bytes that are not UTF-8 stay bytes."""
+    if isinstance(value, bytes | bytearray | memoryview) and not bytes(value).startswith(ZLIB_HEADER):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
 
 
 def reseal(connection: Connection, table: Table, key: Mapping[str, Any], what: str, values: dict[str, Any]) -> None:
@@ -117,8 +147,7 @@ def reseal(connection: Connection, table: Table, key: Mapping[str, Any], what: s
     touched = {column.key for column in sealed_columns(table)} & set(values)
     if not touched:
         return
-    where = " AND ".join(f'"{name}" = ?' for name in key)
-    rows = select_raw(connection, table, where, list(key.values()))
+    rows = select_raw(connection, table, key, lock=True)
     if not rows:
         raise KeyError(f"no {what}")
     current = rows[0]

@@ -1,5 +1,6 @@
 """The rollout store: runs, rollouts with their full texts, LLM calls outside the rollouts, how each iteration's
-answer was selected, and prompt sets, in the SQLite file of the checkpoints (tables:
+answer was selected, and prompt sets, in the database of the checkpoints: an SQLite file or a PostgreSQL
+database (tables:
 `knowledge_flow.persistence.rows`)."""
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, inspect, select, update
+from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from knowledge_flow.persistence.compression import unpack_confidences
-from knowledge_flow.persistence.files import check_db_path
 from knowledge_flow.persistence.rows import (
     SCHEMA_VERSION,
     Base,
@@ -29,8 +31,9 @@ from knowledge_flow.persistence.rows import (
     SelectionRow,
     utcnow,
 )
-from knowledge_flow.persistence.schema import make_engine, open_schema
+from knowledge_flow.persistence.schema import make_engine, open_schema, schema_lock
 from knowledge_flow.persistence.seals import StoreDamaged, reseal, seal_row, table_of
+from knowledge_flow.persistence.urls import database_key, is_postgres, shown
 from knowledge_flow.prompts import PromptSet, digest_of, from_source
 from knowledge_flow.records import StoredRollout
 
@@ -75,14 +78,23 @@ def endpoint_entry(url: str) -> dict[str, Any]:
 
 
 class RolloutStore:
-    """Runs, rollouts, calls and prompt sets of one SQLite file (the evaluations' rows:
-    `knowledge_flow.evaluation.rows.EvalStore`). Not LangGraph's `runtime.store`."""
+    """Runs, rollouts, calls and prompt sets of one database, an SQLite file or a PostgreSQL URL (the
+    evaluations' rows: `knowledge_flow.evaluation.rows.EvalStore`). Not LangGraph's `runtime.store`.
+
+    `target` is the file or URL as given to open it; `path` is what may be shown (a URL's password masked)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(check_db_path(path))
-        self.engine = make_engine(self.path)
+        self.target = database_key(path)
+        self.path = shown(self.target)
+        self.engine = make_engine(self.target)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        open_schema(self.engine, self.path, self._sessions)
+        with schema_lock(self.engine):
+            open_schema(self.engine, self.path, self._sessions)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -163,17 +175,21 @@ class RolloutStore:
 
     # prompt sets ------------------------------------------------------------------------------------
     def save_prompt_set(self, prompt_set: PromptSet) -> None:
+        """Store a prompt set's text once (many threads, and workers, save the same one at once)."""
+        dialect_insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = (
+            dialect_insert(PromptSetRow)
+            .values(
+                digest=prompt_set.digest,
+                name=prompt_set.name,
+                source=prompt_set.source,
+                origin=prompt_set.origin,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+        )
         with self.session() as session:
-            if session.get(PromptSetRow, prompt_set.digest) is None:
-                session.add(
-                    PromptSetRow(
-                        digest=prompt_set.digest,
-                        name=prompt_set.name,
-                        source=prompt_set.source,
-                        origin=prompt_set.origin,
-                        created_at=utcnow(),
-                    )
-                )
+            session.execute(statement)
 
     def prompt_set(self, digest: str) -> PromptSet:
         """The prompt set a run used, from its stored text (whose SHA-256 is its key: an altered text is
@@ -197,8 +213,13 @@ class RolloutStore:
             return set(session.scalars(select(RolloutRow.id).where(RolloutRow.id.in_(rollout_ids))))
 
     def add_rollout(self, row: RolloutRow, count: int = 1) -> None:
-        """Store a new rollout of an iteration that has `count` rollouts (thinkers), sealed."""
+        """Store a new rollout of an iteration that has `count` rollouts (thinkers), sealed, with the worker
+        that ran it."""
         row.iteration_rollouts = count
+        if row.worker is None:
+            from knowledge_flow.persistence.leases import worker_name
+
+            row.worker = worker_name()
         with self.session() as session:
             session.add(sealed(row))
 
@@ -385,17 +406,37 @@ class RolloutStore:
             del entry["url"]
         return sorted(endpoints.values(), key=lambda e: str(e["url"])), [iterations[k] for k in sorted(iterations)]
 
+    def worker_stats(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per worker (``HOST:PID``) that ran rollouts of the given runs: how many, and their tokens."""
+        workers: dict[str, dict[str, int]] = {}
+        with self.session() as session:
+            for start in range(0, len(run_ids), 500):
+                statement = (
+                    select(
+                        RolloutRow.worker,
+                        func.count(),
+                        func.coalesce(func.sum(RolloutRow.prompt_tokens + RolloutRow.completion_tokens), 0),
+                    )
+                    .where(RolloutRow.run_id.in_(list(run_ids[start : start + 500])))
+                    .group_by(RolloutRow.worker)
+                )
+                for worker, count, tokens in session.execute(statement):
+                    entry = workers.setdefault(worker or "(not recorded)", {"rollouts": 0, "tokens": 0})
+                    entry["rollouts"] += int(count)
+                    entry["tokens"] += int(tokens)
+        return workers
+
 
 _STORES: dict[str, RolloutStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
 def get_store(path: str | os.PathLike[str]) -> RolloutStore:
-    """One `RolloutStore` (engine, connection pool) per database file and process."""
-    key = str(Path(path).expanduser().resolve())
+    """One `RolloutStore` (engine, connection pool) per database and process."""
+    key = str(path) if is_postgres(path) else str(Path(path).expanduser().resolve())
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
-            store = RolloutStore(key)  # checks the file (`check_db_path`) once
+            store = RolloutStore(key)  # checks the database (`database_key`) once
             _STORES[key] = store
         return store
