@@ -309,13 +309,14 @@ def resume(
         raise fail(str(exc)) from None
     checkpointer = SqliteCheckpointer(db_path)
     try:
-        values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}}).values
+        snapshot = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}})
     finally:
         checkpointer.close()
+    values = snapshot.values
     if not values:
         raise fail(f"thread {thread_id!r} has no checkpoint in {db_path}")
     extend = iterations is not None and iterations > int(values["params"]["iterations"])
-    if values.get("status") == "done" and not extend:
+    if values.get("status") == "done" and not snapshot.next and not extend:  # a final-answer call may be pending
         err.print(f"thread {thread_id} is already complete")
         emit(summarize(values, thread_id, db_path), as_json)
         return

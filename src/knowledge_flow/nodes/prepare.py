@@ -25,6 +25,7 @@ RUN_FIELDS: dict[str, Any] = {
     "strategy_history": [],
     "reflection": None,
     "best": None,
+    "aggregation": None,
 }
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -44,7 +44,8 @@ followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the 
 the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
 (``retries``); runs gain DeepConf's threshold. 6: rollouts gain the order in which streamed traces finished
 (``finish_order``) and where a streamed trace's token count comes from (``usage_source``); per-token
-confidences are written as float32 (float16 rows stay readable)."""
+confidences are written as float32 (float16 rows stay readable). 7: rollouts gain the rollouts they aggregated
+(``parents_json``, rsa)."""
 
 
 class SchemaError(RuntimeError):
@@ -173,6 +174,14 @@ class RolloutRow(Base):
     received) or chunks-estimate (the chunks received: an estimate)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
+    parents_json: Mapped[str | None] = mapped_column(Text)
+    """rsa: the ids of the previous loop's rollouts this one aggregated, in the order its prompt showed them
+    (a JSON list; None for an independent rollout)."""
+
+    @property
+    def parents(self) -> list[str] | None:
+        value: list[str] | None = json.loads(self.parents_json) if self.parents_json else None
+        return value
 
     @property
     def strategy(self) -> dict[str, str] | None:
