@@ -16,6 +16,7 @@ command line and Studio list both (`knowledge_flow.strategies.default_text`).
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
@@ -48,12 +49,45 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
+#: Bounds of ``extra_body``: its size as JSON, and how deeply its values nest.
+MAX_EXTRA_BODY_BYTES = 64 * 1024
+MAX_EXTRA_BODY_DEPTH = 32
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"must not hold {name} (not JSON)")
+
+
+def _check_json_value(value: Any) -> None:
+    """Refuse a value nested deeper than `MAX_EXTRA_BODY_DEPTH` or holding a float that is not finite
+    (iteratively: a value built in Python may nest deeper than the interpreter recurses)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_EXTRA_BODY_DEPTH:
+                raise ValueError(f"must nest at most {MAX_EXTRA_BODY_DEPTH} levels deep")
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"must not hold {item} (not JSON)")
+
+
 def _json_object(value: Any) -> Any:
+    """A JSON object given as text (or as a value), within the bounds above."""
     if isinstance(value, str):
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"must be at most {MAX_EXTRA_BODY_BYTES:,} bytes of JSON")
         try:
-            return json.loads(value)
+            value = json.loads(value, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError(f"must nest at most {MAX_EXTRA_BODY_DEPTH} levels deep") from None
         except ValueError as exc:
-            raise ValueError(f"must be a JSON object: {exc}") from None
+            message = str(exc)
+            raise ValueError(message if message.startswith("must") else f"must be a JSON object: {exc}") from None
+    if value is not None:
+        _check_json_value(value)
+        if len(json.dumps(value)) > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"must be at most {MAX_EXTRA_BODY_BYTES:,} bytes of JSON")
     return value
 
 

@@ -52,10 +52,10 @@ OWN_REQUEST_FIELDS = frozenset(
         "top_logprobs",
         "reasoning_effort",
         "stream",
+        "stream_options",
         "continue_final_message",
         "add_generation_prompt",
         "seed",
-        "stream_options",
         "return_tokens_as_token_ids",
     }
 )
@@ -83,10 +83,11 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
 
 
 def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
-    """The run's parameters and its prompt set (checked against the strategy's table). Raises ValueError
-    with a message meant for the user. Keys of `given` other than run options are ignored; None means
-    "not given"."""
+    """The run's parameters and its prompt set (checked against the strategy's table, and rendered on sample
+    states with `given`'s problem: `strategies.rehearsal`). Raises ValueError with a message meant for the
+    user. Keys of `given` other than run options and the problem are ignored; None means "not given"."""
     from knowledge_flow.strategies import get_strategy
+    from knowledge_flow.strategies.rehearsal import rehearse, rehearse_genselect
 
     options = parse_options({name: given.get(name) for name in OPTION_NAMES})
     strategy = get_strategy(options.strategy)
@@ -155,8 +156,10 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         aggregation_pick=options.aggregation_pick,
         **selection_options(options, strategy, final, table),  # type: ignore[typeddict-item]
     )
+    problem = given.get("problem")
+    rehearse(strategy, table, params, problem if isinstance(problem, str) and problem.strip() else None)
     if params["select_rule"] == "genselect" or isinstance(final, GenSelect):
-        prompt_set.table(GENSELECT_SPEC)  # the set must have a valid [genselect] table
+        rehearse_genselect(prompt_set.table(GENSELECT_SPEC), params, problem if isinstance(problem, str) else None)
     return params, prompt_set
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,17 +33,18 @@ from tests.integration.rsa_support import (
     majority_of,
     stored_parents,
 )
-from tests.integration.test_trt_crash import stored, wait_for
+from tests.integration.test_trt_crash import wait_for
 from tests.support.scripted_server import Request, ScriptedServer
 
 
 def check_population(
     server: ScriptedServer, model: PopulationModel, db: Path, final: str | None, *, n: int, loops: int, k: int
 ) -> dict[int, list[tuple[str, ...]]]:
-    """What the server received is RSA's loops; returns each loop's subsets (trace ids, as the prompts show)."""
-    sent = [r for r in server.requests if GENSELECT_MARK not in r.prompt]
+    """What the server received, and delivered, is RSA's loops (a request cut off by a crash is not counted:
+    the client never read it); returns each loop's subsets (trace ids, as the prompts show)."""
+    sent = [r for r in server.requests if GENSELECT_MARK not in r.prompt and r.delivered]
     first = [r for r in sent if not TRACE.search(r.prompt)]
-    aggregations = aggregation_requests(server)
+    aggregations = [r for r in aggregation_requests(server) if r.delivered]
     assert sum(choices(model, r) for r in first) == n  # n independent traces
     assert sum(choices(model, r) for r in aggregations) == n * (loops - 1)  # then n aggregation prompts per loop
     by_loop: dict[int, list[tuple[str, ...]]] = {}
@@ -180,6 +182,15 @@ def test_a_loop_with_nothing_to_aggregate_sends_the_first_prompt(
     assert result["answers"][1] is None and result["status"] == "done"
 
 
+def stored_in_loop(db: Path, loop: int) -> int:
+    """How many rollouts of `loop` are stored."""
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM kf_rollouts WHERE iteration = ?", (loop,)).fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def test_sigkill_mid_loop_then_resume_keeps_the_subsets(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     """Kill the process while loop 1 is half done (one member's reply held), then `kflow resume`: nothing
     delivered is requested again, and the members sent again aggregate the same traces as before the kill."""
@@ -217,7 +228,12 @@ def test_sigkill_mid_loop_then_resume_keeps_the_subsets(scripted: type[ScriptedS
         text=True,
         start_new_session=True,
     )
-    wait_for(lambda: bool(held) and stored(db, "1:"), proc, "the middle of loop 1")
+
+    def settled() -> bool:  # loop 1 half done: a reply held, every other reply made so far stored
+        made = sum(1 for p in model.produced.values() if p.loop == 1) - (choices(model, held[0]) if held else 0)
+        return bool(held) and made >= 1 and stored_in_loop(db, 1) == made
+
+    wait_for(settled, proc, "the middle of loop 1")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(0.2)
@@ -238,7 +254,11 @@ def test_sigkill_mid_loop_then_resume_keeps_the_subsets(scripted: type[ScriptedS
     assert Counter(t.loop for t in delivered) == {0: 4, 1: 4, 2: 4}
     # the members sent again after the crash show the same traces, in the same order, as before it
     after = server.requests[len(before) :]
+    loop_one_after = [
+        r for r in after if TRACE.search(r.prompt) and model.produced[TRACE.findall(r.prompt)[0]].loop == 0
+    ]
+    assert aborted and len(loop_one_after) == len(aborted)  # only the member cut off is sent again
     for request in aborted:
-        assert any(r.body["messages"] == request.body["messages"] for r in after)
-    assert not any(TRACE.search(r.prompt) and model.produced[TRACE.findall(r.prompt)[0]].loop == 1 for r in after)
+        assert any(r.body["messages"] == request.body["messages"] for r in loop_one_after)
+    assert not any(not TRACE.search(r.prompt) for r in after)  # loop 0 is not sent again
     check_population(server, model, db, result["final_answer"], n=4, loops=3, k=2)

@@ -15,33 +15,24 @@ from knowledge_flow.endpoint.stream import (
     USAGE_RECEIVED,
     USAGE_SERVER,
     PositionHook,
-    _streamed,
+    fold_stream,
 )
 from knowledge_flow.strategies.budget import budget_of, wave_size, waves_for
 
 SAMPLING = Sampling(model="m", temperature=0.6, top_p=0.95, max_tokens=100, logprobs=True, top_logprobs=21)
 
 
-class Chunk:
-    def __init__(self, payload: dict[str, Any]) -> None:
-        self.payload = payload
-
-    def model_dump(self) -> dict[str, Any]:
-        return self.payload
-
-
-class FakeStream:
-    """The chunks of a streamed chat completion, one token each; `closed` once the client closes it."""
+class Stream:
+    """The checked chunks of a streamed chat completion, one token each; `read` counts those consumed."""
 
     def __init__(self, chunks: list[dict[str, Any]]) -> None:
         self.chunks = chunks
-        self.closed = False
+        self.read = 0
 
-    def __iter__(self) -> Iterator[Chunk]:
-        return (Chunk(c) for c in self.chunks)
-
-    def close(self) -> None:
-        self.closed = True
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for chunk in self.chunks:
+            self.read += 1
+            yield chunk
 
 
 def tokens(count: int, *, logprobs: bool, continuous: bool, finish: bool, final_usage: bool) -> list[dict[str, Any]]:
@@ -85,10 +76,11 @@ def stop_at(position: int) -> PositionHook:
 def test_where_a_streamed_count_comes_from(
     continuous: bool, logprobs: bool, cut: int | None, final_usage: bool, expected: tuple[int, str]
 ) -> None:
-    stream = FakeStream(tokens(10, logprobs=logprobs, continuous=continuous, finish=True, final_usage=final_usage))
-    completion = _streamed(stream, True, stop_at(cut) if cut else None, 0.0, 0.6)
+    stream = Stream(tokens(10, logprobs=logprobs, continuous=continuous, finish=True, final_usage=final_usage))
+    completion = fold_stream(stream, True, stop_at(cut) if cut else None, 0.0, 0.6)
     assert (completion.completion_tokens, completion.usage_source) == expected
-    assert completion.cancelled == (cut is not None) and stream.closed
+    assert completion.cancelled == (cut is not None)
+    assert stream.read == (cut if cut else len(stream.chunks))  # a cut stream is read no further
 
 
 def test_what_each_server_is_asked_for() -> None:

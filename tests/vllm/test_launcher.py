@@ -164,8 +164,9 @@ def test_session_server_is_what_was_asked_for(vllm_server: VllmServer) -> None:
     assert served["root"] == str(vllm_server.cache / "models" / "qwen2.5-coder-0.5b-instruct-bf16")
     before = vllm_server.metric("vllm:generation_tokens_total")
     reply = vllm_server.post(
-        "/v1/completions", {"model": SERVED_NAME, "prompt": "1, 2, 3,", "max_tokens": 3, "temperature": 0}
-    )
+        "/v1/completions",
+        {"model": SERVED_NAME, "prompt": "1, 2, 3,", "max_tokens": 3, "temperature": 0, "ignore_eos": True},
+    )  # exactly 3 tokens, whatever the model would say next
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
     assert vllm_server.metric("vllm:generation_tokens_total") == before + 3
     assert vllm_server.metric("vllm:num_requests_running") == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,16 +10,20 @@ import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import (
+    OUTCOME,
     DbOpt,
     JsonOpt,
     UsageError,
     clean,
+    database_failure,
     fail,
+    json_outcome,
     open_run,
     open_store,
     out,
     resolve_db,
     table,
+    write_json,
 )
 from knowledge_flow.cli.run import describe_item
 from knowledge_flow.cli.show_figures import print_figures
@@ -41,7 +44,10 @@ def show(
 
     The database stores long texts compressed; `--texts` reads them back."""
     from knowledge_flow.evaluation.rows import EvalStore
+    from knowledge_flow.persistence.seals import StoreDamaged
+    from knowledge_flow.prompts.bounds import one_line
 
+    json_outcome(as_json, thread_id=thread_id)
     try:
         db_path, store, run = open_run(db, thread_id)
     except UsageError as exc:
@@ -49,7 +55,18 @@ def show(
     from knowledge_flow.figures import run_figures
     from knowledge_flow.text.answers import equivalent
 
-    run = mirrored(db_path, store, [run])[0]
+    try:
+        run = mirrored(db_path, store, [run])[0]
+    except Exception as exc:
+        if database_failure(exc) is not None:
+            raise
+        damage: str | None = f"thread {run.thread_id}: its checkpoint cannot be read ({one_line(exc)})"
+    else:
+        damage = run_damage(db_path, store, run)
+    if damage is not None:
+        OUTCOME.fields["run_id"] = run.run_id
+        raise fail(f"{database_failure(StoreDamaged(damage), db_path)}; restore it from a copy", 1, status="damaged")
+    stopped_by = stopping_error(db_path, run.thread_id) if run.status == "failed" else None
 
     rows = store.rollouts(run.run_id)
     item = EvalStore(store).eval_item_of_thread(thread_id)
@@ -107,6 +124,7 @@ def show(
             "thread_id": run.thread_id,
             "run_id": run.run_id,
             "status": run.status,
+            **({"error": stopped_by} if stopped_by is not None else {}),
             "final_answer": run.final_answer,
             "params": run.params,
             "problem": run.problem,
@@ -115,9 +133,11 @@ def show(
             "selections": selections,
             **({key: figures[key] for key in ("trt", "deepconf", "rsa", "final_select") if key in figures}),
         }
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        write_json(payload)
         return
-    out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    out.print(Text(f"thread {clean(run.thread_id)}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    if stopped_by is not None:
+        out.print(Text(f"stopped by an error: {clean(stopped_by, 300)} (`kflow resume` runs that step again)"))
     out.print(Text(f"problem: {clean(run.problem, 300)}"))
     if item is not None:
         out.print(Text(f"evaluation {item.eval_id}, problem {item.position}: gold answer {clean(gold)}"))
@@ -169,6 +189,7 @@ def threads(
     """List the runs in a database, oldest first, with their status."""
     from knowledge_flow.evaluation.rows import EvalStore
 
+    json_outcome(as_json)
     try:
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
@@ -195,7 +216,7 @@ def threads(
         for r in runs
     ]
     if as_json:
-        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        write_json(listing)
         return
     listing_table = table("thread", "run", "status", "rollouts", "final answer", "model", "created")
     for item in listing:
@@ -209,6 +230,49 @@ def threads(
             item["created_at"],
         )
     out.print(listing_table)
+
+
+def stopping_error(db_path: str, thread_id: str) -> str | None:
+    """The error that stopped the thread's run in a step (`knowledge_flow.runs.step_error`)."""
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.runs import step_error
+
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        return step_error(checkpointer, thread_id)
+    finally:
+        checkpointer.close()
+
+
+def run_damage(db_path: str, store: RolloutStore, run: RunRow) -> str | None:
+    """What is wrong with the run's stored rows (`persistence.damage`): rollouts missing, altered or
+    unreadable, or chosen answers that disagree with the run's checkpoint; None when intact."""
+    from knowledge_flow.graph import compile_graph
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.damage import describe_iterations, rollout_damage
+    from knowledge_flow.prompts.bounds import one_line
+
+    damage = rollout_damage(store, [run.run_id], {run.run_id: run.iterations_done}).get(run.run_id)
+    if damage:
+        return f"thread {run.thread_id}, run {run.run_id}: {damage.describe()}"
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": run.thread_id}}).values
+    except Exception as exc:  # a checkpoint that cannot be decoded
+        return f"thread {run.thread_id}, run {run.run_id}: its checkpoint cannot be read ({one_line(exc)})"
+    finally:
+        checkpointer.close()
+    if values.get("run_id") != run.run_id:
+        return None  # an earlier run of the thread: its checkpoint was replaced by the latest run's
+    chosen = {k: row.answer for k, row in store.chosen_rows([run.run_id])[run.run_id].items()}
+    answers = list(values.get("answers", []))
+    differ = [k for k, answer in enumerate(answers) if k not in chosen or chosen[k] != answer]
+    if differ:
+        return (
+            f"thread {run.thread_id}, run {run.run_id}: the stored answers of {describe_iterations(differ)} "
+            "disagree with the run's checkpoint"
+        )
+    return None
 
 
 def mirrored(db_path: str, store: RolloutStore, runs: Sequence[RunRow]) -> list[RunRow]:

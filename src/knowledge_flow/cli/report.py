@@ -3,15 +3,27 @@ side (`--compare`: the first run is the baseline of the paired comparison)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
-from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, err, fail, open_store, out, resolve_db, table
+from knowledge_flow.cli.common import (
+    DbOpt,
+    JsonOpt,
+    UsageError,
+    clean,
+    database_failure,
+    err,
+    fail,
+    json_outcome,
+    open_store,
+    out,
+    resolve_db,
+    table,
+    write_json,
+)
 from knowledge_flow.cli.show_figures import counted_by_client
 
 if TYPE_CHECKING:
@@ -19,6 +31,11 @@ if TYPE_CHECKING:
     from knowledge_flow.evaluation.compare import RunComparison
     from knowledge_flow.evaluation.report import EvalReport
     from knowledge_flow.persistence.store import RolloutStore
+
+
+def percent(value: float | None) -> str:
+    """A share as shown: a percentage, or n/a where no problem finished."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def print_report(report: EvalReport) -> None:
@@ -32,6 +49,9 @@ def print_report(report: EvalReport) -> None:
             style="bold",
         )
     )
+    finished = f"{report.finished} of {report.problems} finished"
+    if report.finished < report.problems:
+        out.print(f"shares are over the problems that finished: {finished}")
     iterations = table(
         "iteration",
         "pass@1",
@@ -48,9 +68,9 @@ def print_report(report: EvalReport) -> None:
     for f in report.per_iteration:
         iterations.add_row(
             str(f.iteration),
-            f"{100 * f.accuracy:.1f}%",
-            f"{100 * f.cumulative_solved:.1f}%",
-            f"{100 * f.final_accuracy:.1f}%",
+            percent(f.accuracy),
+            percent(f.cumulative_solved),
+            percent(f.final_accuracy),
             str(f.rollouts),
             str(f.failed_rollouts),
             str(f.truncated_rollouts),
@@ -61,7 +81,8 @@ def print_report(report: EvalReport) -> None:
         )
     out.print(iterations)
     out.print(
-        f"label-free final answer accuracy ({report.final_answer_rule}): {100 * report.final_accuracy:.1f}%   "
+        f"label-free final answer accuracy ({report.final_answer_rule}): {percent(report.final_accuracy)} "
+        f"({finished})   "
         f"total tokens: {report.total_tokens:,}   rollouts failed: {report.failed_rollouts:,}, cut off at the "
         f"token limit: {report.truncated_rollouts:,}, retried: {report.retried_rollouts:,}"
         + (f"   failed problems: {report.failed}" if report.failed else "")
@@ -70,7 +91,7 @@ def print_report(report: EvalReport) -> None:
         replicas = table("endpoint", "rollouts", "failed", "cut off", "retried", "prompt tok", "completion tok")
         for entry in report.replicas:
             replicas.add_row(
-                Text(str(entry["url"])),
+                Text(clean(str(entry["url"]))),
                 f"{entry['rollouts']:,}",
                 f"{entry['failed_rollouts']:,}",
                 f"{entry['truncated_rollouts']:,}",
@@ -102,7 +123,9 @@ def print_traces(report: EvalReport) -> None:
     )
     out.print(per_trace)
     if traces.most_traces > len(report.per_iteration):
-        shares = " / ".join(f"{100 * f.trace_accuracy:.0f}" for f in report.per_iteration)
+        shares = " / ".join(
+            "n/a" if f.trace_accuracy is None else f"{100 * f.trace_accuracy:.0f}" for f in report.per_iteration
+        )
         out.print(f"pass@1 of each iteration's traces (%): {shares}")
 
 
@@ -133,10 +156,12 @@ def report(
     equal tokens per problem; a PNG plot."""
     from knowledge_flow.evaluation.budgets import equal_tokens
     from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
-    from knowledge_flow.evaluation.report import build_report, grade, plot_reports, token_curve
+    from knowledge_flow.evaluation.report import build_report, finished_items, grade, plot_reports, token_curve
     from knowledge_flow.evaluation.rows import EvalStore
+    from knowledge_flow.persistence.seals import StoreDamaged
     from knowledge_flow.text.answer_rules import check_rule
 
+    json_outcome(as_json)
     try:
         check_rule(answer_rule)
         db_path = resolve_db(db)
@@ -152,13 +177,17 @@ def report(
             items = list(EvalStore(store).eval_items(name))
             grades = grade(store, items, row.manifest["params"], answer_rule)
             reports.append(build_report(store, name, answer_rule, grades))
-            records.append(records_from_grades(name, items, grades))
+            records.append(records_from_grades(name, finished_items(items), grades))
     except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except StoreDamaged as exc:
+        message = f"{database_failure(exc, db_path)}. No figures are computed from it; restore it from a copy"
+        raise fail(message, 1, status="damaged") from None
     plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
     datasets = sorted({r.dataset for r in reports})
     if len(datasets) > 1:
-        err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
+        shown = clean("; ".join(datasets))
+        err.print(Text(f"warning: the runs compared are on different datasets: {shown}", style="yellow"))
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
     comparison = compare_runs(records) if compare else []
     matched = equal_tokens([token_curve(r) for r in reports]) if compare else None
@@ -174,7 +203,7 @@ def report(
             payload["compare"] = [r.to_json() | {"strategy_figures": f} for r, f in others]
             payload["comparison"] = [entry.to_json() for entry in comparison]
             payload["equal_tokens"] = matched.to_json() if matched is not None else None
-        sys.stdout.write(json.dumps(payload) + "\n")
+        write_json(payload)
         return
     for item, figures in zip(reports, strategies, strict=True):
         print_report(item)
@@ -239,7 +268,7 @@ def print_comparison(comparison: list[RunComparison]) -> None:
 
     side_by_side = table(*COLUMNS)
     for entry in comparison:
-        side_by_side.add_row(*(Text(cell) for cell in cells(entry)))
+        side_by_side.add_row(*(Text(clean(cell)) for cell in cells(entry)))
     out.print(side_by_side)
 
 

@@ -14,6 +14,9 @@ come from (`Completion.usage_source`), are:
 All three count the tokens up to the last chunk read; the server may have generated a few more before it saw
 the connection close, which no OpenAI-compatible server reports. A stream the server ends without a finish
 reason is a fault (`ValueError`), like a response without choices.
+
+The events are read within bounds (`bounds.events`: size, time) and each chunk is checked (`replies.chunk`)
+before it is folded in.
 """
 
 from __future__ import annotations
@@ -23,9 +26,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 
-from knowledge_flow.endpoint.client import Completion, Message, Sampling, chat_request, completion_request
+from knowledge_flow.endpoint.bounds import events
+from knowledge_flow.endpoint.client import (
+    Completion,
+    Message,
+    Sampling,
+    chat_request,
+    completion_request,
+    reply_bounds,
+)
+from knowledge_flow.endpoint.replies import chunk as checked_chunk
 
 #: Called with each streamed position's top log-probabilities; True stops the stream.
 PositionHook = Callable[[list[float]], bool]
@@ -94,16 +107,18 @@ def consume_chunk(state: _StreamState, chunk: Mapping[str, Any], chat: bool, on_
     return False
 
 
-def _streamed(
-    stream: Any, chat: bool, on_position: PositionHook | None, started: float, temperature: float
+def fold_stream(
+    chunks: Iterable[Mapping[str, Any]],
+    chat: bool,
+    on_position: PositionHook | None,
+    started: float,
+    temperature: float,
 ) -> Completion:
+    """The completion that a stream of checked chunks makes, read until `on_position` asks to stop."""
     state = _StreamState()
-    try:
-        for chunk in stream:
-            if consume_chunk(state, chunk.model_dump(), chat, on_position):
-                break
-    finally:
-        stream.close()  # a cut stream closes the connection: the server stops generating
+    for chunk in chunks:
+        if consume_chunk(state, chunk, chat, on_position):
+            break
     if not state.cancelled and state.finish_reason is None:
         # the server ended the stream early (llama.cpp's server does so when another request arrives)
         raise ValueError("the stream ended before the completion did (no finish reason)")
@@ -129,6 +144,21 @@ def _streamed(
     )
 
 
+def _streamed(
+    response: httpx.Response,
+    sampling: Sampling,
+    client: openai.OpenAI,
+    chat: bool,
+    on_position: PositionHook | None,
+    started: float,
+) -> Completion:
+    chunks = (checked_chunk(data, chat) for data in events(response, reply_bounds(client, sampling)))
+    try:
+        return fold_stream(chunks, chat, on_position, started, sampling.temperature)
+    finally:
+        response.close()  # a cut stream closes the connection: the server stops generating
+
+
 def chat_stream(
     client: openai.OpenAI,
     messages: Sequence[Message],
@@ -141,8 +171,8 @@ def chat_stream(
     """One streamed chat completion (a single choice), stopped early when `on_position` says so."""
     started = time.monotonic()
     request = chat_request(messages, sampling, continue_final=continue_final, server=server, stream=True)
-    stream = client.chat.completions.create(**request)
-    return _streamed(stream, True, on_position, started, sampling.temperature)
+    with client.chat.completions.with_streaming_response.create(**request) as response:
+        return _streamed(response.http_response, sampling, client, True, on_position, started)
 
 
 def complete_ids_stream(
@@ -155,5 +185,6 @@ def complete_ids_stream(
 ) -> Completion:
     """One streamed completion whose prompt is a list of token ids, stopped early when `on_position` says so."""
     started = time.monotonic()
-    stream = client.completions.create(**completion_request(prompt_ids, sampling, server=server, stream=True))
-    return _streamed(stream, False, on_position, started, sampling.temperature)
+    request = completion_request(prompt_ids, sampling, server=server, stream=True)
+    with client.completions.with_streaming_response.create(**request) as response:
+        return _streamed(response.http_response, sampling, client, False, on_position, started)

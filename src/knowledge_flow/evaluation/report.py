@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from knowledge_flow.evaluation.budgets import TokenCurve
+from knowledge_flow.evaluation.integrity import check_evaluation
 from knowledge_flow.evaluation.revote import check_complete, finals_after_waves, reread_votes, stored_votes
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
 from knowledge_flow.evaluation.traces import TraceFigures, graded_traces, trace_figures
-from knowledge_flow.persistence.store import RolloutStore
+from knowledge_flow.persistence.store import RolloutStore, StoreDamaged
 from knowledge_flow.records import TraceVote
 from knowledge_flow.strategies.genselect import final_call_id
 from knowledge_flow.strategies.policies import final_answer, selects_final, votes_traces
@@ -23,12 +25,13 @@ ROLLOUT_COUNTS = ("rollouts", "failed_rollouts", "truncated_rollouts", "retried_
 @dataclass(frozen=True)
 class IterationFigures:
     iteration: int
-    accuracy: float
-    """pass@1 of rollout k: share of problems whose rollout k is correct."""
-    cumulative_solved: float
-    """Share of problems solved at least once in rollouts 0..k."""
-    final_accuracy: float
-    """Share of problems whose label-free final answer would be correct had the run stopped after k."""
+    accuracy: float | None
+    """pass@1 of rollout k: share of the finished problems whose rollout k is correct (None: none finished)."""
+    cumulative_solved: float | None
+    """Share of the finished problems solved at least once in rollouts 0..k."""
+    final_accuracy: float | None
+    """Share of the finished problems whose label-free final answer would be correct had the run stopped
+    after k."""
     prompt_tokens: int
     completion_tokens: int
     cumulative_tokens: int
@@ -36,7 +39,7 @@ class IterationFigures:
     failed_rollouts: int = 0
     truncated_rollouts: int = 0
     retried_rollouts: int = 0
-    trace_accuracy: float = 0.0
+    trace_accuracy: float | None = None
     """pass@1 over the iteration's traces (all thinkers; RSA: the population), finished problems."""
     cumulative_tokens_per_problem: float = 0.0
     """`cumulative_tokens` per problem: the common axis of runs compared at equal compute."""
@@ -53,11 +56,12 @@ class EvalReport:
     finished: int
     failed: int
     iterations: int
-    final_accuracy: float
-    """Share of problems whose label-free final answer is correct."""
+    final_accuracy: float | None
+    """Share of the finished problems whose label-free final answer is correct (None: none finished)."""
     total_tokens: int
     per_iteration: list[IterationFigures]
     rollouts_done: int
+    """Rollouts stored (finished problems or not)."""
     rollouts_budget: int
     rollouts_saved: int
     """Rollouts not needed because problems stopped early (stop policy `stable:K`)."""
@@ -160,16 +164,21 @@ def chosen_final(store: RolloutStore, run_id: str, waves: int) -> str | None:
 
 
 def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], rule: str) -> list[Grades]:
-    """Grades with answers read again from the stored outputs by `rule`; no request is sent. A final-answer
-    rule that votes over every trace votes over every trace's answer read again."""
+    """Grades of finished problems with answers read again from the stored outputs by `rule`; no request is
+    sent. A final-answer rule that votes over every trace votes over every trace's answer read again."""
     answer_type = params["answer_type"]
     family = str(params.get("model_family", "instruct"))
     final_rule = str(params.get("final_answer_rule", "last"))
     chosen = store.chosen_rows([item.run_id for item in items if item.run_id])
     grades = []
     for item in items:
-        rows = chosen.get(item.run_id or "", [])
-        answers = [regrade_answer(rule, row.text_to_parse(), row.reasoning, answer_type, family) for row in rows]
+        rows = chosen.get(item.run_id or "", {})
+        done = len(item.answers)
+        if any(k not in rows for k in range(done)):  # matched by iteration, never by position
+            raise StoreDamaged(f"problem {item.position}: a chosen rollout of its first {done} iterations is missing")
+        answers = [
+            regrade_answer(rule, rows[k].text_to_parse(), rows[k].reasoning, answer_type, family) for k in range(done)
+        ]
         votes = None
         if votes_traces(final_rule):
             votes = reread_votes(store, item.run_id, rule, answer_type, family) if item.run_id else []
@@ -192,66 +201,80 @@ def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, An
     return grades
 
 
+def share(count: int, total: int) -> float | None:
+    """`count` of `total` as a fraction; None (n/a) when there is nothing to count."""
+    return count / total if total else None
+
+
+def finished_items(items: list[EvalItemRow]) -> list[EvalItemRow]:
+    """The problems that finished: every share of a report is over them."""
+    return [item for item in items if item.status == "done"]
+
+
 def grade(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], answer_rule: str) -> list[Grades]:
-    """Every item's grades: as the run recorded them, or with answers read again by `answer_rule`."""
+    """The grades of the finished problems among `items` (`finished_items`): as the run recorded them, or with
+    answers read again by `answer_rule`."""
     check_rule(answer_rule)
+    finished = finished_items(items)
     if answer_rule == "default":
-        return stored_grades(store, items, params)
-    return regraded(store, items, params, answer_rule)
+        return stored_grades(store, finished, params)
+    return regraded(store, finished, params, answer_rule)
 
 
 def build_report(
     store: RolloutStore, eval_id: str, answer_rule: str = "default", grades: list[Grades] | None = None
 ) -> EvalReport:
-    """The run's figures; `grades`: its items' grades when already computed (`grade`)."""
-    row = EvalStore(store).require_eval(eval_id)
-    manifest = row.manifest
-    params = manifest["params"]
-    items = list(EvalStore(store).eval_items(eval_id))
-    total = len(items)
+    """The evaluation's figures; `StoreDamaged` (nothing computed) when its stored rows cannot be trusted;
+    `grades`: its finished problems' grades when already computed (`grade`).
+
+    Every share is over the problems that finished (None when none did): an interrupted or partly failed
+    run is reported as what it is, "N of M finished". Rollouts and tokens are those stored, finished
+    problems or not."""
+    check_evaluation(store, eval_id)
+    evals = EvalStore(store)
+    row = evals.require_eval(eval_id)
+    params = row.manifest["params"]
+    items = list(evals.eval_items(eval_id))
     iterations = int(params["iterations"])
+    finished = finished_items(items)
     grades = grades if grades is not None else grade(store, items, params, answer_rule)
-    replicas, by_iteration = store.rollout_stats([item.run_id for item in items if item.run_id])
+    replicas, by_iteration = store.rollout_stats(list(evals.item_runs(items).values()))
     counts = {entry["iteration"]: entry for entry in by_iteration}
     traces = trace_figures(graded_traces(store, items, params, answer_rule))
     per_trace = traces.per_iteration if traces is not None else []
     figures: list[IterationFigures] = []
-    solved = [False] * total
+    total = sum(1 for item in items if item.run_id)  # tokens per problem: over the problems that started
+    solved = [False] * len(finished)
     cumulative_tokens = 0
     for k in range(iterations):
         correct = final_correct = 0
-        prompt = completion = 0
-        for index, item in enumerate(items):
-            graded = grades[index]
-            hit = graded.correct[k] if k < len(graded.correct) else graded.final_correct and item.status == "done"
-            if hit:
+        for index, graded in enumerate(grades):
+            if graded.correct[k] if k < len(graded.correct) else graded.final_correct:  # stopped early: final
                 correct += 1
                 solved[index] = True
-            if k < len(graded.final_by_iteration):
-                final_correct += int(graded.final_by_iteration[k])
-            else:
-                final_correct += int(graded.final_correct and item.status == "done")
-            prompt += item.prompt_tokens[k] if k < len(item.prompt_tokens) else 0
-            completion += item.completion_tokens[k] if k < len(item.completion_tokens) else 0
+            by_k = graded.final_by_iteration
+            final_correct += int(by_k[k] if k < len(by_k) else graded.final_correct)
+        stored = counts.get(k, {})
+        prompt, completion = int(stored.get("prompt_tokens", 0)), int(stored.get("completion_tokens", 0))
         cumulative_tokens += prompt + completion
         figures.append(
             IterationFigures(
                 iteration=k,
-                accuracy=correct / total if total else 0.0,
-                cumulative_solved=sum(solved) / total if total else 0.0,
-                final_accuracy=final_correct / total if total else 0.0,
+                accuracy=share(correct, len(finished)),
+                cumulative_solved=share(sum(solved), len(finished)),
+                final_accuracy=share(final_correct, len(finished)),
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 cumulative_tokens=cumulative_tokens,
-                **{key: int(counts.get(k, {}).get(key, 0)) for key in ROLLOUT_COUNTS},
-                trace_accuracy=per_trace[k] if k < len(per_trace) else 0.0,
+                **{key: int(stored.get(key, 0)) for key in ROLLOUT_COUNTS},
+                trace_accuracy=per_trace[k] if k < len(per_trace) else None,
                 cumulative_tokens_per_problem=cumulative_tokens / total if total else 0.0,
             )
         )
     thinkers = int(params.get("thinkers", 1))
-    done = sum(len(item.answers) for item in items) * thinkers
-    budget = total * iterations * thinkers
-    saved = sum(iterations - len(item.answers) for item in items if item.status == "done") * thinkers
+    done = sum(int(entry["rollouts"]) for entry in by_iteration)
+    budget = len(items) * iterations * thinkers
+    saved = sum(iterations - len(item.answers) for item in finished) * thinkers
     per_rollout = cumulative_tokens / done if done else 0.0
     return EvalReport(
         eval_id=eval_id,
@@ -259,11 +282,11 @@ def build_report(
         model=str(params["model"]),
         strategy=str(params["strategy"]),
         status=row.status,
-        problems=total,
-        finished=sum(1 for item in items if item.status == "done"),
+        problems=len(items),
+        finished=len(finished),
         failed=sum(1 for item in items if item.status == "failed"),
         iterations=iterations,
-        final_accuracy=sum(1 for graded in grades if graded.final_correct) / total if total else 0.0,
+        final_accuracy=share(sum(1 for graded in grades if graded.final_correct), len(finished)),
         total_tokens=cumulative_tokens,
         per_iteration=figures,
         rollouts_done=done,
@@ -284,8 +307,18 @@ def build_report(
 def token_curve(report: EvalReport) -> TokenCurve:
     """The run's final-answer accuracy after each iteration against its cumulative tokens per problem."""
     return TokenCurve(
-        report.eval_id, [(f.cumulative_tokens_per_problem, f.final_accuracy) for f in report.per_iteration]
+        report.eval_id,
+        [
+            (f.cumulative_tokens_per_problem, f.final_accuracy)
+            for f in report.per_iteration
+            if f.final_accuracy is not None
+        ],
     )
+
+
+def percent(value: float | None) -> float:
+    """A share as a percentage to plot (NaN, an empty point, where no problem finished)."""
+    return math.nan if value is None else 100 * value
 
 
 def plot_title(reports: list[EvalReport]) -> str:
@@ -312,18 +345,20 @@ def plot_reports(reports: list[EvalReport], path: Path) -> Path:
     for report in reports:
         xs = [f.iteration for f in report.per_iteration]
         label = f"{report.eval_id} ({report.strategy}, {report.final_answer_rule})"
-        (line,) = left.plot(xs, [100 * f.accuracy for f in report.per_iteration], marker=".", label=f"{label} pass@1")
+        (line,) = left.plot(
+            xs, [percent(f.accuracy) for f in report.per_iteration], marker=".", label=f"{label} pass@1"
+        )
         color = line.get_color()
         left.plot(
             xs,
-            [100 * f.cumulative_solved for f in report.per_iteration],
+            [percent(f.cumulative_solved) for f in report.per_iteration],
             linestyle="--",
             color=color,
             label=f"{label} solved at least once",
         )
         left.plot(
             xs,
-            [100 * f.final_accuracy for f in report.per_iteration],
+            [percent(f.final_accuracy) for f in report.per_iteration],
             linestyle=":",
             color=color,
             label=f"{label} final answer",
@@ -331,14 +366,14 @@ def plot_reports(reports: list[EvalReport], path: Path) -> Path:
         if report.traces is not None and report.traces.most_traces > len(report.per_iteration):
             left.plot(
                 xs,
-                [100 * f.trace_accuracy for f in report.per_iteration],
+                [percent(f.trace_accuracy) for f in report.per_iteration],
                 linestyle="-.",
                 color=color,
                 label=f"{label} pass@1 of the iteration's traces",
             )
         middle.plot(xs, [f.cumulative_tokens for f in report.per_iteration], marker=".", color=color, label=label)
-        x, y = zip(*token_curve(report).points, strict=True) if report.per_iteration else ((), ())
-        right.plot(x, [100 * a for a in y], marker=".", color=color, label=label)
+        curve = token_curve(report).points
+        right.plot([t for t, _ in curve], [100 * a for _, a in curve], marker=".", color=color, label=label)
     for axis in (left, middle):
         axis.set_xlabel("iteration")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -72,7 +72,7 @@ def endpoint_of(runtime: Runtime[Context], served: Served) -> Endpoint:
     pool = get_pool(ctx.base_url)
     # With several replicas, fail over at once instead of retrying a dead one.
     retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
-    return Endpoint(served, pool, ctx.request_timeout, retries, (ctx.api_key,))
+    return Endpoint(served, pool, ctx.request_timeout, retries, ctx.secrets)
 
 
 def sampling_of(params: RunParams, max_tokens: int, *, logprobs: bool = False, top_logprobs: int = 0) -> Sampling:

@@ -14,7 +14,7 @@ from langgraph.types import Overwrite
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint.client import endpoint_errors
-from knowledge_flow.nodes.common import context_of, step_of, store_of
+from knowledge_flow.nodes.common import context_of, guarded, step_of, store_of
 from knowledge_flow.state import Candidate, KnowledgeItem, Selection, State, TraceVote
 from knowledge_flow.strategies import thinkers
 from knowledge_flow.strategies.policies import uses_traces
@@ -83,6 +83,7 @@ def selection_of(state: State, candidates: list[Candidate], best: Candidate) -> 
     return selection
 
 
+@guarded
 def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     if not state.get("candidates"):

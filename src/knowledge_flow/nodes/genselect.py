@@ -14,7 +14,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
-from knowledge_flow.nodes.common import step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.reflect import applied, call_id, chosen_by_call, reply_text, stored_call
 from knowledge_flow.state import State, TraceVote
 from knowledge_flow.strategies import get_strategy
@@ -24,6 +24,7 @@ from knowledge_flow.strategies.selection import candidate_views, choice_in, stor
 __all__ = ["genselect", "pool_of", "select_final"]
 
 
+@guarded
 def genselect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The select rule's call over the iteration's candidates; its verdict goes to `distill_knowledge`."""
     table = store_of(runtime).prompt_set(state["params"]["prompt_hash"]).table(SPEC)
@@ -42,6 +43,7 @@ def pool_of(state: State) -> list[TraceVote]:
     return final_pool(state.get("traces", []), get_strategy(params["strategy"]).final_pool, params["answer_type"])
 
 
+@guarded
 def select_final(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The final-answer rule's call over the pool's traces; the answer of the trace it names becomes the final
     answer (the pool's plurality, which `stop_check` set, stands when it names none)."""

@@ -23,7 +23,7 @@ from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion
 from knowledge_flow.endpoint.served import Served
 from knowledge_flow.nodes.calls import endpoint_of, request_once, sampling_of
-from knowledge_flow.nodes.common import step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.distill import knowledge_update
 from knowledge_flow.persistence.store import CallRow, RolloutStore, utcnow
 from knowledge_flow.state import Candidate, State, ThinkerStrategy, Usage, Verdict
@@ -115,6 +115,7 @@ def last_round(state: State, store: RolloutStore) -> list[RoundRollout]:
     ]
 
 
+@guarded
 def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     reflecting = cast(Reflecting, strategy)
@@ -182,10 +183,12 @@ def reflecting_of(state: State) -> Reflecting:
     return cast(Reflecting, get_strategy(state["params"]["strategy"]))
 
 
+@guarded
 def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return chosen_by_call(state, runtime, VERIFY, lambda step, c: reflecting_of(state).verify_prompt(step, c))
 
 
+@guarded
 def manage(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     reflecting = reflecting_of(state)
     step, candidates, row = choosing_call(state, runtime, MANAGE, reflecting.manage_prompt)

@@ -38,7 +38,6 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, prepare, sample, send_stream
-from knowledge_flow.endpoint.client import endpoint_errors
 from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD
 from knowledge_flow.nodes.calls import (
     CONTENT_ATTEMPTS,
@@ -50,11 +49,12 @@ from knowledge_flow.nodes.calls import (
     sampling_of,
     with_faults,
 )
-from knowledge_flow.nodes.common import context_of, step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.waves import NOT_SENT, Wave, note_inactive_filter, open_wave, text_of, unsent
 from knowledge_flow.options import DEFAULT_WINDOW
 from knowledge_flow.persistence.compression import pack_confidences
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
+from knowledge_flow.prompts import PromptSetError
 from knowledge_flow.state import State
 from knowledge_flow.strategies import RolloutPrompt, Streaming, get_strategy
 from knowledge_flow.strategies.confidence import Measures, WindowMonitor, measures, token_confidences
@@ -189,7 +189,8 @@ class Iteration:
                     finish_order=outcome.finish_order,
                     usage_source=completion.usage_source,
                     parents_json=json.dumps(list(self.prompts[index].parents)) if self.prompts[index].parents else None,
-                )
+                ),
+                len(self.ids),
             )
 
     def run_batch(self, indices: list[int]) -> None:
@@ -266,12 +267,29 @@ class Iteration:
         self.store_outcomes([index], prepared, [outcome], counted=counted, retries=resends.count)
 
 
+def store_unrendered(state: State, store: RolloutStore, ids: list[str], count: int, reason: str) -> None:
+    """Rollouts (of an iteration of `count`) whose prompt could not be built: stored as failed, with the
+    reason; nothing is sent."""
+    for rid in ids:
+        store.add_rollout(
+            RolloutRow(
+                id=rid,
+                run_id=state["run_id"],
+                thread_id=state["thread_id"],
+                iteration=state.get("iteration", 0),
+                index=int(rid.rsplit(":", 1)[1]),
+                created_at=utcnow(),
+                prompt_json="[]",
+                content="",
+                finish_reason="error",
+                error=reason,
+            ),
+            count,
+        )
+
+
+@guarded
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    with endpoint_errors((context_of(runtime).api_key,)):
-        return _solve(state, runtime)
-
-
-def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     iteration = state.get("iteration", 0)
     store = store_of(runtime)
@@ -286,7 +304,12 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     if iteration == 0:
         store.update_run(state["run_id"], served_json=json.dumps(served.info().as_dict()))
-    prompts = strategy.build_prompts(step, count)
+    try:
+        prompts = strategy.build_prompts(step, count)
+    except PromptSetError as exc:  # e.g. a model's text made a template pass its bounds
+        reason = f"the prompt could not be rendered: {exc}"
+        store_unrendered(state, store, [ids[index] for index in missing], count, reason)
+        return {"pending_rollouts": ids}
     if len(prompts) != count:
         raise RuntimeError(f"strategy {strategy.name} built {len(prompts)} prompts for {count} thinkers")
     streaming = strategy.streaming(step)

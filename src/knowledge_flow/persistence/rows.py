@@ -32,8 +32,9 @@ from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
+from knowledge_flow.persistence.seals import SEALED_WHEN_SET
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -44,8 +45,10 @@ followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the 
 the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
 (``retries``); runs gain DeepConf's threshold. 6: rollouts gain the order in which streamed traces finished
 (``finish_order``) and where a streamed trace's token count comes from (``usage_source``); per-token
-confidences are written as float32 (float16 rows stay readable). 7: rollouts gain the rollouts they aggregated
-(``parents_json``, rsa)."""
+confidences are written as float32 (float16 rows stay readable). 7: rows of runs, rollouts, calls,
+evaluations and their problems carry a seal (`knowledge_flow.persistence.seals`); rollouts record how many
+rollouts their iteration has. 8: rollouts gain the rollouts they aggregated (``parents_json``, rsa; sealed when
+set, so the seals of older rows still hold)."""
 
 
 class SchemaError(RuntimeError):
@@ -68,6 +71,8 @@ class MetaRow(Base):
 
 class RunRow(Base):
     __tablename__ = "kf_runs"
+    #: Mirrors of the run's checkpoint (`knowledge_flow.runs.MIRRORED`): the checkpoint is their source.
+    __table_args__ = {"info": {"unsealed": ("status", "iterations_done", "final_answer")}}  # noqa: RUF012
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     thread_id: Mapped[str] = mapped_column(String(256), index=True)
     created_at: Mapped[str] = mapped_column(String(40))
@@ -86,6 +91,7 @@ class RunRow(Base):
     """What the endpoint served: model name, context length, server kind, how tokens were counted."""
     confidence_threshold: Mapped[float | None] = mapped_column(Float)
     """deepconf: the online threshold the warm-up wave set."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -174,7 +180,10 @@ class RolloutRow(Base):
     received) or chunks-estimate (the chunks received: an estimate)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
-    parents_json: Mapped[str | None] = mapped_column(Text)
+    iteration_rollouts: Mapped[int | None] = mapped_column(Integer)
+    """How many rollouts (thinkers) its iteration has."""
+    seal: Mapped[str | None] = mapped_column(String(32))
+    parents_json: Mapped[str | None] = mapped_column(Text, info={SEALED_WHEN_SET: True})
     """rsa: the ids of the previous loop's rollouts this one aggregated, in the order its prompt showed them
     (a JSON list; None for an independent rollout)."""
 
@@ -244,6 +253,7 @@ class CallRow(Base):
     """Why the call failed (no usable response after retries)."""
     outcome_json: Mapped[str | None] = mapped_column(Text)
     """What the call changed, as applied (small JSON)."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def messages(self) -> list[dict[str, str]]:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session, load_only, sessionmaker
@@ -30,7 +30,8 @@ from knowledge_flow.persistence.rows import (
     utcnow,
 )
 from knowledge_flow.persistence.schema import make_engine, open_schema
-from knowledge_flow.prompts import PromptSet, from_source
+from knowledge_flow.persistence.seals import StoreDamaged, reseal, seal_row, table_of
+from knowledge_flow.prompts import PromptSet, digest_of, from_source
 from knowledge_flow.records import StoredRollout
 
 __all__ = [
@@ -42,9 +43,19 @@ __all__ = [
     "RunRow",
     "SchemaError",
     "SelectionRow",
+    "StoreDamaged",
     "get_store",
     "utcnow",
 ]
+
+R = TypeVar("R", bound=Base)
+
+
+def sealed(row: R) -> R:
+    """A new row with its seal set (`knowledge_flow.persistence.seals`)."""
+    seal_row(row)
+    return row
+
 
 #: The "endpoint" of rollouts that failed before any replica answered.
 NO_ENDPOINT = "(none: failed before a response)"
@@ -97,33 +108,38 @@ class RolloutStore:
             if session.get(RunRow, run_id) is not None:
                 return
             session.add(
-                RunRow(
-                    run_id=run_id,
-                    thread_id=thread_id,
-                    created_at=now,
-                    updated_at=now,
-                    status="running",
-                    problem=problem,
-                    params_json=json.dumps(params, sort_keys=True),
-                    base_url=base_url,
-                    model=str(params.get("model", "")),
-                    strategy=str(params.get("strategy", "")),
-                    prompt_version=f"{params.get('prompt_set', '')}@{str(params.get('prompt_hash', ''))[:12]}",
-                    package_version=package_version,
-                    iterations_done=0,
-                    final_answer=None,
+                sealed(
+                    RunRow(
+                        run_id=run_id,
+                        thread_id=thread_id,
+                        created_at=now,
+                        updated_at=now,
+                        status="running",
+                        problem=problem,
+                        params_json=json.dumps(params, sort_keys=True),
+                        base_url=base_url,
+                        model=str(params.get("model", "")),
+                        strategy=str(params.get("strategy", "")),
+                        prompt_version=f"{params.get('prompt_set', '')}@{str(params.get('prompt_hash', ''))[:12]}",
+                        package_version=package_version,
+                        iterations_done=0,
+                        final_answer=None,
+                    )
                 )
             )
 
     def update_row(self, model: type[Base], key: Any, what: str, values: dict[str, Any]) -> None:
         """Set `values` on the row of `model` with primary key `key`, in one UPDATE (the row's long texts
-        are neither read nor decompressed)."""
+        are not decompressed); a sealed row is sealed again, after its old seal was checked (`seals.reseal`)."""
         mapper = inspect(model)
         if "updated_at" in mapper.columns:
             values = {**values, "updated_at": utcnow()}
         keys = key if isinstance(key, tuple) else (key,)
         match = [column == value for column, value in zip(mapper.primary_key, keys, strict=True)]
         with self.session() as session:
+            primary = {str(column.key): value for column, value in zip(mapper.primary_key, keys, strict=True)}
+            values = dict(values)
+            reseal(session.connection(), table_of(model), primary, what, values)
             statement = update(model).where(*match).values(**values).execution_options(synchronize_session=False)
             result = session.execute(statement)
             if not result.rowcount:  # type: ignore[attr-defined]
@@ -160,11 +176,14 @@ class RolloutStore:
                 )
 
     def prompt_set(self, digest: str) -> PromptSet:
-        """The prompt set a run used, from its stored text."""
+        """The prompt set a run used, from its stored text (whose SHA-256 is its key: an altered text is
+        refused, never rendered)."""
         with self.session() as session:
             row = session.get(PromptSetRow, digest)
             if row is None:
                 raise KeyError(f"prompt set {digest[:12]} is not in {self.path}")
+            if digest_of(row.source) != digest:
+                raise StoreDamaged(f"the stored text of prompt set {row.name!r} ({digest[:12]}) was altered")
             return from_source(row.source, row.name)
 
     # rollouts ---------------------------------------------------------------------------------------
@@ -177,9 +196,11 @@ class RolloutStore:
         with self.session() as session:
             return set(session.scalars(select(RolloutRow.id).where(RolloutRow.id.in_(rollout_ids))))
 
-    def add_rollout(self, row: RolloutRow) -> None:
+    def add_rollout(self, row: RolloutRow, count: int = 1) -> None:
+        """Store a new rollout of an iteration that has `count` rollouts (thinkers), sealed."""
+        row.iteration_rollouts = count
         with self.session() as session:
-            session.add(row)
+            session.add(sealed(row))
 
     def stored_texts(self, rollout_id: str) -> StoredRollout | None:
         row = self.get_rollout(rollout_id)
@@ -245,7 +266,7 @@ class RolloutStore:
 
     def add_call(self, row: CallRow) -> None:
         with self.session() as session:
-            session.add(row)
+            session.add(sealed(row))
 
     def update_call(self, call_id: str, **values: Any) -> None:
         self.update_row(CallRow, call_id, f"call {call_id!r}", values)
@@ -282,15 +303,16 @@ class RolloutStore:
                     rows[row.run_id].append(row)
         return rows
 
-    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, list[RolloutRow]]:
-        """Per run, each iteration's chosen rollout, in order, texts included: the one its selection names (an
-        earlier iteration's when TRT kept its previous best), else its rank-0 rollout."""
+    def chosen_rows(self, run_ids: Sequence[str]) -> dict[str, dict[int, RolloutRow]]:
+        """Per run, each iteration's chosen rollout by iteration, texts included: the one its selection names
+        (an earlier iteration's when TRT kept its previous best), else its rank-0 rollout. An iteration whose
+        rows are missing is absent: callers match rows by iteration, never by position."""
         first = {
             (row.run_id, row.iteration): row
             for run_rows in self.runs_rollouts(run_ids, RolloutRow.rank == 0).values()
             for row in run_rows
         }
-        rows: dict[str, list[RolloutRow]] = {run_id: [] for run_id in run_ids}
+        rows: dict[str, dict[int, RolloutRow]] = {run_id: {} for run_id in run_ids}
         ordered = list(rows)
         named: dict[tuple[str, int], str] = {}
         by_id: dict[str, RolloutRow] = {}
@@ -312,7 +334,7 @@ class RolloutStore:
         for key in sorted(set(first) | set(named)):
             row = by_id.get(named.get(key, "")) or first.get(key)
             if row is not None:
-                rows[key[0]].append(row)
+                rows[key[0]][key[1]] = row
         return rows
 
     # selections -------------------------------------------------------------------------------------
