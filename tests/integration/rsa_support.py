@@ -32,7 +32,8 @@ class Produced:
 @dataclass
 class PopulationModel:
     """Loop-0 traces answer `first[i]` in the order they are produced (cycling); an aggregation answers
-    `aggregate(answers of its attempts)`; a GenSelect prompt gets `choose(prompt)` as its reply. Each trace has
+    `aggregate(answers of its attempts)`; a GenSelect prompt gets `choose(prompt)` as its reply. `hold(request,
+    loop)` may hold a reply until an event (loop -1: a GenSelect call). Each trace has
     a distinct confidence (its mean log-probability), so no vote is tied on confidence."""
 
     first: Sequence[str] = ("5", "9", "9", "7")
@@ -49,7 +50,9 @@ class PopulationModel:
         prompt = request.prompt
         if GENSELECT_MARK in prompt:
             self.genselect.append(request)
-            return Reply(content="I compared them.\n" + self.choose(prompt))
+            selection = Reply(content="I compared them.\n" + self.choose(prompt))
+            selection.hold = self.hold(request, -1)  # a selection call: loop -1
+            return selection
         attempts = tuple(TRACE.findall(prompt))
         with self._lock:
             number = len(self.produced)

@@ -262,3 +262,15 @@ def test_sigkill_mid_loop_then_resume_keeps_the_subsets(scripted: type[ScriptedS
         assert any(r.body["messages"] == request.body["messages"] for r in loop_one_after)
     assert not any(not TRACE.search(r.prompt) for r in after)  # loop 0 is not sent again
     check_population(server, model, db, result["final_answer"], n=4, loops=3, k=2)
+
+
+def test_aggregation_size_above_the_population_is_refused(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    server = scripted(PopulationModel()).start()
+    db = tmp_path / "refused.db"
+    args = ["solve", PROBLEM, "--strategy", "rsa", "--thinkers", "3", "--aggregation-size", "4"]
+    proc = run_kflow([*args, "--base-url", server.base_url, "--model", "scripted-model", "--db", str(db)])
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1] == "error: aggregation_size (4) cannot exceed the population, thinkers (3)"
+    )
+    assert not db.exists() and server.requests == []
