@@ -106,7 +106,7 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant(
             "rsa-genselect",
-            "RSA N=4 K=2",
+            "RSA N=4 K=2 + GenSelect",
             strategy="rsa",
             thinkers=4,
             options={**RSA_OPTIONS, "final_answer_rule": "genselect"},

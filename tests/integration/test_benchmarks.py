@@ -70,3 +70,32 @@ def test_accuracy_tiny(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     again = accuracy.main(["--tiny", "--db", str(tmp_path / "accuracy.db")])
     assert again["runs"] == figures["runs"]  # finished runs are read back, not run again
     assert "reusing finished run" in capsys.readouterr().err
+
+
+def test_accuracy_tiny_rsa(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """RSA at matched rollouts with self-consistency on the real 0.5B model: 2 problems x 8 rollouts (a
+    population of 4, two loops); with GenSelect the final answer is the run's own, one call per problem."""
+    db = tmp_path / "rsa.db"
+    figures = accuracy.main(["--tiny", "--variants", "sc,rsa,rsa-genselect", "--iterations", "8", "--db", str(db)])
+    out = capsys.readouterr().out
+    assert "McNemar p" in out
+    rows = {row["label"]: row for row in figures["rows"]}
+    assert list(rows) == [
+        "self-consistency, majority of 8",
+        "one rollout (rollout 0)",
+        "RSA N=4 K=2, majority of the last population",
+        "RSA N=4 K=2 + GenSelect, majority of the last population",
+        "RSA N=4 K=2 + GenSelect, GenSelect",
+    ]
+    assert all(row["paired"]["common"] == 2 for label, row in rows.items() if label.startswith("RSA"))
+    assert all(row["problems"] == 2 and row["tokens_per_problem"] > 0 for row in rows.values())
+    from knowledge_flow.persistence import get_store
+
+    store = get_store(db)
+    population = [r for r in store.list_runs() if r.params.get("strategy") == "rsa"]
+    assert len(population) == 4  # 2 problems x 2 variants
+    for run in population:
+        rollouts = store.rollouts(run.run_id)
+        assert sorted((r.iteration, len(r.parents or [])) for r in rollouts) == [(0, 0)] * 4 + [(1, 2)] * 4
+    calls = [c for r in population for c in store.calls(r.run_id)]
+    assert len(calls) <= 2 and all(c.kind == "genselect-final" for c in calls)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from knowledge_flow.persistence import get_store
 from tests.conftest import run_kflow
 from tests.integration.rsa_support import GENSELECT_MARK, PopulationModel
 from tests.support.scripted_server import ScriptedServer
@@ -18,14 +19,25 @@ from tests.support.scripted_server import ScriptedServer
 PROBLEMS = {"p1": ("How many sides has a pentagon?", "5"), "p2": ("What is four plus five?", "9")}
 
 
-def evaluate(scripted: type[ScriptedServer], tmp_path: Path, run_id: str, k: int) -> PopulationModel:
+def evaluate(scripted: type[ScriptedServer], tmp_path: Path, run_id: str, k: int, *extra: str) -> PopulationModel:
     dataset = tmp_path / "two.jsonl"
     dataset.write_text("\n".join(json.dumps({"id": i, "problem": p, "answer": a}) for i, (p, a) in PROBLEMS.items()))
-    model = PopulationModel(first=("5", "9", "9", "7", "none"))
+    answers = iter(str(n) for n in range(10, 100))
+    aggregate = (lambda _a: next(answers)) if extra else PopulationModel.aggregate
+    model = PopulationModel(first=("5", "9", "9", "7", "none"), aggregate=aggregate)
     server = scripted(model).start()
     args = ["eval", "--dataset", str(dataset), "--strategy", "rsa", "--thinkers", "4", "--iterations", "2"]
     args += ["--aggregation-size", str(k), "--model", "scripted-model", "--base-url", server.base_url]
-    args += ["--db", str(tmp_path / "eval.db"), "--output-dir", str(tmp_path / "out"), "--eval-id", run_id, "--json"]
+    args += [
+        "--db",
+        str(tmp_path / "eval.db"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--eval-id",
+        run_id,
+        "--json",
+        *extra,
+    ]
     proc = run_kflow(args)
     assert proc.returncode == 0, proc.stderr
     model.server = server  # type: ignore[attr-defined]
@@ -111,3 +123,17 @@ def test_report_per_trace_and_at_equal_tokens(scripted: type[ScriptedServer], tm
         ]
     shown = run_kflow(args)
     assert shown.returncode == 0 and "tokens per problem" in shown.stdout
+
+
+def test_the_token_axis_counts_the_calls(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    """A GenSelect final call's tokens are on the tokens-per-problem axis of the iteration it belongs to."""
+    evaluate(scripted, tmp_path, "rsa-gs", 2, "--final-answer", "genselect")
+    proc = run_kflow(["report", "rsa-gs", "--db", str(tmp_path / "eval.db"), "--out", str(tmp_path / "r"), "--json"])
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout)["per_iteration"][-1]
+    store = get_store(tmp_path / "eval.db")
+    calls = [c for run in store.list_runs() for c in store.calls(run.run_id)]
+    assert len(calls) == 2 and all(c.kind == "genselect-final" for c in calls)  # one per problem
+    paid = sum(c.prompt_tokens + c.completion_tokens for c in calls)
+    assert paid > 0
+    assert last["cumulative_tokens_per_problem"] == pytest.approx((last["cumulative_tokens"] + paid) / 2)

@@ -42,7 +42,8 @@ class IterationFigures:
     trace_accuracy: float | None = None
     """pass@1 over the iteration's traces (all thinkers; RSA: the population), finished problems."""
     cumulative_tokens_per_problem: float = 0.0
-    """`cumulative_tokens` per problem: the common axis of runs compared at equal compute."""
+    """Tokens per problem up to this iteration, its stored calls included (GenSelect, reflections, managers):
+    the common axis of runs compared at equal compute."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,16 @@ def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, An
     return grades
 
 
+def calls_by_iteration(store: RolloutStore, run_ids: list[str]) -> dict[int, int]:
+    """Tokens (prompt and completion) of the runs' stored calls (reflection, manager, verifier, GenSelect), by
+    the iteration they belong to."""
+    tokens: dict[int, int] = {}
+    for run_id in run_ids:
+        for call in store.calls(run_id):
+            tokens[call.iteration] = tokens.get(call.iteration, 0) + call.prompt_tokens + call.completion_tokens
+    return tokens
+
+
 def share(count: int, total: int) -> float | None:
     """`count` of `total` as a fraction; None (n/a) when there is nothing to count."""
     return count / total if total else None
@@ -244,6 +255,8 @@ def build_report(
     per_trace = traces.per_iteration if traces is not None else []
     figures: list[IterationFigures] = []
     total = sum(1 for item in items if item.run_id)  # tokens per problem: over the problems that started
+    call_tokens = calls_by_iteration(store, [item.run_id for item in items if item.run_id])
+    axis_tokens = 0
     solved = [False] * len(finished)
     cumulative_tokens = 0
     for k in range(iterations):
@@ -257,6 +270,7 @@ def build_report(
         stored = counts.get(k, {})
         prompt, completion = int(stored.get("prompt_tokens", 0)), int(stored.get("completion_tokens", 0))
         cumulative_tokens += prompt + completion
+        axis_tokens += prompt + completion + call_tokens.get(k, 0)
         figures.append(
             IterationFigures(
                 iteration=k,
@@ -268,7 +282,7 @@ def build_report(
                 cumulative_tokens=cumulative_tokens,
                 **{key: int(stored.get(key, 0)) for key in ROLLOUT_COUNTS},
                 trace_accuracy=per_trace[k] if k < len(per_trace) else None,
-                cumulative_tokens_per_problem=cumulative_tokens / total if total else 0.0,
+                cumulative_tokens_per_problem=axis_tokens / total if total else 0.0,
             )
         )
     thinkers = int(params.get("thinkers", 1))
