@@ -6,20 +6,15 @@ flight included. Asserted on what the server received."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from knowledge_flow.persistence import get_store
-from tests.conftest import REPO, kflow_env, run_kflow
+from tests.conftest import run_kflow
 from tests.integration.rsa_support import GENSELECT_MARK, PROBLEM, TRACE, PopulationModel
 from tests.integration.test_rsa import run_graph
-from tests.integration.test_trt_crash import wait_for
+from tests.integration.test_trt_crash import kill_when
 from tests.support.scripted_server import Request, ScriptedServer
 
 
@@ -98,35 +93,7 @@ def test_sigkill_during_the_final_call_then_resume_pays_it_once(scripted: type[S
     db = tmp_path / "crash.db"
     inputs = {"problem": PROBLEM, "model": "scripted-model", "strategy": "rsa", "thinkers": 4, "iterations": 2}
     inputs |= {"aggregation_size": 2, "final_answer_rule": "genselect"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.graph_script",
-            "--base-url",
-            server.base_url,
-            "--db",
-            str(db),
-            "--thread",
-            "g",
-            "--inputs",
-            json.dumps(inputs),
-        ],
-        env=kflow_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    wait_for(lambda: bool(held), proc, "the final call")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    release.set()
-    deadline = time.monotonic() + 10
-    while held[0].ended is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert held[0].aborted
+    kill_when(server, db, inputs, lambda: bool(held), "the final call", release, held, thread="g")
     rollouts_before = len([r for r in server.requests if GENSELECT_MARK not in r.prompt])
     resumed = run_kflow(["resume", "g", "--db", str(db), "--base-url", server.base_url, "--json"])
     assert resumed.returncode == 0, resumed.stderr
@@ -136,3 +103,25 @@ def test_sigkill_during_the_final_call_then_resume_pays_it_once(scripted: type[S
     assert len([r for r in server.requests if GENSELECT_MARK not in r.prompt]) == rollouts_before  # no rollout
     assert calls[1].body["messages"] == calls[0].body["messages"]
     assert result["final_answer"] == model.produced[shown(calls[1])[1]].answer
+
+
+def test_genselect_with_self_consistency_in_both_roles(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    """Select rule: one call among an iteration's 4 thinkers. Final-answer rule: one call among every trace
+    of the run (self-consistency's pool is the whole run)."""
+    model = PopulationModel(choose=lambda _p: '{"selected_solution_id": 4}')
+    server = scripted(model).start()
+    inputs = {"strategy": "self-consistency", "thinkers": 4, "iterations": 1, "select_rule": "genselect"}
+    result = run_graph(server, tmp_path / "select.db", **inputs)
+    (call,) = [r for r in server.requests if GENSELECT_MARK in r.prompt]
+    traces = shown(call)
+    assert len(traces) == 4 and result["answers"] == [model.produced[traces[3]].answer]
+
+    model = PopulationModel(choose=lambda _p: '{"selected_solution_id": 4}')
+    server = scripted(model).start()
+    inputs = {"strategy": "self-consistency", "thinkers": 2, "iterations": 2, "final_answer_rule": "genselect"}
+    result = run_graph(server, tmp_path / "final.db", **inputs)
+    (call,) = [r for r in server.requests if GENSELECT_MARK in r.prompt]
+    traces = shown(call)
+    assert len(traces) == 4 and {model.produced[t].loop for t in traces} == {0}  # every trace of the run
+    assert set(traces) == set(model.produced)  # all four traces of the two iterations
+    assert result["final_answer"] == model.produced[traces[3]].answer

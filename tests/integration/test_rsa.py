@@ -6,13 +6,8 @@ population's majority; from the command line and from Python."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +15,7 @@ from typing import Any
 from knowledge_flow import Context, compile_graph
 from knowledge_flow.persistence import SqliteCheckpointer, get_store
 from knowledge_flow.strategies.rsa import draw_subsets
-from tests.conftest import REPO, kflow_env, run_kflow
+from tests.conftest import run_kflow
 from tests.integration.rsa_support import (
     FAIL,
     GENSELECT_MARK,
@@ -33,7 +28,7 @@ from tests.integration.rsa_support import (
     majority_of,
     stored_parents,
 )
-from tests.integration.test_trt_crash import wait_for
+from tests.integration.test_trt_crash import kill_when
 from tests.support.scripted_server import Request, ScriptedServer
 
 
@@ -207,41 +202,12 @@ def test_sigkill_mid_loop_then_resume_keeps_the_subsets(scripted: type[ScriptedS
     server = scripted(model).start()
     db = tmp_path / "crash.db"
     inputs = {"problem": PROBLEM, "model": "scripted-model", "strategy": "rsa", "thinkers": 4, "iterations": 3}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.graph_script",
-            "--base-url",
-            server.base_url,
-            "--db",
-            str(db),
-            "--thread",
-            "t",
-            "--inputs",
-            json.dumps({**inputs, "aggregation_size": 2}),
-        ],
-        env=kflow_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
 
     def settled() -> bool:  # loop 1 half done: a reply held, every other reply made so far stored
         made = sum(1 for p in model.produced.values() if p.loop == 1) - (choices(model, held[0]) if held else 0)
         return bool(held) and made >= 1 and stored_in_loop(db, 1) == made
 
-    wait_for(settled, proc, "the middle of loop 1")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(0.2)
-    release.set()
-    deadline = time.monotonic() + 10
-    while held[0].ended is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert held[0].aborted
+    kill_when(server, db, {**inputs, "aggregation_size": 2}, settled, "the middle of loop 1", release, held)
     before = [r for r in server.requests]
     aborted = [r for r in before if r.aborted]
 
