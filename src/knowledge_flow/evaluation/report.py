@@ -363,28 +363,12 @@ def plot_reports(reports: list[EvalReport], path: Path) -> Path:
             xs, [percent(f.accuracy) for f in report.per_iteration], marker=".", label=f"{label} pass@1"
         )
         color = line.get_color()
-        left.plot(
-            xs,
-            [percent(f.cumulative_solved) for f in report.per_iteration],
-            linestyle="--",
-            color=color,
-            label=f"{label} solved at least once",
-        )
-        left.plot(
-            xs,
-            [percent(f.final_accuracy) for f in report.per_iteration],
-            linestyle=":",
-            color=color,
-            label=f"{label} final answer",
-        )
+        dashed = [("cumulative_solved", "--", "solved at least once"), ("final_accuracy", ":", "final answer")]
         if report.traces is not None and report.traces.most_traces > len(report.per_iteration):
-            left.plot(
-                xs,
-                [percent(f.trace_accuracy) for f in report.per_iteration],
-                linestyle="-.",
-                color=color,
-                label=f"{label} pass@1 of the iteration's traces",
-            )
+            dashed.append(("trace_accuracy", "-.", "pass@1 of the iteration's traces"))
+        for name, style, what in dashed:
+            values = [percent(getattr(f, name)) for f in report.per_iteration]
+            left.plot(xs, values, linestyle=style, color=color, label=f"{label} {what}")
         middle.plot(xs, [f.cumulative_tokens for f in report.per_iteration], marker=".", color=color, label=label)
         curve = token_curve(report).points
         right.plot([t for t, _ in curve], [100 * a for _, a in curve], marker=".", color=color, label=label)
