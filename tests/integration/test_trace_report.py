@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,21 @@ def test_the_token_axis_counts_the_calls(scripted: type[ScriptedServer], tmp_pat
     paid = sum(c.prompt_tokens + c.completion_tokens for c in calls)
     assert paid > 0
     assert last["cumulative_tokens_per_problem"] == pytest.approx((last["cumulative_tokens"] + paid) / 2)
+    # a problem recorded before calls were counted in its tokens (an unsealed, older row) is still read
+    with sqlite3.connect(tmp_path / "eval.db") as conn:
+        run_id = conn.execute("SELECT run_id FROM kf_eval_items WHERE position = 0").fetchone()[0]
+        rows = get_store(tmp_path / "eval.db").rollouts(run_id)
+        by_loop = [[r for r in rows if r.iteration == k] for k in range(2)]
+        prompt = json.dumps([sum(r.prompt_tokens for r in loop) for loop in by_loop])
+        completion = json.dumps([sum(r.completion_tokens for r in loop) for loop in by_loop])
+        conn.execute(
+            "UPDATE kf_eval_items SET prompt_tokens_json = ?, completion_tokens_json = ?, seal = NULL "
+            "WHERE position = 0",
+            (prompt, completion),
+        )
+    report = ["report", "rsa-gs", "--db", str(tmp_path / "eval.db"), "--out", str(tmp_path / "r"), "--json"]
+    assert run_kflow(report).returncode == 0
+    with sqlite3.connect(tmp_path / "eval.db") as conn:  # tokens that are neither: damage
+        conn.execute("UPDATE kf_eval_items SET prompt_tokens_json = '[1, 1]' WHERE position = 0")
+    damaged = run_kflow(report)
+    assert damaged.returncode == 1 and "recorded tokens disagree" in damaged.stderr
