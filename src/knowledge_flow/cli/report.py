@@ -156,6 +156,7 @@ def report(
     equal tokens per problem; a PNG plot."""
     from knowledge_flow.evaluation.budgets import equal_tokens
     from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
+    from knowledge_flow.evaluation.integrity import check_evaluation
     from knowledge_flow.evaluation.report import build_report, finished_items, grade, plot_reports, token_curve
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.persistence.seals import StoreDamaged
@@ -174,6 +175,7 @@ def report(
             row = EvalStore(store).get_eval(name)
             if row is None:
                 raise UsageError(f"no evaluation run {name!r} in {db_path}")
+            check_evaluation(store, name)  # damage named by what is missing, before anything is graded
             items = list(EvalStore(store).eval_items(name))
             grades = grade(store, items, row.manifest["params"], answer_rule)
             reports.append(build_report(store, name, answer_rule, grades))
