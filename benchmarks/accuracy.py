@@ -10,6 +10,10 @@ the same problems at matched rollouts (N per problem):
   `majority:all`, both read from the same run (re-graded, no second run);
 - knowledge-flow@N with the guard (kf-instruct as shipped), `last` and `majority:all`;
 - parallel thinkers: knowledge-flow with 2 thinkers x N/2 iterations (the guard's rules);
+- RSA (`rsa`): a population of 4 aggregating K = 2 traces per member, N/4 loops (N = 8: 4 independent traces,
+  then one loop of 4 aggregations), final answer the majority of the last population; `rsa-genselect` the same
+  with the final answer chosen by one GenSelect call among the last population (its majority is read from the
+  same run too);
 - with `--variants`, the guard's parts one by one (see VARIANTS).
 
 Printed: accuracy with its 95% Wilson interval, wins/losses against self-consistency on the same problems with
@@ -78,9 +82,17 @@ class Variant:
     rules: dict[str, Any] | None = None
     """Rules set on top of kf-instruct-paper (the paper's rules), for measuring the guard's parts one by one."""
     options: dict[str, Any] = field(default_factory=dict)
-    finals: tuple[str, ...] = ("last", "majority:all")
+    finals: tuple[str | None, ...] = ("last", "majority:all")
+    """How the run is reported: final-answer rules re-graded from its stored answers, or None for the final
+    answer the run itself chose (a rule that makes a call, e.g. genselect); the last one is the run's own rule."""
     thinkers: int = 1
+    shown: dict[str | None, str] = field(default_factory=lambda: dict(FINAL_LABELS))
+    """How each entry of `finals` is named in the table."""
 
+
+FINAL_LABELS: dict[str | None, str] = {"last": "last", "majority:all": "majority", None: "its own final answer"}
+RSA_LABELS: dict[str | None, str] = {"last": "majority of the last population", None: "GenSelect"}
+RSA_OPTIONS: dict[str, Any] = {"aggregation_size": 2}
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -89,6 +101,18 @@ VARIANTS: dict[str, Variant] = {
         Variant("kf", "knowledge-flow (paper)", prompts="kf-instruct-paper"),
         Variant("kf-guard", "knowledge-flow + guard"),
         Variant("thinkers", "knowledge-flow + guard, 2 thinkers", thinkers=2),
+        Variant(
+            "rsa", "RSA N=4 K=2", strategy="rsa", thinkers=4, options=RSA_OPTIONS, finals=("last",), shown=RSA_LABELS
+        ),
+        Variant(
+            "rsa-genselect",
+            "RSA N=4 K=2 + GenSelect",
+            strategy="rsa",
+            thinkers=4,
+            options={**RSA_OPTIONS, "final_answer_rule": "genselect"},
+            finals=("last", None),
+            shown=RSA_LABELS,
+        ),
         # the guard's parts, for measuring each (paper rules plus one change)
         Variant("kf-plurality", "kf: plurality reference", rules={"reference_rule": "plurality"}),
         Variant("kf-outvoted", "kf: outvoted list", rules={"list_rule": "outvoted"}),
@@ -181,7 +205,7 @@ def run_variant(
                 "top_p": sizes["top_p"],
                 "answer_type": "integer",
                 "prompts": prompts,
-                "final_answer_rule": final,
+                **({"final_answer_rule": final} if final is not None else {}),
                 **variant.options,
             }
         )
@@ -257,10 +281,9 @@ def figures(store: Any, runs: dict[str, str], rollouts: int) -> list[dict[str, A
             labels[:0] = [(name, "majority:all", seconds), (name, "rollout 0", seconds / max(1, rollouts))]
             continue
         for rule in variant.finals:
-            shown = "last" if rule == "last" else "majority"
-            label = f"{variant.label}, {shown}"
+            label = f"{variant.label}, {variant.shown[rule]}"
             records.append(records_from_items(label, items, final_rule=rule))
-            labels.append((name, rule, seconds))
+            labels.append((name, rule or "its own", seconds))
     baseline = 0 if "sc" in runs else None
     compared = compare_runs(records, baseline if baseline is not None else 0)
     rows = []
@@ -352,8 +375,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    if any(VARIANTS[n].thinkers > 1 and sizes["iterations"] % VARIANTS[n].thinkers for n in names):
-        raise SystemExit("the thinkers variant needs an even number of rollouts")
+    uneven = [n for n in names if VARIANTS[n].thinkers > 1 and sizes["iterations"] % VARIANTS[n].thinkers]
+    if uneven:
+        raise SystemExit(f"{', '.join(uneven)}: the rollouts per problem must be a multiple of the thinkers")
 
     store_path = (
         Path(args.db) if args.db else cache_dir() / "benchmarks" / ("accuracy-tiny.db" if args.tiny else "accuracy.db")

@@ -1,4 +1,5 @@
-"""Figures of TRT and DeepConf runs, read from the rollout store (for `kflow show`, `kflow report`, notebooks).
+"""Figures of TRT, DeepConf and RSA runs, read from the rollout store (for `kflow show`, `kflow report`,
+notebooks).
 
 - `trt_rounds`: per round, each thinker's strategy and answer, the selected answer, the agreement with it,
   how it was selected (the rule as applied, whether the previous best was kept, the verifier's or manager's
@@ -8,8 +9,11 @@
   sampled, stopped by the client, cancelled by the consensus, kept out of votes, the tokens they cost (and how
   many of them are counted from what was received rather than reported by the server), an estimate of the
   tokens the stops and an early consensus saved, and the vote.
-- `run_figures`: the figures that fit a run's strategy (both for a run that has rounds and measures).
-- `totals`: the same over many runs (an evaluation's problems).
+- `rsa_loops`: per loop, each member's answer and the members of the loop before it that it aggregated (the
+  lineage), the loop's majority and agreement; the final answer.
+- `run_figures`: the figures that fit a run's strategy (several for a run that has rounds and measures), and
+  GenSelect's final-answer call (``final_select``) when the run made one.
+- `totals`: the same over many runs (an evaluation's problems), and the calls outside the rollouts by kind.
 - `trace_votes`: stored rollouts as the traces of a confidence vote (to re-grade with ``conf-vote``).
 
 Everything is plain JSON-ready data.
@@ -23,10 +27,13 @@ from typing import Any
 from knowledge_flow.persistence.store import CallRow, RolloutRow, RolloutStore
 from knowledge_flow.records import AnswerType, TraceVote
 from knowledge_flow.strategies.confidence import share_of_leader
+from knowledge_flow.strategies.genselect import FINAL
 from knowledge_flow.strategies.policies import ConfVote, TraceMajority, parse_final_answer_rule, trace_tally
 from knowledge_flow.text.answers import normalize
 
 STOPPED, BELOW, CANCELLED = "gconf_threshold", "below_threshold", "consensus_cancelled"
+#: TRT's calls (``kf_calls.kind``); GenSelect's are `strategies.genselect.SELECT` and `FINAL`.
+TRT_CALLS = ("plan", "reflect", "verify", "manage")
 #: `usage_source` values whose token counts the server reported to the end.
 SERVER_COUNTED = (None, "server", "not-sent")
 
@@ -192,18 +199,72 @@ def deepconf_traces(store: RolloutStore, run_id: str) -> dict[str, Any]:
     }
 
 
+def position(rollout_id: str) -> str:
+    """``iteration.thinker`` of a rollout id ``{run}:{iteration}:{index}``."""
+    _, iteration, index = rollout_id.rsplit(":", 2)
+    return f"{iteration}.{index}"
+
+
+def rsa_loops(store: RolloutStore, run_id: str) -> dict[str, Any]:
+    """Per loop: each member's answer and the members of the loop before it that it aggregated (the lineage),
+    the loop's majority and the agreement with it; the final answer."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r}")
+    answer_type: AnswerType = run.params.get("answer_type", "integer")
+    selections = store.selections(run_id)
+    loops = []
+    for iteration, rows in sorted(_by_iteration(store.rollouts(run_id)).items()):
+        chosen = selections.get(iteration)
+        majority = chosen.answer if chosen is not None else None
+        key = normalize(majority, answer_type)
+        agreeing = sum(1 for row in rows if key is not None and normalize(row.answer, answer_type) == key)
+        loops.append(
+            {
+                "loop": iteration,
+                "members": [
+                    {
+                        "member": f"{iteration}.{row.index}",
+                        "answer": row.answer,
+                        "aggregated": [position(parent) for parent in row.parents or []],
+                        "error": row.error,
+                        "completion_tokens": row.completion_tokens,
+                    }
+                    for row in rows
+                ],
+                "majority": majority,
+                "rule": chosen.rule if chosen is not None else None,
+                "agreement": round(agreeing / len(rows), 4) if rows else 0.0,
+            }
+        )
+    return {
+        "run_id": run_id,
+        "strategy": run.strategy,
+        "aggregation_size": run.params.get("aggregation_size"),
+        "aggregation_pick": run.params.get("aggregation_pick"),
+        "loops": loops,
+        "final_answer": run.final_answer,
+    }
+
+
 def run_figures(store: RolloutStore, run_id: str) -> dict[str, Any]:
-    """`trt_rounds` for runs with strategies per thinker or extra calls, `deepconf_traces` for runs with
-    confidence measures; both keys may be there."""
+    """`trt_rounds` for runs with strategies per thinker or TRT's calls, `deepconf_traces` for runs with
+    confidence measures, `rsa_loops` for runs whose rollouts aggregate others; several keys may be there."""
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(f"no run {run_id!r}")
     figures: dict[str, Any] = {"run_id": run_id, "strategy": run.strategy}
     rows = store.rollouts(run_id)
-    if run.strategy == "trt" or any(row.strategy_json for row in rows) or store.calls(run_id):
+    trt_calls = any(call.kind in TRT_CALLS for call in store.calls(run_id))
+    if run.strategy == "trt" or any(row.strategy_json for row in rows) or trt_calls:
         figures["trt"] = trt_rounds(store, run_id)
     if run.strategy == "deepconf" or any(row.conf_lowest is not None for row in rows):
         figures["deepconf"] = deepconf_traces(store, run_id)
+    if run.strategy == "rsa" or any(row.parents_json for row in rows):
+        figures["rsa"] = rsa_loops(store, run_id)
+    final = next((call for call in store.calls(run_id) if call.kind == FINAL), None)
+    if final is not None:
+        figures["final_select"] = _call_view(final)
     return figures
 
 
@@ -228,14 +289,16 @@ def totals(store: RolloutStore, run_ids: Sequence[str]) -> dict[str, Any]:
         "saved_by_consensus_estimate": 0,
     }
     inactive: list[str] = []
-    calls = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    calls: dict[str, Any] = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "kinds": {}}
     for run_id in run_ids:
+        for call in store.calls(run_id):
+            calls["calls"] += 1
+            calls["prompt_tokens"] += call.prompt_tokens
+            calls["completion_tokens"] += call.completion_tokens
+            calls["kinds"][call.kind] = calls["kinds"].get(call.kind, 0) + 1
         figures = run_figures(store, run_id)
         if "trt" in figures:
             trt = figures["trt"]
-            calls["calls"] += trt["calls"]
-            calls["prompt_tokens"] += trt["call_tokens"]["prompt_tokens"]
-            calls["completion_tokens"] += trt["call_tokens"]["completion_tokens"]
             previous = None
             for entry in trt["rounds"]:
                 changed = previous is not None and entry["selected_answer"] != previous

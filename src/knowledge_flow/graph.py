@@ -2,12 +2,13 @@
 
 Optional steps make LLM calls outside the rollouts, for the strategies and rules that need them: `reflect`
 before an iteration (strategies that reflect, e.g. trt: planning before the first iteration, reflection
-before the others unless a manager call does its work), `verify` or `manage` between `extract_answer` and
-`distill_knowledge` (select rules `verifier` and `manager`). The routers return `Literal` targets, so Studio
-draws every edge::
+before the others unless a manager call does its work), `verify`, `manage` or `genselect` between
+`extract_answer` and `distill_knowledge` (select rules `verifier`, `manager` and `genselect`), and
+`select_final` after the last `stop_check` (final-answer rule `genselect`). The routers return `Literal`
+targets, so Studio draws every edge::
 
-    START -> prepare -> (reflect ->) solve -> extract_answer -> (verify | manage ->) distill_knowledge
-    distill_knowledge -> stop_check -> reflect | solve | END
+    START -> prepare -> (reflect ->) solve -> extract_answer -> (verify | manage | genselect ->) distill_knowledge
+    distill_knowledge -> stop_check -> reflect | solve | select_final | END;  select_final -> END
 
 `builder` is the uncompiled `StateGraph`; `graph` is compiled with the checkpointer of ``KFLOW_DB``
 (`get_checkpointer`: an SQLite file, opened on first use, or a ``postgresql://`` database), so
@@ -22,19 +23,21 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import START, StateGraph
+from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from knowledge_flow.context import Context
 from knowledge_flow.nodes import (
     distill_knowledge,
     extract_answer,
+    genselect,
     manage,
     prepare,
     reflect,
     route_after_extract,
     route_after_prepare,
     route_after_stop_check,
+    select_final,
     solve,
     stop_check,
     verify,
@@ -56,6 +59,8 @@ builder.add_node("stop_check", stop_check)
 builder.add_node("reflect", reflect)
 builder.add_node("verify", verify)
 builder.add_node("manage", manage)
+builder.add_node("genselect", genselect)
+builder.add_node("select_final", select_final)
 builder.add_edge(START, "prepare")
 builder.add_conditional_edges("prepare", route_after_prepare)
 builder.add_edge("reflect", "solve")
@@ -63,8 +68,10 @@ builder.add_edge("solve", "extract_answer")
 builder.add_conditional_edges("extract_answer", route_after_extract)
 builder.add_edge("verify", "distill_knowledge")
 builder.add_edge("manage", "distill_knowledge")
+builder.add_edge("genselect", "distill_knowledge")
 builder.add_edge("distill_knowledge", "stop_check")
 builder.add_conditional_edges("stop_check", route_after_stop_check)
+builder.add_edge("select_final", END)
 
 
 def check_input(graph_input: Any) -> None:

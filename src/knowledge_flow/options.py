@@ -25,7 +25,8 @@ from pydantic.fields import FieldInfo
 AnswerType = Literal["integer", "latex", "text"]
 ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
 ReasoningEffort = Literal["low", "medium", "high"]
-SelectRule = Literal["confidence", "vote", "conf-vote", "verifier", "manager"]
+SelectRule = Literal["confidence", "vote", "conf-vote", "verifier", "manager", "genselect"]
+AggregationPick = Literal["uniform", "confidence"]
 ConfidenceScore = Literal["mean-logprob", "lowest", "bottom10", "tail", "mean"]
 OnResume = Literal["fixed", "extend"]
 """``fixed``: a resumed run keeps its value (giving another is refused); ``extend``: a larger value extends
@@ -177,8 +178,9 @@ class RunOptions(BaseModel):
     final_answer_rule: str | None = option(
         None,
         "last, majority:W (W or 'all'), conf-vote:MEASURE[:ETA] (a confidence-weighted vote over every trace) or "
-        "majority-traces (one vote per trace: the DeepConf reference code's final_answer); default: the "
-        "strategy's (self-consistency: majority:all, deepconf: conf-vote:lowest).",
+        "majority-traces (one vote per trace: the DeepConf reference code's final_answer) or genselect (one call "
+        "picks among the last population (rsa) or every trace); default: the strategy's (self-consistency: "
+        "majority:all, deepconf: conf-vote:lowest, rsa: last, the majority of the last population).",
         flag="--final-answer",
     )
     thinkers: Annotated[int | None, Number] = option(
@@ -213,8 +215,9 @@ class RunOptions(BaseModel):
     select_rule: SelectRule | None = option(
         None,
         "How the iteration's answer is chosen among its thinkers: confidence, vote, conf-vote, verifier or manager "
-        "(trt); default: the prompt set's, else the strategy's (confidence; trt: manager with kf-qwen and "
-        "kf-gpt-oss, else vote; deepconf conf-vote).",
+        "(trt), or genselect (one call picks among the thinkers' final texts); default: the prompt set's, else the "
+        "strategy's (confidence; trt: manager with kf-qwen and kf-gpt-oss, else vote; deepconf conf-vote; rsa "
+        "vote).",
     )
     confidence_score: ConfidenceScore | None = option(
         None,
@@ -241,6 +244,18 @@ class RunOptions(BaseModel):
         "is the 10th percentile of the warm-up traces' lowest group confidence), 10 is DeepConf-low (the 90th).",
         gt=0.0,
         le=100.0,
+    )
+
+    aggregation_size: Annotated[int, Number] = option(
+        4,
+        "rsa: K, the traces of the previous loop each member aggregates (1: self-refinement; at most thinkers).",
+        ge=1,
+        le=MAX_THINKERS,
+    )
+    aggregation_pick: AggregationPick = option(
+        "uniform",
+        "rsa: how each member's K traces are drawn from the previous loop: uniform (the paper) or confidence "
+        "(with probability proportional to the confidence_score, a DeepConf measure).",
     )
 
     @model_validator(mode="after")

@@ -24,7 +24,14 @@ from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, PromptTable, load_pr
 from knowledge_flow.records import RunParams
 from knowledge_flow.strategies.budget import budget_of, waves_for
 from knowledge_flow.strategies.confidence import MEASURES
-from knowledge_flow.strategies.policies import ConfVote, TraceMajority, parse_final_answer_rule, parse_stop_policy
+from knowledge_flow.strategies.genselect import SPEC as GENSELECT_SPEC
+from knowledge_flow.strategies.policies import (
+    ConfVote,
+    FinalRule,
+    GenSelect,
+    parse_final_answer_rule,
+    parse_stop_policy,
+)
 
 #: Request fields a run sets through its own options; `extra_body` may not set them again.
 OWN_REQUEST_FIELDS = frozenset(
@@ -80,7 +87,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     states with `given`'s problem: `strategies.rehearsal`). Raises ValueError with a message meant for the
     user. Keys of `given` other than run options and the problem are ignored; None means "not given"."""
     from knowledge_flow.strategies import get_strategy
-    from knowledge_flow.strategies.rehearsal import rehearse
+    from knowledge_flow.strategies.rehearsal import rehearse, rehearse_genselect
 
     options = parse_options({name: given.get(name) for name in OPTION_NAMES})
     strategy = get_strategy(options.strategy)
@@ -107,6 +114,10 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     iterations, trace_budget = budget(options, strategy, thinkers, pick)
     if options.topk_thinkers is not None and options.topk_thinkers > thinkers:
         raise ValueError(f"topk_thinkers ({options.topk_thinkers}) cannot exceed thinkers ({thinkers})")
+    if strategy.name == "rsa" and options.aggregation_size > thinkers:
+        raise ValueError(
+            f"aggregation_size ({options.aggregation_size}) cannot exceed the population, thinkers ({thinkers})"
+        )
     low = options.min_temperature if options.min_temperature is not None else options.temperature
     high = options.max_temperature if options.max_temperature is not None else max(low, options.temperature)
     if low > high:
@@ -141,10 +152,14 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         uncertainty_threshold=options.uncertainty_threshold,
         avoid_budget_tokens=options.avoid_budget_tokens,
         trace_budget=trace_budget,
+        aggregation_size=options.aggregation_size,
+        aggregation_pick=options.aggregation_pick,
         **selection_options(options, strategy, final, table),  # type: ignore[typeddict-item]
     )
     problem = given.get("problem")
     rehearse(strategy, table, params, problem if isinstance(problem, str) and problem.strip() else None)
+    if params["select_rule"] == "genselect" or isinstance(final, GenSelect):
+        rehearse_genselect(prompt_set.table(GENSELECT_SPEC), params, problem if isinstance(problem, str) else None)
     return params, prompt_set
 
 
@@ -169,9 +184,7 @@ def budget(options: RunOptions, strategy: Any, thinkers: int, pick: Any) -> tupl
     return waves, int(traces)
 
 
-def selection_options(
-    options: RunOptions, strategy: Any, final: int | ConfVote | TraceMajority | None, table: PromptTable
-) -> dict[str, Any]:
+def selection_options(options: RunOptions, strategy: Any, final: FinalRule, table: PromptTable) -> dict[str, Any]:
     """The thinker-selection, confidence, TRT and DeepConf parameters: the prompt set's or the strategy's
     defaults filled in, and the combinations checked (``verifier`` needs a verifier prompt, ``manager`` a
     manager prompt, ``conf-vote`` a DeepConf measure, a measure needs top log-probabilities). Options a
@@ -189,6 +202,11 @@ def selection_options(
     if rule == "conf-vote" and score not in MEASURES:
         raise ValueError(
             f"select_rule conf-vote weighs votes by a DeepConf measure: set confidence_score to one of "
+            f"{', '.join(MEASURES)} (got {score})"
+        )
+    if options.aggregation_pick == "confidence" and strategy.name == "rsa" and score not in MEASURES:
+        raise ValueError(
+            f"aggregation_pick confidence draws traces by a DeepConf measure: set confidence_score to one of "
             f"{', '.join(MEASURES)} (got {score})"
         )
     uses_measures = score in MEASURES or isinstance(final, ConfVote) or strategy.name == "deepconf"

@@ -12,9 +12,11 @@ from typing import Any, Literal, NotRequired
 # before Python 3.12.
 from typing_extensions import TypedDict
 
-from knowledge_flow.options import AnswerType, ConfidenceScore, ModelFamily, SelectRule
+from knowledge_flow.options import AggregationPick, AnswerType, ConfidenceScore, ModelFamily, SelectRule
 
 __all__ = [
+    "AggregationPick",
+    "AggregationPlan",
     "AnswerType",
     "Candidate",
     "ConfidenceScore",
@@ -104,6 +106,10 @@ class RunParams(TypedDict):
     trace_budget: NotRequired[int | None]
     """Traces to send in all, the first wave included (deepconf: 256); the last wave is trimmed to it. None:
     whole waves of `thinkers` for `iterations`."""
+    aggregation_size: NotRequired[int]
+    """rsa: K, the traces of the previous loop each member aggregates (4)."""
+    aggregation_pick: NotRequired[AggregationPick]
+    """rsa: how the K traces are drawn: `uniform` (the paper) or `confidence` (weighted by `confidence_score`)."""
 
 
 class KnowledgeItem(TypedDict):
@@ -208,6 +214,16 @@ class TraceVote(TypedDict):
     """False when the trace is kept out of votes (failed, cancelled, or below the online threshold)."""
 
 
+class AggregationPlan(TypedDict):
+    """rsa: the subsets one loop aggregates, drawn when the loop before it was distilled (so the draw is in the
+    checkpoint before any of the loop's requests is sent)."""
+
+    iteration: int
+    """The loop the plan is for."""
+    subsets: list[list[int]]
+    """Per member (thinker), the thinkers of the previous loop whose traces it aggregates, in prompt order."""
+
+
 class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
@@ -248,9 +264,17 @@ class Candidate(TypedDict):
 
 @dataclass(frozen=True)
 class StoredRollout:
-    """A stored rollout's texts, as later prompts need them."""
+    """A stored rollout's texts, as later prompts need them, and what was read from it."""
 
     messages: list[Message]
     prefill: str | None
     content: str
     reasoning: str | None
+    answer: str | None = None
+    """The parsed answer (None before parsing, or without one)."""
+    summary: str | None = None
+    error: str | None = None
+    stop_reason: str | None = None
+    """Why the trace is kept out of votes (`Candidate.excluded`), if it is."""
+    confidence: float | None = None
+    measures: dict[str, float] | None = None

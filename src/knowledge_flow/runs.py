@@ -90,6 +90,8 @@ def reopen(
             "failed_streak": 0,
         }
         done = first
+    if not update and status == "done" and snapshot.next:  # stopped in its final-answer call: that call goes on
+        return True
     if not update and status not in ("done", "failed"):
         if snapshot.next:  # a run a step's error stopped (`mark_failed`) goes on
             store.update_run(values["run_id"], status="running")

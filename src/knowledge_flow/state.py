@@ -25,6 +25,7 @@ from typing_extensions import TypedDict
 
 from knowledge_flow.options import RunOptions
 from knowledge_flow.records import (
+    AggregationPlan,
     AnswerType,
     Candidate,
     ConfidenceScore,
@@ -44,6 +45,7 @@ from knowledge_flow.records import (
 )
 
 __all__ = [
+    "AggregationPlan",
     "AnswerType",
     "Candidate",
     "ConfidenceScore",
@@ -159,6 +161,9 @@ class State(TypedDict, total=False):
     best: Candidate | None
     """trt: the selected candidate so far (its answer is the reference answer); from round 2 on it is a
     candidate of every select rule, carried as it was parsed."""
+    aggregation: AggregationPlan | None
+    """rsa: the next loop's subsets (thinker indices of the loop before it), drawn when that loop was
+    distilled."""
 
 
 class OutputState(TypedDict):

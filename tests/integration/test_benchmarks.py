@@ -82,3 +82,38 @@ def test_accuracy_tiny(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     again = accuracy.main(["--tiny", "--db", str(tmp_path / "accuracy.db")])
     assert again["runs"] == figures["runs"]  # finished runs are read back, not run again
     assert "reusing finished run" in capsys.readouterr().err
+
+
+def test_accuracy_tiny_rsa(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """RSA at matched rollouts with self-consistency on the real 0.5B model: 1 problem x 8 rollouts (a
+    population of 4, two loops); with GenSelect the final answer is the run's own (at most one call)."""
+    db = tmp_path / "rsa.db"
+    args = ["--tiny", "--variants", "sc,rsa,rsa-genselect", "--iterations", "8", "--problems", "1", "--db", str(db)]
+    figures = accuracy.main(args)
+    assert "McNemar p" in capsys.readouterr().out
+    rows = {row["label"]: row for row in figures["rows"]}
+    assert list(rows) == [
+        "self-consistency, majority of 8",
+        "one rollout (rollout 0)",
+        "RSA N=4 K=2, majority of the last population",
+        "RSA N=4 K=2 + GenSelect, majority of the last population",
+        "RSA N=4 K=2 + GenSelect, GenSelect",
+    ]
+    assert all(row["problems"] == 1 and row["tokens_per_problem"] > 0 for row in rows.values())
+    assert all(row["paired"]["common"] == 1 for label, row in rows.items() if label.startswith("RSA"))
+    from knowledge_flow.persistence import get_store
+
+    store = get_store(db)
+    population = [r for r in store.list_runs() if r.params.get("strategy") == "rsa"]
+    assert len(population) == 2  # 1 problem x 2 variants
+    for run in population:
+        rollouts = store.rollouts(run.run_id)
+        usable = sum(1 for r in rollouts if r.iteration == 0 and r.error is None and r.answer is not None)
+        assert sorted(r.iteration for r in rollouts) == [0] * 4 + [1] * 4
+        # each loop-1 member aggregated 2 distinct loop-0 traces (all of them when fewer are usable)
+        for member in (r for r in rollouts if r.iteration == 1):
+            parents = member.parents or []
+            assert len(parents) == len(set(parents)) == min(2, usable)
+            assert all(p.startswith(f"{run.run_id}:0:") for p in parents)
+    calls = [c for r in population for c in store.calls(r.run_id)]
+    assert len(calls) <= 1 and all(c.kind == "genselect-final" for c in calls)

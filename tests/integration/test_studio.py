@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,46 +45,43 @@ def wait_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float =
     pytest.fail(f"langgraph dev did not answer {url}:\n{log.read_text()[-4000:]}")
 
 
-def test_langgraph_dev_runs_a_thread(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    from langgraph_sdk import get_sync_client
-
+@contextlib.contextmanager
+def langgraph_dev(server: ScriptedServer, tmp_path: Path, db: Path) -> Iterator[str]:
+    """`langgraph dev` serving the graph against `server`, storing in `db`; yields its URL."""
     cli = shutil.which("langgraph", path=str(Path(sys.executable).parent))
     assert cli, "langgraph-cli is a dev dependency"
-    server = scripted(script_responder({"default": SCRIPT})).start()
     port = free_port()
     log = tmp_path / "langgraph-dev.log"
     env = kflow_env(
         {
             "KFLOW_BASE_URL": server.base_url,
             "KFLOW_MODEL": "scripted-model",
-            "KFLOW_DB": str(tmp_path / "studio.db"),
+            "KFLOW_DB": str(db),
             "LANGGRAPH_CLI_NO_ANALYTICS": "1",
             "LANGSMITH_TRACING": "false",
         }
     )
+    command = [cli, "dev", "--no-browser", "--port", str(port), "--host", "127.0.0.1"]
+    command += ["--config", str(REPO / "langgraph.json"), "--no-reload"]
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [
-                cli,
-                "dev",
-                "--no-browser",
-                "--port",
-                str(port),
-                "--host",
-                "127.0.0.1",
-                "--config",
-                str(REPO / "langgraph.json"),
-                "--no-reload",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ok(f"{url}/ok", proc, log)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+
+
+def test_langgraph_dev_runs_a_thread(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    from langgraph_sdk import get_sync_client
+
+    server = scripted(script_responder({"default": SCRIPT})).start()
+    with langgraph_dev(server, tmp_path, tmp_path / "studio.db") as url:
         client = get_sync_client(url=url)
         assistants = client.assistants.search(graph_id="knowledge_flow")
         assert assistants, "the graph is registered"
@@ -132,7 +131,32 @@ def test_langgraph_dev_runs_a_thread(scripted: type[ScriptedServer], tmp_path: P
         assert values["answers"] == ANSWERS[:3]
         assert values["status"] == "done"
         assert [r.prompt for r in server.requests] == EXPECTED_PROMPTS[:3]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+
+
+def test_langgraph_dev_runs_rsa(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    """Studio's form offers RSA's options and GenSelect; a thread with strategy rsa runs its loops."""
+    from langgraph_sdk import get_sync_client
+
+    from tests.integration.rsa_support import PROBLEM as RSA_PROBLEM
+    from tests.integration.rsa_support import PopulationModel
+    from tests.integration.test_rsa import check_population
+
+    model = PopulationModel()
+    server = scripted(model).start()
+    db = tmp_path / "rsa.db"
+    with langgraph_dev(server, tmp_path, db) as url:
+        client = get_sync_client(url=url)
+        assistant = client.assistants.search(graph_id="knowledge_flow")[0]["assistant_id"]
+        inputs = client.assistants.get_schemas(assistant)["input_schema"]
+        assert inputs is not None
+        assert inputs["properties"]["aggregation_size"]["default"] == 4
+        assert "confidence" in json.dumps(inputs["properties"]["aggregation_pick"])
+        assert '"genselect"' in json.dumps(inputs["properties"]["select_rule"])
+        assert "rsa: 16" in inputs["properties"]["thinkers"]["description"]
+        thread = client.threads.create()
+        run_input = {"problem": RSA_PROBLEM, "strategy": "rsa", "thinkers": 4, "iterations": 3, "aggregation_size": 2}
+        for part in client.runs.stream(thread["thread_id"], "knowledge_flow", input=run_input, stream_mode="updates"):
+            assert part.event != "error", part.data
+        values = client.threads.get_state(thread["thread_id"])["values"]
+        assert isinstance(values, dict) and values["status"] == "done" and len(values["answers"]) == 3
+        check_population(server, model, db, values["final_answer"], n=4, loops=3, k=2)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import REPO, kflow_env, run_kflow
@@ -49,23 +50,22 @@ class HoldB2:
         return None
 
 
-def kill_mid_round_two(server: ScriptedServer, db: Path, inputs: dict[str, object], hold: HoldB2) -> None:
-    """Run the graph in a process until round 2's A2 is stored and B2 is in flight, SIGKILL it, then let the
-    server find the client gone (the held reply is not delivered)."""
+def kill_when(
+    server: ScriptedServer,
+    db: Path,
+    inputs: dict[str, object],
+    ready: Callable[[], bool],
+    what: str,
+    release: threading.Event,
+    held: list[Request],
+    thread: str = "t",
+) -> None:
+    """Run the graph in a process (`tests.support.graph_script`) until `ready()`, SIGKILL it, then release the
+    held reply so that the server finds the client gone (the reply is not delivered)."""
+    command = [sys.executable, "-m", "tests.support.graph_script", "--base-url", server.base_url, "--db", str(db)]
+    command += ["--thread", thread, "--inputs", json.dumps(inputs)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.graph_script",
-            "--base-url",
-            server.base_url,
-            "--db",
-            str(db),
-            "--thread",
-            "t",
-            "--inputs",
-            json.dumps({"problem": PROBLEM, "model": "scripted-model", **inputs}),
-        ],
+        command,
         env=kflow_env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -73,16 +73,24 @@ def kill_mid_round_two(server: ScriptedServer, db: Path, inputs: dict[str, objec
         text=True,
         start_new_session=True,
     )
-    wait_for(lambda: bool(hold.held) and stored(db, "1:0"), proc, "the middle of round 2")
+    wait_for(ready, proc, what)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     time.sleep(0.2)
-    hold.event.set()
+    release.set()
     deadline = time.monotonic() + 10
-    while hold.held[0].ended is None and time.monotonic() < deadline:
+    while held[0].ended is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert hold.held[0].aborted
+    assert held[0].aborted
+
+
+def kill_mid_round_two(server: ScriptedServer, db: Path, inputs: dict[str, object], hold: HoldB2) -> None:
+    """Run the graph in a process until round 2's A2 is stored and B2 is in flight, SIGKILL it, then let the
+    server find the client gone (the held reply is not delivered)."""
+    ready = lambda: bool(hold.held) and stored(db, "1:0")  # noqa: E731
+    inputs = {"problem": PROBLEM, "model": "scripted-model", **inputs}
+    kill_when(server, db, inputs, ready, "the middle of round 2", hold.event, hold.held)
 
 
 def test_sigkill_mid_round_then_resume(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -95,7 +95,8 @@ def test_the_previous_best_is_kept_against_two_agreeing_wrong_rollouts(
     # no rollout of round 2 was selected; round 1's keeps its rank
     assert [(r.iteration, r.rank) for r in store.rollouts(run_id)] == [(0, 0), (0, 1), (1, 1), (1, 2)]
     # what the report re-grades and the predictions show: round 1's rollout, twice
-    assert [row.id for row in store.chosen_rows([run_id])[run_id]] == [first, first]
+    chosen = store.chosen_rows([run_id])[run_id]
+    assert [chosen[k].id for k in sorted(chosen)] == [first, first]
 
 
 def test_a_vote_counts_the_previous_best_as_one_voter(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -45,7 +45,9 @@ def test_every_option_is_an_input_with_description_and_default() -> None:
     assert set(OPTION_NAMES) <= set(get_type_hints(RunParams))
     assert schema["max_new_tokens"]["description"].endswith("(default: 512; deepconf: 64000)")
     assert schema["top_p"]["description"].endswith("(default: 1.0; deepconf: 0.95)")
-    assert schema["thinkers"]["description"].endswith("(default: 1; trt: 2; deepconf: 16)")
+    assert schema["thinkers"]["description"].endswith("(default: 1; trt: 2; deepconf: 16; rsa: 16)")
+    assert schema["iterations"]["description"].endswith("(default: 64; trt: 8; rsa: 10)")
+    assert schema["aggregation_size"]["default"] == 4
     assert schema["trace_budget"]["description"].endswith("(default: none; deepconf: 256)")
 
 

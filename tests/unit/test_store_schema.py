@@ -45,13 +45,15 @@ def test_rows_sealed_before_the_workers_version_stay_intact_after_its_migration(
         store.add_rollout(row)
     assert rollout_damage(store, ["run"], {"run": 2}) == {}
     table = table_of(RolloutRow)
-    with store.session() as session:  # sealed as version 7 sealed them: over every column but the worker
+    later = ("worker", "parents_json")  # the columns of versions 8 and 9
+    with store.session() as session:  # sealed as version 7 sealed them: over every column but the later ones
         for raw in select_raw(session.connection(), table, {"run_id": "run"}):
-            v7_seal = digest(raw[column.key] for column in sealed_columns(table) if column.key != "worker")
+            v7_seal = digest(raw[column.key] for column in sealed_columns(table) if column.key not in later)
             session.execute(update(RolloutRow).where(RolloutRow.id == raw["id"]).values(seal=v7_seal, worker=None))
     store.close()
     # as version 7 wrote them: without the columns of the workers
     database.execute('ALTER TABLE kf_rollouts DROP COLUMN "worker"')
+    database.execute('ALTER TABLE kf_rollouts DROP COLUMN "parents_json"')
     database.execute("ALTER TABLE kf_eval_items DROP COLUMN claimed_by")
     database.execute('ALTER TABLE kf_eval_items DROP COLUMN "worker"')
     database.execute("ALTER TABLE kf_leases DROP COLUMN timeout")
@@ -77,3 +79,44 @@ def test_newer_schema_is_refused_and_left_untouched(database: Database) -> None:
         RolloutStore(database.target)
     assert database.snapshot() == before
     assert "kf_evals" not in database.tables()
+
+
+def test_rows_sealed_before_the_lineage_keep_their_seals_and_the_parents_are_sealed(database: Database) -> None:
+    """Rows sealed before rollouts recorded what they aggregated still pass their check once the database
+    gains ``parents_json``; a rollout's parents, when set, are under its seal."""
+    from knowledge_flow.persistence.rows import utcnow
+
+    def aggregating(rollout_id: str, parents: str | None) -> RolloutRow:
+        index = int(rollout_id[-1])
+        return RolloutRow(
+            id=rollout_id,
+            run_id="run",
+            thread_id="t",
+            iteration=0,
+            index=index,
+            rank=index,
+            created_at=utcnow(),
+            prompt_json="[]",
+            content="\\boxed{3}",
+            parents_json=parents,
+        )
+
+    store = RolloutStore(database.target)
+    store.create_run(run_id="run", thread_id="t", problem="p", params={}, base_url=None, package_version="0")
+    store.add_rollout(aggregating("run:0:0", None), 2)
+    table = table_of(RolloutRow)
+    with store.engine.connect() as connection:
+        raw = select_raw(connection, table, {"id": "run:0:0"})[0]
+    old_seal = digest(raw[c.key] for c in sealed_columns(table) if c.key != "parents_json")
+    store.close()
+    # the database as version 8 left it: its rollout sealed as version 8 sealed it
+    database.execute('ALTER TABLE kf_rollouts DROP COLUMN "parents_json"')
+    database.execute(f"UPDATE kf_rollouts SET seal = '{old_seal}' WHERE id = 'run:0:0'")
+    database.execute("UPDATE kf_meta SET value = '8' WHERE key = 'schema_version'")
+    store = RolloutStore(database.target)
+    assert "parents_json" in columns(database, "kf_rollouts")
+    store.add_rollout(aggregating("run:0:1", '["run:x:0"]'), 2)
+    assert rollout_damage(store, ["run"], {"run": 1}) == {}
+    database.execute("UPDATE kf_rollouts SET parents_json = '[\"run:x:1\"]' WHERE id = 'run:0:1'")
+    assert "run" in rollout_damage(store, ["run"], {"run": 1})  # the lineage altered by hand is found out
+    store.close()

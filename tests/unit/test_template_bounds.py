@@ -190,3 +190,26 @@ def test_fuzzed_templates_render_or_fail_in_one_line(pieces: list[str], short_li
     else:
         assert len(text) <= MAX_CHARS
     assert time.monotonic() - started < 60
+
+
+def test_rsa_and_genselect_tables_are_rehearsed(tmp_path: Path) -> None:
+    """An [rsa] `aggregate` template that only a later loop renders, and a [genselect] template, fail before
+    the run when they cannot be rendered."""
+    source = BASE.replace(
+        "{% if candidates|length > 1 %} {{ c.number }}", "{% if candidates|length > 1 %} {{ c.number.nope.deeper }}", 1
+    )
+    assert source != BASE
+    path = tmp_path / "rsa.toml"
+    path.write_text(source)
+    with pytest.raises(ValueError, match=r"'aggregate'.*nope"):
+        resolve_params({"prompts": str(path), "strategy": "rsa"})
+    resolve_params({"prompts": str(path), "strategy": "self-consistency"})  # the table it does not use
+    head, tail = BASE.split("[genselect]")
+    source = head + "[genselect]" + tail.replace("{{ c.number }}", "{{ c.number.nope.deeper }}", 1)
+    assert source != BASE
+    path.write_text(source)
+    resolve_params({"prompts": str(path), "strategy": "rsa"})  # no GenSelect: not rendered
+    with pytest.raises(ValueError, match=r"'select'.*nope"):
+        resolve_params({"prompts": str(path), "strategy": "rsa", "final_answer_rule": "genselect"})
+    with pytest.raises(ValueError, match=r"'select'.*nope"):
+        resolve_params({"prompts": str(path), "select_rule": "genselect", "thinkers": 2})

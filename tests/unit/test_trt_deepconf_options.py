@@ -130,7 +130,7 @@ def test_version_4_database_is_migrated(tmp_path: Path) -> None:
     assert set(new) <= columns(path, "kf_rollouts") and "outcome_json" in columns(path, "kf_calls")
     assert "confidence_threshold" in columns(path, "kf_runs")
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM kf_meta").fetchone()[0] == str(SCHEMA_VERSION) == "8"
+        assert conn.execute("SELECT value FROM kf_meta").fetchone()[0] == str(SCHEMA_VERSION) == "9"
     store.close()
 
 

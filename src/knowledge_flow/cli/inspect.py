@@ -26,6 +26,7 @@ from knowledge_flow.cli.common import (
     write_json,
 )
 from knowledge_flow.cli.run import describe_item
+from knowledge_flow.cli.show_figures import print_figures
 from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def show(
         db_path, store, run = open_run(db, thread_id)
     except UsageError as exc:
         raise fail(str(exc)) from None
+    from knowledge_flow.figures import run_figures
     from knowledge_flow.text.answers import equivalent
 
     try:
@@ -90,6 +92,11 @@ def show(
             **({"strategy": r.strategy} if r.strategy else {}),
             **({"measures": r.measures, "stop_reason": r.stop_reason} if r.measures or r.stop_reason else {}),
             **({"finish_order": r.finish_order} if r.finish_order is not None else {}),
+            **(
+                {"aggregated": [p.rsplit(":", 2)[1] + "." + p.rsplit(":", 2)[2] for p in r.parents]}
+                if r.parents
+                else {}
+            ),
             **({"tokens_counted_from": r.usage_source} if r.usage_source not in (None, "server") else {}),
             **(
                 {"messages": r.messages, "content": r.content, "reasoning": r.reasoning, "summary": r.summary}
@@ -99,7 +106,6 @@ def show(
         }
         for r in rows
     ]
-    from knowledge_flow.figures import run_figures
 
     figures = run_figures(store, run.run_id)
     selections = [
@@ -126,7 +132,7 @@ def show(
             **({"evaluation": item.eval_id, "gold": gold} if item is not None else {}),
             "rollouts": rollouts,
             "selections": selections,
-            **({key: figures[key] for key in ("trt", "deepconf") if key in figures}),
+            **({key: figures[key] for key in ("trt", "deepconf", "rsa", "final_select") if key in figures}),
         }
         write_json(payload)
         return
@@ -136,13 +142,15 @@ def show(
     out.print(Text(f"problem: {clean(run.problem, 300)}"))
     if item is not None:
         out.print(Text(f"evaluation {item.eval_id}, problem {item.position}: gold answer {clean(gold)}"))
-    headers = ["#", "answer", *(["correct"] if gold is not None else []), "changed", "knowledge added"]
-    rollout_table = table(*headers, "tokens (prompt+completion)", "latency", "finish")
+    lineage = any("aggregated" in r for r in rollouts)  # rsa: the members each rollout aggregated
+    headers = ["#", *(["aggregated"] if lineage else []), "answer", *(["correct"] if gold is not None else [])]
+    rollout_table = table(*headers, "changed", "knowledge added", "tokens (prompt+completion)", "latency", "finish")
     for r in rollouts:
         added = r["knowledge_added"]
         thinker = f".{r['thinker']}{'*' if r['rank'] == 0 else ''}" if run.params.get("thinkers", 1) > 1 else ""
         rollout_table.add_row(
             f"{r['iteration']}{thinker}",
+            *([" ".join(r.get("aggregated", [])) or "—"] if lineage else []),
             Text(clean(r["answer"], 40)),
             *([("yes" if r["correct"] else "no")] if gold is not None else []),
             "—" if r["changed"] is None else ("yes" if r["changed"] else "no"),
@@ -223,72 +231,6 @@ def threads(
             item["created_at"],
         )
     out.print(listing_table)
-
-
-def print_figures(figures: dict[str, Any]) -> None:
-    """TRT's rounds (strategies, selected answer and how it was selected, agreement, reflection or manager call)
-    and DeepConf's stops, when the run has them."""
-    trt = figures.get("trt")
-    if trt is not None:
-        rounds = table("round", "thinker strategies -> answers", "selected", "by", "agreement", "reflection after")
-        for entry in trt["rounds"]:
-            tried = "; ".join(
-                f"{clean(t['key_technique'] or 'own approach', 40)} -> {clean(t['answer'], 20)}"
-                for t in entry["thinkers"]
-            )
-            reflection = entry["reflection_after"]
-            kept = " (previous best kept)" if entry.get("kept_previous") else ""
-            rounds.add_row(
-                str(entry["round"]),
-                Text(tried),
-                Text(clean(entry["selected_answer"], 30) + kept),
-                Text(clean(entry.get("rule") or "—", 40)),
-                f"{100 * entry['agreement']:.0f}%",
-                Text(clean(describe_call(reflection), 90)),
-            )
-        out.print(rounds)
-    deepconf = figures.get("deepconf")
-    if deepconf is not None:
-        tokens = deepconf["tokens"]
-        threshold = deepconf["threshold"]
-        out.print(
-            Text(
-                f"DeepConf: threshold {'—' if threshold is None else f'{threshold:.4f}'} "
-                f"(window {deepconf['window']}, keep {deepconf['keep_percent']}%), online filter "
-                f"{deepconf['online_filter']}; {deepconf['traces']} of {deepconf['budget']} traces, "
-                f"{deepconf['stopped']} stopped ({tokens['paid_by_stopped']:,} tokens paid), "
-                f"{deepconf['consensus_cancelled']} cancelled at consensus ({tokens['paid_by_cancelled']:,} tokens "
-                f"paid), {deepconf['below_threshold']} below the threshold, {deepconf['counted']} voted; saved about "
-                f"{tokens['saved_by_stops_estimate']:,} tokens by stops and {tokens['saved_by_consensus_estimate']:,} "
-                f"by early consensus; vote share of the leader {100 * deepconf['vote']['leader_share']:.0f}%"
-                + counted_by_client(tokens)
-            )
-        )
-
-
-def counted_by_client(tokens: dict[str, Any]) -> str:
-    """A note on the tokens of closed streams, counted up to the last chunk read (the server may have
-    generated a few more before it saw the close)."""
-    counted = int(tokens.get("counted_by_client") or 0)
-    return f"; {counted:,} tokens of closed streams counted up to the last chunk read" if counted else ""
-
-
-def describe_call(call: dict[str, Any] | None) -> str:
-    if call is None:
-        return "—"
-    if call.get("error"):
-        return f"failed: {call['error']}"
-    outcome = call.get("outcome") or {}
-    parts = []
-    if outcome.get("strategies"):
-        parts.append("next: " + ", ".join(str(s.get("key_technique")) for s in outcome["strategies"]))
-    if outcome.get("added"):
-        parts.append(f"added {str(outcome['added']).splitlines()[0]}")
-    if outcome.get("disabled"):
-        parts.append(f"disabled item {outcome['disabled']}")
-    if outcome.get("note"):
-        parts.append(str(outcome["note"]))
-    return "; ".join(parts) or "no change"
 
 
 def stopping_error(db_path: str, thread_id: str) -> str | None:

@@ -24,10 +24,11 @@ from knowledge_flow.cli.common import (
     table,
     write_json,
 )
-from knowledge_flow.cli.inspect import counted_by_client
+from knowledge_flow.cli.show_figures import counted_by_client
 from knowledge_flow.persistence.urls import shown
 
 if TYPE_CHECKING:
+    from knowledge_flow.evaluation.budgets import EqualTokens
     from knowledge_flow.evaluation.compare import RunComparison
     from knowledge_flow.evaluation.report import EvalReport
     from knowledge_flow.persistence.store import RolloutStore
@@ -111,6 +112,29 @@ def print_report(report: EvalReport) -> None:
         f"rollouts: {report.rollouts_done:,} of {report.rollouts_budget:,} (stop policy {report.stop_policy}); "
         f"saved by early stopping: {report.rollouts_saved:,} rollouts, about {report.tokens_saved_estimate:,} tokens"
     )
+    print_traces(report)
+
+
+def print_traces(report: EvalReport) -> None:
+    """Per trace: pass@1 over every trace, maj@k, pass@1 of each iteration's traces."""
+    traces = report.traces
+    if traces is None:
+        return
+    counts = (
+        f"{traces.fewest_traces}"
+        if traces.fewest_traces == traces.most_traces
+        else f"{traces.fewest_traces}-{traces.most_traces}"
+    )
+    per_trace = table("traces per problem", "pass@1 (all traces)", *(f"maj@{k}" for k in traces.maj_at_k))
+    per_trace.add_row(
+        counts, f"{100 * traces.pass_at_1:.1f}%", *(f"{100 * value:.1f}%" for value in traces.maj_at_k.values())
+    )
+    out.print(per_trace)
+    if traces.most_traces > len(report.per_iteration):
+        shares = " / ".join(
+            "n/a" if f.trace_accuracy is None else f"{100 * f.trace_accuracy:.0f}" for f in report.per_iteration
+        )
+        out.print(f"pass@1 of each iteration's traces (%): {shares}")
 
 
 def report(
@@ -135,11 +159,13 @@ def report(
     ] = "default",
     as_json: JsonOpt = False,
 ) -> None:
-    """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
-    stops where the runs have them; with --compare, the runs side by side; a PNG plot."""
+    """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; per trace pass@1 and
+    maj@k; TRT rounds and DeepConf stops where the runs have them; with --compare, the runs side by side and at
+    equal tokens per problem; a PNG plot."""
+    from knowledge_flow.evaluation.budgets import equal_tokens
     from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
     from knowledge_flow.evaluation.integrity import check_evaluation
-    from knowledge_flow.evaluation.report import build_report, finished_items, grade, plot_reports
+    from knowledge_flow.evaluation.report import build_report, finished_items, grade, plot_reports, token_curve
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.persistence.seals import StoreDamaged
     from knowledge_flow.text.answer_rules import check_rule
@@ -174,6 +200,7 @@ def report(
         err.print(Text(f"warning: the runs compared are on different datasets: {named}", style="yellow"))
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
     comparison = compare_runs(records) if compare else []
+    matched = equal_tokens([token_curve(r) for r in reports]) if compare else None
     if as_json:
         payload: dict[str, Any] = {
             **reports[0].to_json(),
@@ -185,6 +212,7 @@ def report(
             others = zip(reports[1:], strategies[1:], strict=True)
             payload["compare"] = [r.to_json() | {"strategy_figures": f} for r, f in others]
             payload["comparison"] = [entry.to_json() for entry in comparison]
+            payload["equal_tokens"] = matched.to_json() if matched is not None else None
         write_json(payload)
         return
     for item, figures in zip(reports, strategies, strict=True):
@@ -192,6 +220,8 @@ def report(
         print_strategy_totals(figures)
     if comparison:
         print_comparison(comparison)
+    if matched is not None:
+        print_equal_tokens(matched)
     out.print(f"plot: {plot}")
 
 
@@ -221,10 +251,12 @@ def print_strategy_totals(figures: dict[str, Any] | None) -> None:
                 f"{100 * entry['answer_changed_share']:.0f}%",
             )
         out.print(rounds)
-        calls = figures["calls"]
+    calls = figures["calls"]
+    if calls["calls"]:
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(calls["kinds"].items()))
         out.print(
-            f"calls outside the rollouts (planning, reflection, verifier): {calls['calls']:,}, "
-            f"{calls['prompt_tokens']:,}+{calls['completion_tokens']:,} tokens"
+            f"calls outside the rollouts: {calls['calls']:,} ({kinds}), "
+            f"{calls['prompt_tokens']:,}+{calls['completion_tokens']:,} tokens (counted in the tokens above)"
         )
     deepconf = figures["deepconf"]
     if deepconf["runs"]:
@@ -247,4 +279,16 @@ def print_comparison(comparison: list[RunComparison]) -> None:
     side_by_side = table(*COLUMNS)
     for entry in comparison:
         side_by_side.add_row(*(Text(clean(cell)) for cell in cells(entry)))
+    out.print(side_by_side)
+
+
+def print_equal_tokens(matched: EqualTokens) -> None:
+    """The runs' final-answer accuracy at the token budgets (per problem) every run reaches."""
+    if not matched.budgets:
+        out.print("at equal tokens: no budget that every run reaches (their token ranges do not overlap)")
+        return
+    side_by_side = table("tokens/problem", *matched.accuracy)
+    for at, budget in enumerate(matched.budgets):
+        side_by_side.add_row(f"{budget:,.0f}", *(f"{100 * values[at]:.1f}%" for values in matched.accuracy.values()))
+    out.print(Text("final-answer accuracy at equal tokens per problem (the last iteration within each budget)"))
     out.print(side_by_side)

@@ -374,7 +374,7 @@ def resume(
         raise fail(str(exc)) from None
     checkpointer = get_checkpointer(db_path)
     try:
-        values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}}).values
+        snapshot = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}})
     except Exception as exc:
         problem = database_failure(exc, db_path) or (
             f"database {shown(db_path)!r} is damaged: the checkpoint of thread {thread_id!r} cannot be read "
@@ -383,10 +383,11 @@ def resume(
         raise fail(problem, code=1) from None
     finally:
         checkpointer.close()
+    values = snapshot.values
     if not values:
         raise fail(f"thread {thread_id!r} has no checkpoint in {shown(db_path)}")
     extend = iterations is not None and iterations > int(values["params"]["iterations"])
-    if values.get("status") == "done" and not extend:
+    if values.get("status") == "done" and not snapshot.next and not extend:  # a final-answer call may be pending
         err.print(Text(f"thread {clean(thread_id)} is already complete"))
         emit(summarize(values, thread_id, db_path), as_json)
         return

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalRow, EvalStore
 from knowledge_flow.persistence.damage import StoreDamaged, rollout_damage
 from knowledge_flow.persistence.files import database_problem
-from knowledge_flow.persistence.rows import RolloutRow
+from knowledge_flow.persistence.rows import CallRow, RolloutRow
 from knowledge_flow.persistence.seals import check_seal, select_raw, table_of
 from knowledge_flow.persistence.store import RolloutStore
 
@@ -81,33 +81,42 @@ def check_evaluation(store: RolloutStore, eval_id: str) -> None:
 
 
 def _token_mismatches(store: RolloutStore, finished: dict[str, dict[str, Any]], owner: dict[str, int]) -> list[str]:
-    """Finished problems whose recorded per-iteration tokens are not their rollouts' (rows written before
-    seals existed are checked this way too)."""
+    """Finished problems whose recorded per-iteration tokens are not their rollouts' and calls' (rows written
+    before seals existed are checked this way too; problems recorded before calls were counted in them match
+    their rollouts alone)."""
     if not finished:
         return []
-    stats = _tokens_by_iteration(store, list(finished))
+    rollouts = _tokens_by_iteration(store, RolloutRow, list(finished))
+    calls = _tokens_by_iteration(store, CallRow, list(finished))
     problems = []
     for run_id, item in finished.items():
         recorded = (_json_list(item["prompt_tokens_json"]), _json_list(item["completion_tokens_json"]))
-        counted = stats.get(run_id, {})
         length = len(_json_list(item["answers_json"]) or [])
-        stored = (
-            [counted.get(k, (0, 0))[0] for k in range(length)],
-            [counted.get(k, (0, 0))[1] for k in range(length)],
-        )
-        if recorded != stored:
+        alone = rollouts.get(run_id, {})
+        both = {k: _add(alone.get(k, (0, 0)), calls.get(run_id, {}).get(k, (0, 0))) for k in range(length)}
+        if recorded not in (_per_iteration(alone, length), _per_iteration(both, length)):
             problems.append(f"problem {owner[run_id]}: its recorded tokens disagree with its stored rollouts")
     return problems
 
 
-def _tokens_by_iteration(store: RolloutStore, run_ids: list[str]) -> dict[str, dict[int, tuple[int, int]]]:
+def _add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _per_iteration(counted: dict[int, tuple[int, int]], length: int) -> tuple[list[int], list[int]]:
+    return [counted.get(k, (0, 0))[0] for k in range(length)], [counted.get(k, (0, 0))[1] for k in range(length)]
+
+
+def _tokens_by_iteration(
+    store: RolloutStore, model: type[RolloutRow] | type[CallRow], run_ids: list[str]
+) -> dict[str, dict[int, tuple[int, int]]]:
     tokens: dict[str, dict[int, tuple[int, int]]] = {}
     with store.session() as session:
         for start in range(0, len(run_ids), 500):
             chunk = run_ids[start : start + 500]
-            statement = select(
-                RolloutRow.run_id, RolloutRow.iteration, RolloutRow.prompt_tokens, RolloutRow.completion_tokens
-            ).where(RolloutRow.run_id.in_(chunk))
+            statement = select(model.run_id, model.iteration, model.prompt_tokens, model.completion_tokens).where(
+                model.run_id.in_(chunk)
+            )
             for run_id, iteration, prompt, completion in session.execute(statement):
                 before = tokens.setdefault(run_id, {}).get(iteration, (0, 0))
                 tokens[run_id][iteration] = (before[0] + prompt, before[1] + completion)

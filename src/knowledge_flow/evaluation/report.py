@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from knowledge_flow.evaluation.budgets import TokenCurve
 from knowledge_flow.evaluation.integrity import check_evaluation
 from knowledge_flow.evaluation.revote import check_complete, finals_after_waves, reread_votes, stored_votes
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
+from knowledge_flow.evaluation.traces import TraceFigures, graded_traces, trace_figures
 from knowledge_flow.persistence.store import RolloutStore, StoreDamaged
 from knowledge_flow.records import TraceVote
-from knowledge_flow.strategies.policies import final_answer, votes_traces
+from knowledge_flow.strategies.genselect import final_call_id
+from knowledge_flow.strategies.policies import final_answer, selects_final, votes_traces
 from knowledge_flow.text.answer_rules import check_rule, regrade_answer
 from knowledge_flow.text.answers import equivalent
 
@@ -36,6 +39,11 @@ class IterationFigures:
     failed_rollouts: int = 0
     truncated_rollouts: int = 0
     retried_rollouts: int = 0
+    trace_accuracy: float | None = None
+    """pass@1 over the iteration's traces (all thinkers; RSA: the population), finished problems."""
+    cumulative_tokens_per_problem: float = 0.0
+    """Tokens per problem up to this iteration, its stored calls included (GenSelect, reflections, managers):
+    the common axis of runs compared at equal compute."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class EvalReport:
     workers: list[dict[str, Any]] = field(default_factory=list)
     """Which worker ran what: per worker (``HOST:PID``) the problems it finished, the rollouts it ran and their
     tokens."""
+    traces: TraceFigures | None = None
+    """Per trace: pass@1 over every trace, maj@k (see `evaluation.traces`)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,16 +103,30 @@ class Grades:
 
 
 def final_by_iteration(
-    gold: str, answers: list[str | None], rule: str, answer_type: Any, votes: list[TraceVote] | None = None
+    gold: str,
+    answers: list[str | None],
+    rule: str,
+    answer_type: Any,
+    votes: list[TraceVote] | None = None,
+    pool: Literal["all", "last"] = "all",
 ) -> list[bool]:
     """Per iteration k, whether the final answer after k is right: a rule over the answers of iterations
     0..k, or for a rule that votes over every trace, over the traces of iterations 0..k (`votes`; without them
-    such a rule refuses)."""
+    such a rule refuses; ``genselect``: its fallback over its `pool`, see `revote.finals_after_waves`)."""
+    return [equivalent(gold, final, answer_type) for final in finals_of(rule, answers, answer_type, votes, pool)]
+
+
+def finals_of(
+    rule: str,
+    answers: list[str | None],
+    answer_type: Any,
+    votes: list[TraceVote] | None,
+    pool: Literal["all", "last"] = "all",
+) -> list[str | None]:
+    """The final answer after each iteration (see `final_by_iteration`)."""
     if votes is not None:
-        finals = finals_after_waves(rule, answers, votes, answer_type)
-    else:
-        finals = [final_answer(rule, answers[: k + 1], answer_type) for k in range(len(answers))]
-    return [equivalent(gold, final, answer_type) for final in finals]
+        return finals_after_waves(rule, answers, votes, answer_type, pool)
+    return [final_answer(rule, answers[: k + 1], answer_type) for k in range(len(answers))]
 
 
 def item_label(item: EvalItemRow) -> str:
@@ -114,21 +138,33 @@ def stored_grades(store: RolloutStore, items: list[EvalItemRow], params: dict[st
     traces when the final-answer rule votes over them (`evaluation.revote`)."""
     rule = str(params.get("final_answer_rule", "last"))
     votes = stored_votes(store, [item.run_id for item in items if item.run_id]) if votes_traces(rule) else None
+    pool = pool_of(params)
     grades = []
     for item in items:
         found = None if votes is None else votes.get(item.run_id or "", [])
         if found is not None and item.status == "done":
             check_complete(item_label(item), len(item.answers), found, rule)
+        finals = final_by_iteration(item.gold, item.answers, rule, params["answer_type"], found, pool)
+        if selects_final(rule) and item.status == "done" and finals:  # the call's choice, as the run recorded it
+            finals[-1] = bool(item.final_correct)
         grades.append(
-            Grades(
-                list(item.correct),
-                bool(item.final_correct),
-                final_by_iteration(item.gold, item.answers, rule, params["answer_type"], found),
-                list(item.answers),
-                item.final_answer,
-            )
+            Grades(list(item.correct), bool(item.final_correct), finals, list(item.answers), item.final_answer)
         )
     return grades
+
+
+def pool_of(params: dict[str, Any]) -> Literal["all", "last"]:
+    """The pool of a final answer chosen among traces (the run's strategy's)."""
+    from knowledge_flow.strategies import get_strategy
+
+    return get_strategy(str(params.get("strategy", "knowledge-flow"))).final_pool
+
+
+def chosen_final(store: RolloutStore, run_id: str, waves: int) -> str | None:
+    """The trace a ``genselect`` final answer's call chose (its rollout id), if it chose one."""
+    call = store.get_call(final_call_id(run_id, waves - 1))
+    outcome = call.outcome if call is not None else None
+    return str(outcome["rollout_id"]) if outcome and outcome.get("rollout_id") else None
 
 
 def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], rule: str) -> list[Grades]:
@@ -152,17 +188,31 @@ def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, An
             votes = reread_votes(store, item.run_id, rule, answer_type, family) if item.run_id else []
             if item.status == "done":
                 check_complete(item_label(item), len(answers), votes, final_rule)
-        final = final_answer(final_rule, answers, answer_type, votes) if answers else None
+        finals = finals_of(final_rule, answers, answer_type, votes, pool_of(params))
+        if votes is not None and selects_final(final_rule) and finals:  # the trace the call chose, read again
+            picked = chosen_final(store, item.run_id or "", len(answers))
+            finals[-1] = next((v["answer"] for v in votes if v["rollout_id"] == picked), finals[-1])
+        final = finals[-1] if finals else None
         grades.append(
             Grades(
                 [equivalent(item.gold, answer, answer_type) for answer in answers],
                 item.status == "done" and equivalent(item.gold, final, answer_type),
-                final_by_iteration(item.gold, answers, final_rule, answer_type, votes),
+                [equivalent(item.gold, answer, answer_type) for answer in finals],
                 answers,
                 final,
             )
         )
     return grades
+
+
+def calls_by_iteration(store: RolloutStore, run_ids: list[str]) -> dict[int, int]:
+    """Tokens (prompt and completion) of the runs' stored calls (reflection, manager, verifier, GenSelect), by
+    the iteration they belong to."""
+    tokens: dict[int, int] = {}
+    for run_id in run_ids:
+        for call in store.calls(run_id):
+            tokens[call.iteration] = tokens.get(call.iteration, 0) + call.prompt_tokens + call.completion_tokens
+    return tokens
 
 
 def share(count: int, total: int) -> float | None:
@@ -204,7 +254,12 @@ def build_report(
     grades = grades if grades is not None else grade(store, items, params, answer_rule)
     replicas, by_iteration = store.rollout_stats(list(evals.item_runs(items).values()))
     counts = {entry["iteration"]: entry for entry in by_iteration}
+    traces = trace_figures(graded_traces(store, items, params, answer_rule))
+    per_trace = traces.per_iteration if traces is not None else []
     figures: list[IterationFigures] = []
+    total = sum(1 for item in items if item.run_id)  # tokens per problem: over the problems that started
+    call_tokens = calls_by_iteration(store, [item.run_id for item in items if item.run_id])
+    axis_tokens = 0
     solved = [False] * len(finished)
     cumulative_tokens = 0
     for k in range(iterations):
@@ -218,6 +273,7 @@ def build_report(
         stored = counts.get(k, {})
         prompt, completion = int(stored.get("prompt_tokens", 0)), int(stored.get("completion_tokens", 0))
         cumulative_tokens += prompt + completion
+        axis_tokens += prompt + completion + call_tokens.get(k, 0)
         figures.append(
             IterationFigures(
                 iteration=k,
@@ -228,6 +284,8 @@ def build_report(
                 completion_tokens=completion,
                 cumulative_tokens=cumulative_tokens,
                 **{key: int(stored.get(key, 0)) for key in ROLLOUT_COUNTS},
+                trace_accuracy=per_trace[k] if k < len(per_trace) else None,
+                cumulative_tokens_per_problem=axis_tokens / total if total else 0.0,
             )
         )
     thinkers = int(params.get("thinkers", 1))
@@ -260,6 +318,19 @@ def build_report(
         final_answer_rule=str(params.get("final_answer_rule", "last")),
         answer_rule=answer_rule,
         workers=worker_figures(store, items),
+        traces=traces,
+    )
+
+
+def token_curve(report: EvalReport) -> TokenCurve:
+    """The run's final-answer accuracy after each iteration against its cumulative tokens per problem."""
+    return TokenCurve(
+        report.eval_id,
+        [
+            (f.cumulative_tokens_per_problem, f.final_accuracy)
+            for f in report.per_iteration
+            if f.final_accuracy is not None
+        ],
     )
 
 
@@ -299,8 +370,9 @@ def plot_title(reports: list[EvalReport]) -> str:
 
 def plot_reports(reports: list[EvalReport], path: Path) -> Path:
     """Three panels, runs overlaid: accuracy against iteration (pass@1, solved at least once, the label-free
-    final answer had the run stopped there), cumulative tokens against iteration, and the test-time scaling
-    curve: final-answer accuracy against cumulative tokens."""
+    final answer had the run stopped there, and for runs with several traces per iteration the pass@1 of the
+    iteration's traces), cumulative tokens against iteration, and the test-time scaling curve: final-answer
+    accuracy against cumulative tokens per problem, the common axis of runs at equal compute."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,35 +387,22 @@ def plot_reports(reports: list[EvalReport], path: Path) -> Path:
             xs, [percent(f.accuracy) for f in report.per_iteration], marker=".", label=f"{label} pass@1"
         )
         color = line.get_color()
-        left.plot(
-            xs,
-            [percent(f.cumulative_solved) for f in report.per_iteration],
-            linestyle="--",
-            color=color,
-            label=f"{label} solved at least once",
-        )
-        left.plot(
-            xs,
-            [percent(f.final_accuracy) for f in report.per_iteration],
-            linestyle=":",
-            color=color,
-            label=f"{label} final answer",
-        )
+        dashed = [("cumulative_solved", "--", "solved at least once"), ("final_accuracy", ":", "final answer")]
+        if report.traces is not None and report.traces.most_traces > len(report.per_iteration):
+            dashed.append(("trace_accuracy", "-.", "pass@1 of the iteration's traces"))
+        for name, style, what in dashed:
+            values = [percent(getattr(f, name)) for f in report.per_iteration]
+            left.plot(xs, values, linestyle=style, color=color, label=f"{label} {what}")
         middle.plot(xs, [f.cumulative_tokens for f in report.per_iteration], marker=".", color=color, label=label)
-        right.plot(
-            [f.cumulative_tokens for f in report.per_iteration],
-            [percent(f.final_accuracy) for f in report.per_iteration],
-            marker=".",
-            color=color,
-            label=label,
-        )
+        curve = token_curve(report).points
+        right.plot([t for t, _ in curve], [100 * a for _, a in curve], marker=".", color=color, label=label)
     for axis in (left, middle):
         axis.set_xlabel("iteration")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_ylabel("accuracy (%)")
     left.set_ylim(0, 100)
     middle.set_ylabel("cumulative tokens")
-    right.set_xlabel("cumulative tokens")
+    right.set_xlabel("cumulative tokens per problem (equal compute)")
     right.set_ylabel("final-answer accuracy (%)")
     right.set_ylim(0, 100)
     for axis in (left, middle, right):

@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore
 from knowledge_flow.records import AnswerType, TraceVote
-from knowledge_flow.strategies.policies import MissingTraces, final_answer
+from knowledge_flow.strategies.genselect import pool_traces
+from knowledge_flow.strategies.policies import MissingTraces, final_answer, selects_final
 from knowledge_flow.text.answer_rules import regrade_answer
 
 #: What a vote needs of a stored trace (its texts are not read).
@@ -48,18 +49,35 @@ def vote_of(row: RolloutRow, answer: str | None) -> TraceVote:
     )
 
 
+def trace_answers(
+    store: RolloutStore,
+    run_ids: Sequence[str],
+    rule: str = "default",
+    answer_type: AnswerType = "integer",
+    family: str = "instruct",
+) -> dict[str, list[tuple[RolloutRow, str | None]]]:
+    """Per run, its traces in wave and thinker order, each with its answer: as stored (`rule` ``default``; the
+    texts are not read), or read again from its stored output by `rule`."""
+    if rule == "default":
+        rows = store.runs_rollouts(run_ids, only=VOTE_COLUMNS)
+        return {run_id: [(row, row.answer) for row in found] for run_id, found in rows.items()}
+    return {
+        run_id: [
+            (row, regrade_answer(rule, row.text_to_parse(), row.reasoning, answer_type, family))
+            for row in store.rollouts(run_id)
+        ]
+        for run_id in run_ids
+    }
+
+
 def stored_votes(store: RolloutStore, run_ids: Sequence[str]) -> dict[str, list[TraceVote]]:
     """Per run, its traces as votes with their stored answers, in wave and thinker order."""
-    rows = store.runs_rollouts(run_ids, only=VOTE_COLUMNS)
-    return {run_id: [vote_of(row, row.answer) for row in found] for run_id, found in rows.items()}
+    return {run_id: [vote_of(*pair) for pair in found] for run_id, found in trace_answers(store, run_ids).items()}
 
 
 def reread_votes(store: RolloutStore, run_id: str, rule: str, answer_type: AnswerType, family: str) -> list[TraceVote]:
     """One run's traces as votes, each answer read again from its stored output by `rule`."""
-    return [
-        vote_of(row, regrade_answer(rule, row.text_to_parse(), row.reasoning, answer_type, family))
-        for row in store.rollouts(run_id)
-    ]
+    return [vote_of(*pair) for pair in trace_answers(store, [run_id], rule, answer_type, family)[run_id]]
 
 
 def check_complete(label: str, waves: int, votes: Iterable[TraceVote], rule: str) -> None:
@@ -75,12 +93,18 @@ def check_complete(label: str, waves: int, votes: Iterable[TraceVote], rule: str
 
 
 def finals_after_waves(
-    rule: str, answers: Sequence[str | None], votes: Sequence[TraceVote], answer_type: AnswerType
+    rule: str,
+    answers: Sequence[str | None],
+    votes: Sequence[TraceVote],
+    answer_type: AnswerType,
+    pool: Literal["all", "last"] = "all",
 ) -> list[str | None]:
-    """The final answer after each wave: the rule's vote over the traces of waves 0..k."""
+    """The final answer after each wave: the rule's vote over the traces of waves 0..k (``genselect``: its
+    fallback, the plurality of its pool after wave k, which is wave k alone for a strategy whose pool is the
+    last population)."""
+    scope = pool if selects_final(rule) else "all"
     return [
-        final_answer(rule, answers[: k + 1], answer_type, [v for v in votes if v["iteration"] <= k])
-        for k in range(len(answers))
+        final_answer(rule, answers[: k + 1], answer_type, pool_traces(votes, scope, k)) for k in range(len(answers))
     ]
 
 
@@ -99,4 +123,5 @@ __all__ = [
     "item_votes",
     "reread_votes",
     "stored_votes",
+    "trace_answers",
 ]

@@ -151,15 +151,20 @@ def _solve_one(
 def grade_item(
     store: RolloutStore, eval_id: str, item: EvalItemRow, values: dict[str, Any], answer_type: AnswerType
 ) -> bool | None:
-    """Grade every rollout of a finished problem against its gold answer and record it."""
+    """Grade every rollout of a finished problem against its gold answer and record it, with the tokens of each
+    iteration."""
     answers: list[str | None] = list(values.get("answers", []))
     correct = [equivalent(item.gold, answer, answer_type) for answer in answers]
     prompt_tokens = [0] * len(answers)
     completion_tokens = [0] * len(answers)
-    for row in store.rollouts(values["run_id"]):
-        if row.iteration < len(answers):
-            prompt_tokens[row.iteration] += row.prompt_tokens
-            completion_tokens[row.iteration] += row.completion_tokens
+    # rollouts, and calls outside them (planning, reflection, verifier, manager, GenSelect) in the iteration
+    # they belong to: every token the run paid for
+    paid = [(r.iteration, r.prompt_tokens, r.completion_tokens) for r in store.rollouts(values["run_id"])]
+    paid += [(c.iteration, c.prompt_tokens, c.completion_tokens) for c in store.calls(values["run_id"])]
+    for iteration, prompt, completion in paid:
+        if iteration < len(answers):
+            prompt_tokens[iteration] += prompt
+            completion_tokens[iteration] += completion
     final = values.get("final_answer")
     final_correct = equivalent(item.gold, final, answer_type)
     EvalStore(store).update_eval_item(

@@ -30,6 +30,14 @@ def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list
     return Overwrite(new)
 
 
+#: Why a select rule that makes a call made none (the vote decided).
+NO_CALL = {
+    "verifier": "no disagreement to verify",
+    "genselect": "no disagreement to select from",
+    "manager": "no candidate with an answer",
+}
+
+
 def rule_used(state: State, candidates: list[Candidate], best: Candidate) -> str:
     """The select rule as it was applied: a verifier's or manager's fallback to the vote (``vote (no
     verdict)``), and how a tied vote was settled (``vote (tie: confidence)``, ``vote (tie: thinker order)``)."""
@@ -45,7 +53,7 @@ def rule_used(state: State, candidates: list[Candidate], best: Candidate) -> str
         if verdict is not None:
             notes.append("no verdict")
         else:
-            notes.append("no disagreement to verify" if rule == "verifier" else "no candidate with an answer")
+            notes.append(NO_CALL[rule])
     weighted = rule == "conf-vote"
     score_by = params.get("confidence_score", "mean-logprob")
     tie = thinkers.tie_break(candidates, params["answer_type"], score_by, weighted)
@@ -93,6 +101,7 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         rule=params.get("select_rule", "confidence"),
         score_by=params.get("confidence_score", "mean-logprob"),
         chosen=verdict["rollout_id"] if verdict else None,
+        prefer=strategy.vote_ties,
     )
     best = kept[0]
     selection = selection_of(state, pool, best)

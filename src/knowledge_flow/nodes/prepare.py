@@ -27,6 +27,7 @@ RUN_FIELDS: dict[str, Any] = {
     "strategy_history": [],
     "reflection": None,
     "best": None,
+    "aggregation": None,
 }
 
 

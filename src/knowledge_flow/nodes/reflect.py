@@ -14,6 +14,7 @@ to the vote. Their tokens count in the run's usage.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Literal, cast
 
 from langgraph.runtime import Runtime
@@ -41,10 +42,18 @@ def call_id(run_id: str, iteration: int, kind: str) -> str:
     return f"{run_id}:{iteration}:{kind}"
 
 
-def stored_call(state: State, runtime: Runtime[Context], served: Served, kind: str, prompt: RolloutPrompt) -> CallRow:
-    """Send the call of this iteration and kind, and store it (with its reason when it failed)."""
+def stored_call(
+    state: State,
+    runtime: Runtime[Context],
+    served: Served,
+    kind: str,
+    prompt: RolloutPrompt,
+    iteration: int | None = None,
+) -> CallRow:
+    """Send the call of this iteration (the state's, unless `iteration` names another) and kind, and store it
+    (with its reason when it failed)."""
     store = store_of(runtime)
-    iteration = state.get("iteration", 0)
+    iteration = state.get("iteration", 0) if iteration is None else iteration
     identifier = call_id(state["run_id"], iteration, kind)
     params = state["params"]
     prepared, outcome = request_once(endpoint_of(runtime, served), prompt, sampling_of(params, prompt.max_tokens))
@@ -141,23 +150,26 @@ def eligible(state: State) -> list[Candidate]:
     return can_choose(pool, state["params"]["answer_type"])
 
 
+#: Builds a choosing call's prompt from what the strategy sees and the candidates.
+PromptBuilder = Callable[[Step, list[Candidate]], RolloutPrompt]
+
+
 def choosing_call(
-    state: State, runtime: Runtime[Context], kind: str
-) -> tuple[Reflecting, Step, list[Candidate], CallRow]:
-    """The iteration's verifier or manager call over its candidates: the stored one, else sent and stored."""
-    strategy, step, served = step_of(state, runtime)
-    reflecting = cast(Reflecting, strategy)
+    state: State, runtime: Runtime[Context], kind: str, build: PromptBuilder
+) -> tuple[Step, list[Candidate], CallRow]:
+    """The iteration's call of `kind` over its candidates (verifier, manager, GenSelect): the stored one, else
+    sent and stored."""
+    _, step, served = step_of(state, runtime)
     candidates = eligible(state)
     row = store_of(runtime).get_call(call_id(state["run_id"], state.get("iteration", 0), kind))
     if row is None:
-        build = reflecting.verify_prompt if kind == VERIFY else reflecting.manage_prompt
         row = stored_call(state, runtime, served, kind, build(step, candidates))
-    return reflecting, step, candidates, row
+    return step, candidates, row
 
 
-@guarded
-def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    _, _, candidates, row = choosing_call(state, runtime, VERIFY)
+def chosen_by_call(state: State, runtime: Runtime[Context], kind: str, build: PromptBuilder) -> dict[str, Any]:
+    """A call that only chooses (verifier, GenSelect): its verdict, the candidate its reply names."""
+    _, candidates, row = choosing_call(state, runtime, kind, build)
     text = reply_text(row)
     number = choice_in(text, len(candidates)) if text is not None else None
     chosen = candidates[number - 1]["rollout_id"] if number is not None else None
@@ -167,9 +179,19 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return applied(state, runtime, row, {"verdict": verdict}, outcome)
 
 
+def reflecting_of(state: State) -> Reflecting:
+    return cast(Reflecting, get_strategy(state["params"]["strategy"]))
+
+
+@guarded
+def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    return chosen_by_call(state, runtime, VERIFY, lambda step, c: reflecting_of(state).verify_prompt(step, c))
+
+
 @guarded
 def manage(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    reflecting, step, candidates, row = choosing_call(state, runtime, MANAGE)
+    reflecting = reflecting_of(state)
+    step, candidates, row = choosing_call(state, runtime, MANAGE, reflecting.manage_prompt)
     update = reflecting.apply_manager(step, candidates, row.id, reply_text(row))
     verdict: Verdict = update["verdict"]
     number = next((n for n, c in enumerate(candidates, 1) if c["rollout_id"] == verdict["rollout_id"]), None)
@@ -181,14 +203,16 @@ def route_after_prepare(state: State) -> Literal["reflect", "solve"]:
     return "reflect" if get_strategy(state["params"]["strategy"]).reflects else "solve"
 
 
-def route_after_extract(state: State) -> Literal["verify", "manage", "distill_knowledge"]:
-    """The manager runs every iteration that has a candidate with an answer; the verifier only when the
-    candidates disagree."""
+def route_after_extract(state: State) -> Literal["verify", "manage", "genselect", "distill_knowledge"]:
+    """The manager runs every iteration that has a candidate with an answer; the verifier and GenSelect only
+    when the candidates disagree."""
     params = state["params"]
     rule = params.get("select_rule")
     if rule == "manager":
         return "manage" if eligible(state) else "distill_knowledge"
-    if rule != "verifier":
+    if rule not in ("verifier", "genselect"):
         return "distill_knowledge"
     answers = {normalize(c["answer"], params["answer_type"]) for c in eligible(state)}
-    return "verify" if len(answers) >= 2 else "distill_knowledge"
+    if len(answers) < 2:
+        return "distill_knowledge"
+    return "verify" if rule == "verifier" else "genselect"

@@ -188,6 +188,7 @@ class Iteration:
                     token_confidence=pack_confidences(confidences) if confidences else None,
                     finish_order=outcome.finish_order,
                     usage_source=completion.usage_source,
+                    parents_json=json.dumps(list(self.prompts[index].parents)) if self.prompts[index].parents else None,
                 ),
                 len(self.ids),
             )

@@ -2,6 +2,8 @@
 
 The run goes on to `reflect` (strategies with a reflect step, e.g. trt, unless a manager call does its work)
 or straight to `solve`; a run that stops skips the reflection that would only prepare an iteration never run.
+A finished run whose final-answer rule is ``genselect`` goes to `select_final` when its pool of traces
+disagrees: the final answer set here (the pool's plurality) stands until that call names a trace.
 
 A run whose rollouts keep failing is not done but failed: after `MAX_FAILED_STREAK` iterations in a row whose
 every rollout failed (the cause is the setup, not the model), or when the budget ran out without a single
@@ -16,9 +18,11 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.nodes.common import store_of
+from knowledge_flow.nodes.genselect import pool_of
 from knowledge_flow.state import State
 from knowledge_flow.strategies import get_strategy
-from knowledge_flow.strategies.policies import final_answer, should_stop
+from knowledge_flow.strategies.genselect import disagree, pool_traces
+from knowledge_flow.strategies.policies import final_answer, selects_final, should_stop
 
 MAX_FAILED_STREAK = 3
 
@@ -39,16 +43,21 @@ def stop_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         params["final_answer_rule"],
     ):
         return {}
-    answer = final_answer(params["final_answer_rule"], answers, params["answer_type"], traces)
+    rule = params["final_answer_rule"]
+    if selects_final(rule):  # the pool of the final call: its plurality stands until the call chooses
+        traces = pool_traces(traces, get_strategy(params["strategy"]).final_pool, len(answers) - 1)
+    answer = final_answer(rule, answers, params["answer_type"], traces)
     status = "failed" if failing else "done"
     store_of(runtime).update_run(state["run_id"], status=status, final_answer=answer)
     return {"status": status, "final_answer": answer, "stopped_early": len(answers) < params["iterations"]}
 
 
-def route_after_stop_check(state: State) -> Literal["reflect", "solve", "__end__"]:
+def route_after_stop_check(state: State) -> Literal["reflect", "solve", "select_final", "__end__"]:
+    params = state["params"]
+    if state.get("status") == "done" and selects_final(params["final_answer_rule"]):
+        return "select_final" if disagree(pool_of(state), params["answer_type"]) else "__end__"
     if state.get("status") in ("done", "failed"):
         return "__end__"
-    params = state["params"]
     # a manager call after each iteration already wrote the next one's strategies and lesson
     reflects = get_strategy(params["strategy"]).reflects and params.get("select_rule") != "manager"
     return "reflect" if reflects else "solve"

@@ -124,7 +124,7 @@ def rollout_damage(
             indices = sorted(row["index"] for row in rows)
             chosen = sum(1 for row in rows if row["rank"] == 0)
             complete = declared == {None} or (len(declared) == 1 and indices == list(range(declared.pop() or 0)))
-            if not complete or chosen != 1:
+            if not complete or chosen > 1:  # none chosen: a TRT round that kept the previous best
                 damage.altered.add(iteration)
         damage.missing = {k for k in range(expected) if k not in iterations}
         if damage:

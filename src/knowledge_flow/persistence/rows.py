@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -48,7 +48,9 @@ confidences are written as float32 (float16 rows stay readable). 7: rows of runs
 evaluations and their problems carry a seal (`knowledge_flow.persistence.seals`); rollouts record how many
 rollouts their iteration has. 8: workers: rollouts gain the worker that ran them, evaluation problems the
 worker that claims them (``claimed_by``) and the one that ran them last (``worker``), leases their holder's
-heartbeat timeout; the same schema on PostgreSQL."""
+heartbeat timeout; the same schema on PostgreSQL. 9: rollouts gain the rollouts they aggregated
+(``parents_json``, rsa). Columns added after seals existed are sealed when set, so the seals of older rows
+still hold."""
 
 
 class SchemaError(RuntimeError):
@@ -117,7 +119,7 @@ class PromptSetRow(Base):
 class RolloutRow(Base):
     __tablename__ = "kf_rollouts"
     #: A column added after seals existed is sealed when it holds a value (`seals.sealed_columns`).
-    __table_args__ = {"info": {"added": ("worker",)}}  # noqa: RUF012
+    __table_args__ = {"info": {"added": ("worker", "parents_json")}}  # noqa: RUF012
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("kf_runs.run_id"), index=True)
     thread_id: Mapped[str] = mapped_column(String(256), index=True)
@@ -187,6 +189,14 @@ class RolloutRow(Base):
     iteration_rollouts: Mapped[int | None] = mapped_column(Integer)
     """How many rollouts (thinkers) its iteration has."""
     seal: Mapped[str | None] = mapped_column(String(32))
+    parents_json: Mapped[str | None] = mapped_column(Text)
+    """rsa: the ids of the previous loop's rollouts this one aggregated, in the order its prompt showed them
+    (a JSON list; None for an independent rollout)."""
+
+    @property
+    def parents(self) -> list[str] | None:
+        value: list[str] | None = json.loads(self.parents_json) if self.parents_json else None
+        return value
 
     @property
     def strategy(self) -> dict[str, str] | None:

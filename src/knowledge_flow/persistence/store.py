@@ -227,7 +227,18 @@ class RolloutStore:
         row = self.get_rollout(rollout_id)
         if row is None:
             return None
-        return StoredRollout(row.messages, row.prefill, row.content, row.reasoning)
+        return StoredRollout(
+            row.messages,
+            row.prefill,
+            row.content,
+            row.reasoning,
+            answer=row.answer,
+            summary=row.summary,
+            error=row.error,
+            stop_reason=row.stop_reason,
+            confidence=row.confidence,
+            measures=row.measures,
+        )
 
     def best_rollout_id(self, run_id: str, iteration: int) -> str | None:
         with self.session() as session:

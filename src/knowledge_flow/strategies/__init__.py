@@ -28,6 +28,7 @@ from knowledge_flow.strategies.knowledge_flow import KnowledgeFlow
 from knowledge_flow.strategies.markovian import Markovian
 from knowledge_flow.strategies.positive_knowledge import PositiveKnowledge
 from knowledge_flow.strategies.regeneration import Regeneration
+from knowledge_flow.strategies.rsa import Rsa
 from knowledge_flow.strategies.self_consistency import SelfConsistency
 from knowledge_flow.strategies.trt import Trt
 
@@ -42,6 +43,7 @@ _ALL: tuple[Strategy, ...] = (
     SelfConsistency(),
     Trt(),
     DeepConf(),
+    Rsa(),
 )
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in _ALL}
 

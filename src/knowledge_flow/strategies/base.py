@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,6 +69,8 @@ class RolloutPrompt:
     prefill: str | None = None
     strategy: ThinkerStrategy | None = None
     """trt: the approach this thinker follows (stored with the rollout)."""
+    parents: tuple[str, ...] = ()
+    """rsa: the ids of the rollouts the prompt aggregates, in the order it shows them (stored with the rollout)."""
 
     def same_request(self, other: RolloutPrompt) -> bool:
         """Whether both send the same request (thinkers that may share one request with ``n``)."""
@@ -155,6 +157,11 @@ class Strategy(Protocol):
     manages: bool
     """Whether the strategy's prompt-set table may have a manager (select rule `manager`: one call per
     iteration chooses the answer and writes the next iteration's knowledge and strategies)."""
+    final_pool: Literal["all", "last"]
+    """The traces a final answer chosen among traces (``genselect``) picks from: every trace of the run, or the
+    last iteration's (rsa: the last population)."""
+    vote_ties: Literal["first", "last"]
+    """A vote among the thinkers that confidence leaves tied goes to the earlier or the later thinker."""
 
     def first_wave(self, params: Mapping[str, Any]) -> int:
         """Rollouts of the first iteration (a trace budget counts them; later iterations have `thinkers`)."""
@@ -254,6 +261,8 @@ class BaseStrategy:
     reflects = False
     verifies = False
     manages = False
+    final_pool: Literal["all", "last"] = "all"
+    vote_ties: Literal["first", "last"] = "first"
     spec: PromptSpec
 
     def first_wave(self, params: Mapping[str, Any]) -> int:

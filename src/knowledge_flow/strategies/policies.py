@@ -13,7 +13,10 @@ the last W iterations, ``all`` for every iteration; ties go to the answer given 
 counted trace adds its MEASURE, one of ``lowest``, ``bottom10``, ``tail``, ``mean``, to its answer; with ETA
 only the top ETA percent most confident traces vote; ties go to the answer given most recently) and
 ``majority-traces`` (one vote per counted trace, ties to the answer voted first: the reference DeepConf
-implementation's reported ``final_answer``). Traces without measures cannot be weighted: when no trace has
+implementation's reported ``final_answer``) and ``genselect`` (one stored call picks among the traces: every
+trace of the run, or the last iteration's for strategies whose pool is the last population (rsa), see
+`strategies.genselect`; here, and whenever the call chose nothing, the plurality of the pool's counted traces,
+ties to the answer given most recently). Traces without measures cannot be weighted: when no trace has
 them, ``conf-vote`` is a plain majority over the counted traces. The two trace rules need the run's trace
 record: without one (`traces` None) they refuse (`MissingTraces`) rather than vote over something else.
 """
@@ -48,6 +51,14 @@ class TraceMajority:
 TRACE_MAJORITY = "majority-traces"
 
 
+@dataclass(frozen=True)
+class GenSelect:
+    """``genselect``: one call picks among the pool's traces (see the module)."""
+
+
+GENSELECT = "genselect"
+
+
 class MissingTraces(ValueError):
     """A trace rule was asked for an answer without the traces it votes over."""
 
@@ -80,13 +91,18 @@ def parse_stop_policy(policy: str) -> int | Consensus | None:
     )
 
 
-def parse_final_answer_rule(rule: str) -> int | ConfVote | TraceMajority | None:
+FinalRule = int | ConfVote | TraceMajority | GenSelect | None
+
+
+def parse_final_answer_rule(rule: str) -> FinalRule:
     """0 for ``last``, W for ``majority:W``, None for ``majority:all``, a `ConfVote` for ``conf-vote:...``, a
-    `TraceMajority` for ``majority-traces``."""
+    `TraceMajority` for ``majority-traces``, a `GenSelect` for ``genselect``."""
     if rule == "last":
         return 0
     if rule == TRACE_MAJORITY:
         return TraceMajority()
+    if rule == GENSELECT:
+        return GenSelect()
     name, _, value = rule.partition(":")
     if name == "majority" and value == "all":
         return None
@@ -104,13 +120,18 @@ def parse_final_answer_rule(rule: str) -> int | ConfVote | TraceMajority | None:
             return ConfVote(measure, eta)
     raise ValueError(
         "final answer rule must be 'last', 'majority:W' (W >= 1 or 'all'), 'conf-vote:MEASURE[:ETA]' "
-        f"(MEASURE one of {', '.join(MEASURES)}; 0 < ETA <= 100) or '{TRACE_MAJORITY}', got {rule!r}"
+        f"(MEASURE one of {', '.join(MEASURES)}; 0 < ETA <= 100), '{TRACE_MAJORITY}' or '{GENSELECT}', got {rule!r}"
     )
 
 
 def votes_traces(final_answer_rule: str) -> bool:
     """Whether the final-answer rule votes over every trace (not over the iterations' answers)."""
-    return isinstance(parse_final_answer_rule(final_answer_rule), ConfVote | TraceMajority)
+    return isinstance(parse_final_answer_rule(final_answer_rule), ConfVote | TraceMajority | GenSelect)
+
+
+def selects_final(final_answer_rule: str) -> bool:
+    """Whether the final answer is chosen by a call (``genselect``)."""
+    return isinstance(parse_final_answer_rule(final_answer_rule), GenSelect)
 
 
 def uses_traces(stop_policy: str, final_answer_rule: str) -> bool:
@@ -184,16 +205,17 @@ def final_answer(
     rule: str, answers: Sequence[str | None], answer_type: AnswerType, traces: Sequence[TraceVote] | None = None
 ) -> str | None:
     window = parse_final_answer_rule(rule)
-    if isinstance(window, ConfVote | TraceMajority) and traces is None:
+    if isinstance(window, ConfVote | TraceMajority | GenSelect) and traces is None:
         raise MissingTraces(f"the final-answer rule {rule} votes over every trace: it needs the run's traces")
     if isinstance(window, TraceMajority):
         assert traces is not None
         totals, _, original = trace_tally(traces, answer_type, None)
         # ties go to the answer voted first (the reference's Counter.most_common); dicts keep first insertion
         return original[max(totals, key=lambda key: totals[key])] if totals else None
-    if isinstance(window, ConfVote):
+    if isinstance(window, ConfVote | GenSelect):
         assert traces is not None
-        totals, latest, original = trace_tally(traces, answer_type, window.measure, window.eta)
+        measure, eta = (window.measure, window.eta) if isinstance(window, ConfVote) else (None, None)
+        totals, latest, original = trace_tally(traces, answer_type, measure, eta)
         if not totals:
             return None
         return original[max(totals, key=lambda key: (totals[key], latest[key]))]

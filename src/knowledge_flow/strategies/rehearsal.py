@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 from knowledge_flow.prompts import PromptTable
 from knowledge_flow.records import Candidate, KnowledgeItem, RunParams, StoredRollout, StrategyRound
 from knowledge_flow.strategies.base import Reflecting, RoundRollout, Step, Strategy
+from knowledge_flow.strategies.genselect import genselect_prompt
+from knowledge_flow.strategies.selection import candidate_views
 from knowledge_flow.text.tokens import ESTIMATE
 
 if TYPE_CHECKING:
@@ -85,7 +87,9 @@ def sample_states(params: RunParams, problem: str) -> list[State]:
         ],
         "strategy_history": history,
     }
-    second = {**later, "iteration": 1, "answers": ["40"]}
+    size = min(int(params.get("aggregation_size") or 1), max(1, params["thinkers"]))
+    later["aggregation"] = {"iteration": 3, "subsets": [list(range(size))] * max(1, params["thinkers"])}
+    second = {**later, "iteration": 1, "answers": ["40"], "aggregation": {**later["aggregation"], "iteration": 1}}
     return [cast("State", first), cast("State", second), cast("State", later)]
 
 
@@ -121,6 +125,15 @@ def rehearse(strategy: Strategy, table: PromptTable, params: RunParams, problem:
     for key in recording.templates:
         if key not in recording.rendered and recording.uses.get(key, frozenset()) <= set(last):
             table.render(key, **last)
+
+
+def rehearse_genselect(table: PromptTable, params: RunParams, problem: str | None = None) -> None:
+    """Render the ``[genselect]`` table's call (`genselect_prompt`) on the sample states over two stored
+    candidates; `PromptSetError` when it cannot be rendered."""
+    history = _SampleHistory()
+    candidates = [sample_candidate(0), sample_candidate(1)]
+    for state in sample_states(params, problem or SAMPLE_PROBLEM):
+        genselect_prompt(table, state, candidate_views(candidates, history), state["iteration"])
 
 
 def sample_candidate(thinker: int) -> Candidate:

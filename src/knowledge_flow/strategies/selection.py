@@ -8,6 +8,10 @@ and manager, or any strategy whose selection asks the model):
   variables ``number``, ``thinker`` (1-based), ``answer``, ``summary``, ``text`` (the final text, after any
   reasoning, read from the rollout store), ``previous_best``, ``key_technique``, ``what_to_try`` and
   ``outcome`` (``previous best`` or ``candidate``); a template may use any of them, or none;
+- `stored_candidates`: an earlier iteration's stored rollouts as candidates (what a vote or a draw needs of
+  them: answer, failure, exclusion, confidence);
+- `stored_views`: stored rollouts named by id (rsa's subsets, a final answer's pool) as templates see them:
+  ``number``, ``answer``, ``summary`` and ``text``, as `candidate_views` gives them;
 - `read_choice`: the candidate a JSON reply chose: its ``selected_solution_id`` (1-based), else the first
   number of its ``ranking``; None when neither names a shown candidate.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from knowledge_flow.records import AnswerType, Candidate, ThinkerStrategy
+from knowledge_flow.records import AnswerType, Candidate, StoredRollout, ThinkerStrategy
 from knowledge_flow.strategies.base import RolloutReader
 from knowledge_flow.strategies.thinkers import can_vote
 from knowledge_flow.text.json_replies import read_number, reply_object
@@ -42,21 +46,19 @@ def field_of(strategy: ThinkerStrategy | None, key: str) -> str | None:
     return None if strategy is None else str(strategy.get(key, "")) or None
 
 
-def candidate_text(reader: RolloutReader, rollout_id: str) -> str:
-    """A rollout's final text as stored (its reasoning when the final text is empty); "" when it is not stored."""
-    stored = reader.stored_texts(rollout_id)
-    return "" if stored is None else final_text(stored.content, stored.reasoning)
+def trace_view(number: int, stored: StoredRollout | None, answer: str | None, summary: str | None) -> dict[str, Any]:
+    """One trace as a prompt shows it: its number, answer, summary and final text (the stored output after any
+    reasoning, or the reasoning when the final text is empty; "" when it is not stored)."""
+    text = "" if stored is None else final_text(stored.content, stored.reasoning)
+    return {"number": number, "answer": answer, "summary": summary, "text": text}
 
 
 def candidate_views(candidates: Sequence[Candidate], reader: RolloutReader) -> list[dict[str, Any]]:
     """The candidates as a selection prompt shows them, numbered from 1 in the given order."""
     return [
-        {
-            "number": number,
+        trace_view(number, reader.stored_texts(candidate["rollout_id"]), candidate["answer"], candidate["summary"])
+        | {
             "thinker": candidate.get("thinker", number - 1) + 1,
-            "answer": candidate["answer"],
-            "summary": candidate["summary"],
-            "text": candidate_text(reader, candidate["rollout_id"]),
             "previous_best": bool(candidate.get("previous_best")),
             "key_technique": field_of(candidate.get("strategy"), "key_technique"),
             "what_to_try": field_of(candidate.get("strategy"), "what_to_try"),
@@ -64,6 +66,42 @@ def candidate_views(candidates: Sequence[Candidate], reader: RolloutReader) -> l
         }
         for number, candidate in enumerate(candidates, start=1)
     ]
+
+
+def stored_candidates(reader: RolloutReader, run_id: str, iteration: int) -> list[Candidate]:
+    """The stored rollouts of one iteration of a run, by thinker, as candidates (their texts left out)."""
+    found: list[Candidate] = []
+    while (stored := reader.stored_texts(f"{run_id}:{iteration}:{len(found)}")) is not None:
+        found.append(
+            Candidate(
+                rollout_id=f"{run_id}:{iteration}:{len(found)}",
+                answer=stored.answer,
+                summary=stored.summary,
+                error_report=None,
+                extras={},
+                finish_reason=None,
+                prompt_tokens=0,
+                completion_tokens=0,
+                temperature=0.0,
+                confidence=stored.confidence,
+                error=stored.error,
+                thinker=len(found),
+                measures=stored.measures,
+                excluded=stored.stop_reason,
+            )
+        )
+    return found
+
+
+def stored_views(reader: RolloutReader, rollout_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Stored rollouts as a prompt shows them, numbered from 1 in the given order (answer and summary as
+    parsed)."""
+    views = []
+    for number, rollout_id in enumerate(rollout_ids, start=1):
+        stored = reader.stored_texts(rollout_id)
+        answer, summary = (stored.answer, stored.summary) if stored is not None else (None, None)
+        views.append(trace_view(number, stored, answer, summary))
+    return views
 
 
 def read_choice(reply: dict[str, Any] | None, count: int) -> int | None:

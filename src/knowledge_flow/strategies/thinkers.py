@@ -12,10 +12,12 @@ Rules:
   iteration's answer and its summary the next reference solution. With `confidence` the first pick is the
   most confident thinker. With `vote` it is the most confident thinker giving the majority answer (one vote
   per thinker; a tie goes to the answer with the more confident thinker, then to the earlier thinker); with
-  `conf-vote` each thinker's vote weighs its score (a DeepConf measure); with `verifier` or `manager` it is
-  the thinker the call chose (a vote when it chose none). Failed thinkers, and thinkers kept out of votes
-  (cancelled or below DeepConf's online threshold), never vote; they are picked last. `tie_break` says how a
-  tied vote was settled (by confidence, or by the thinkers' order when their scores are equal or missing).
+  `conf-vote` each thinker's vote weighs its score (a DeepConf measure); with `verifier`, `manager` or
+  `genselect` it is the thinker the call chose (a vote when it chose none). A strategy may settle the last tie
+  by the later thinker instead (`prefer` ``last``: rsa, whose members are a population, not a ranking).
+  Failed thinkers, and thinkers kept out of votes (cancelled or below DeepConf's online threshold), never
+  vote; they are picked last. `tie_break` says how a tied vote was settled (by confidence, or by the
+  thinkers' order when their scores are equal or missing).
 - Uncertainty: when the best confidence is below `uncertainty_threshold`, the iteration does not replace
   the reference solution (its answer is still recorded); an iteration with no reference yet always sets it.
 - Dynamic temperature: after each iteration, agreement = share of thinkers giving the majority answer. Below
@@ -28,13 +30,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 from knowledge_flow.records import AnswerType, Candidate
 from knowledge_flow.text.answers import normalize
 
 _WORD = re.compile(r"\w+")
 #: Select rules whose choice is made by a stored call (the vote decides when the call chose nothing).
-CALL_RULES = ("verifier", "manager")
+CALL_RULES = ("verifier", "manager", "genselect")
+#: Which thinker a tie that confidence does not settle goes to: the earlier or the later one.
+TieOrder = Literal["first", "last"]
 
 
 def spread(low: float, high: float, n: int) -> list[float]:
@@ -71,21 +76,27 @@ def tally(candidates: Sequence[Candidate], answer_type: AnswerType, weighted_by:
 
 
 def vote_winner(
-    candidates: Sequence[Candidate], answer_type: AnswerType, score_by: str, weighted: bool
+    candidates: Sequence[Candidate],
+    answer_type: AnswerType,
+    score_by: str,
+    weighted: bool,
+    prefer: TieOrder = "first",
 ) -> Candidate | None:
-    """The most confident thinker giving the winning answer; None when no thinker can vote."""
+    """The most confident thinker giving the winning answer; None when no thinker can vote. Ties that
+    confidence does not settle go to the earlier thinker (`prefer` ``last``: the later one)."""
     totals = tally(candidates, answer_type, score_by if weighted else None)
     if not totals:
         return None
     voters = [c for c in candidates if can_vote(c, answer_type)]
+    sign = 1 if prefer == "last" else -1
 
     def best_of(key: str) -> Candidate:
         group = [c for c in voters if normalize(c["answer"], answer_type) == key]
-        return max(group, key=lambda c: (score(c, score_by), -voters.index(c)))
+        return max(group, key=lambda c: (score(c, score_by), sign * voters.index(c)))
 
     def rank(key: str) -> tuple[float, float, int]:
         best = best_of(key)
-        return (totals[key], score(best, score_by), -voters.index(best))
+        return (totals[key], score(best, score_by), sign * voters.index(best))
 
     return best_of(max(totals, key=rank))
 
@@ -123,16 +134,18 @@ def select(
     rule: str = "confidence",
     score_by: str = "mean-logprob",
     chosen: str | None = None,
+    prefer: TieOrder = "first",
 ) -> list[Candidate]:
     """The kept thinkers, best first (a single candidate is always kept). `chosen` is the rollout id the
-    verifier or manager picked (rules `verifier`, `manager`)."""
+    verifier, manager or GenSelect call picked (rules `verifier`, `manager`, `genselect`); `prefer`: see
+    `vote_winner`."""
     pool = list(candidates)
     kept: list[Candidate] = []
     first: Candidate | None = None
     if rule in CALL_RULES and chosen is not None:
         first = next((c for c in pool if c["rollout_id"] == chosen and c["error"] is None), None)
     if first is None and rule in ("vote", "conf-vote", *CALL_RULES):
-        first = vote_winner(pool, answer_type, score_by, weighted=rule == "conf-vote")
+        first = vote_winner(pool, answer_type, score_by, weighted=rule == "conf-vote", prefer=prefer)
     if first is not None:
         kept.append(first)
         pool.remove(first)
