@@ -33,6 +33,9 @@ MAX_THINKERS = 64
 #: Largest top-k of log-probabilities a server returns (vLLM's default --max-logprobs).
 MAX_TOP_LOGPROBS = 20
 MAX_WARMUP_TRACES = 512
+#: Seeds of one iteration's rollouts are `seed + SEED_STRIDE * iteration + thinker`: more than any iteration's
+#: rollouts (thinkers, or a warm-up wave), so no two rollouts of a run share a seed.
+SEED_STRIDE = 1024
 #: DeepConf's group size in tokens, and the candidates per position its measures need (the paper's values).
 DEFAULT_WINDOW = 2048
 DEFAULT_TOP_LOGPROBS = 20
@@ -91,6 +94,13 @@ class RunOptions(BaseModel):
         le=10**7,
     )
     temperature: Annotated[float, Number] = option(0.6, "Sampling temperature.", ge=0.0, le=2.0)
+    seed: Annotated[int | None, Number] = option(
+        None,
+        "Sampling seed: rollout k of thinker i is sampled with seed + 1024 k + i (vLLM and llama.cpp honour it; "
+        "default: none sent).",
+        ge=0,
+        le=2**31 - 1,
+    )
     top_p: Annotated[float, Number] = option(1.0, "Nucleus sampling (always sent).", ge=0.0, le=1.0)
     top_k: Annotated[int, Number] = option(-1, "Top-k sampling; -1 for none (always sent).", ge=-1, le=10**6)
     min_p: Annotated[float, Number] = option(0.0, "Min-p sampling; 0 for none (always sent).", ge=0.0, le=1.0)

@@ -131,6 +131,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         dynamic_temperature=options.dynamic_temperature,
         uncertainty_threshold=options.uncertainty_threshold,
         avoid_budget_tokens=options.avoid_budget_tokens,
+        seed=options.seed,
         **selection_options(options, strategy, final),  # type: ignore[typeddict-item]
     )
     return params, prompt_set

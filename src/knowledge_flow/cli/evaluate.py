@@ -28,6 +28,7 @@ from knowledge_flow.cli.common import (
     open_store,
     out,
     resolve_db,
+    run_model,
 )
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.cli.report import print_report
@@ -126,7 +127,8 @@ def evaluate(
                 raise UsageError(f"answer_type must be one of integer, latex, text, got {answer_type!r}")
             spec = DatasetSpec(source, problem_field, answer_field, id_field, answer_type, limit)
             loaded = spec.load()
-            params = dict(resolve_params({**given, "answer_type": loaded.answer_type}))
+            model = run_model(url, given.get("model"))
+            params = dict(resolve_params({**given, "model": model, "answer_type": loaded.answer_type}))
             eval_id = eval_id_given or new_eval_id()
             postfix = output_postfix or str(params["strategy"])
             folder = Path(output_dir).expanduser().resolve()
@@ -164,7 +166,7 @@ def evaluate(
                 before = extend(graph, store, eval_id, int(given["iterations"]))
                 if before != given["iterations"]:
                     err.print(f"extended from {before} to {given['iterations']} iterations")
-            with endpoint(url) as live_url:
+            with endpoint(url, str(EvalStore(store).require_eval(eval_id).manifest["params"]["model"])) as live_url:
                 context = Context(
                     base_url=live_url, db_path=db_path, max_retries=max_retries, request_timeout=request_timeout
                 )

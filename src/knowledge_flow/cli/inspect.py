@@ -96,7 +96,7 @@ def show(
         }
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
         return
-    out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.answered_by)}"))
     out.print(Text(f"problem: {clean(run.problem, 300)}"))
     if item is not None:
         out.print(Text(f"evaluation {item.eval_id}, problem {item.position}: gold answer {clean(gold)}"))

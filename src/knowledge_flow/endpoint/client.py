@@ -84,6 +84,8 @@ class Sampling:
     reasoning_effort: str | None = None
     extra: Mapping[str, Any] | None = None
     """The run's own extra request fields (e.g. vLLM's ``structured_outputs``, ``chat_template_kwargs``)."""
+    seed: int | None = None
+    """The request's sampling seed (vLLM seeds choice i of a request with ``seed + i``); None: not sent."""
 
     def extra_body(self, server: str = "vllm") -> dict[str, Any]:
         """The sampling parameters outside the OpenAI schema, as the server names them, then the run's extra
@@ -227,6 +229,8 @@ def chat_request(
         request |= {"logprobs": True, "top_logprobs": sampling.top_logprobs or 0}
     if sampling.reasoning_effort:
         request["reasoning_effort"] = sampling.reasoning_effort
+    if sampling.seed is not None:
+        request["seed"] = sampling.seed
     if stream:
         request |= STREAM_OPTIONS
     return request
@@ -247,6 +251,8 @@ def completion_request(
     }
     if sampling.logprobs:
         request["logprobs"] = sampling.top_logprobs or 1
+    if sampling.seed is not None:
+        request["seed"] = sampling.seed
     if stream:
         request |= STREAM_OPTIONS
     return request

@@ -121,6 +121,14 @@ def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, An
     return grades
 
 
+def answering_model(store: RolloutStore, items: list[EvalItemRow], requested: str) -> str:
+    """The model(s) that answered the evaluation's runs, as their endpoints reported them (`RunRow.answered_by`);
+    the model requested when no run has started."""
+    runs = [store.get_run(item.run_id) for item in items if item.run_id]
+    names = sorted({run.answered_by for run in runs if run is not None})
+    return ", ".join(names) or requested
+
+
 def build_report(store: RolloutStore, eval_id: str, answer_rule: str = "default") -> EvalReport:
     row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
@@ -171,7 +179,7 @@ def build_report(store: RolloutStore, eval_id: str, answer_rule: str = "default"
     return EvalReport(
         eval_id=eval_id,
         dataset=row.dataset,
-        model=str(params["model"]),
+        model=answering_model(store, items, str(params["model"])),
         strategy=str(params["strategy"]),
         status=row.status,
         problems=total,

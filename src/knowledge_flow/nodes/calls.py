@@ -75,8 +75,11 @@ def endpoint_of(runtime: Runtime[Context], served: Served) -> Endpoint:
     return Endpoint(served, pool, ctx.request_timeout, retries, (ctx.api_key,))
 
 
-def sampling_of(params: RunParams, max_tokens: int, *, logprobs: bool = False, top_logprobs: int = 0) -> Sampling:
-    """The run's sampling parameters for one request."""
+def sampling_of(
+    params: RunParams, max_tokens: int, *, logprobs: bool = False, top_logprobs: int = 0, seed_offset: int = 0
+) -> Sampling:
+    """The run's sampling parameters for one request (its seed: the run's plus `seed_offset`, within 31 bits)."""
+    seed = params.get("seed")
     return Sampling(
         model=params["model"],
         temperature=params["temperature"],
@@ -89,6 +92,7 @@ def sampling_of(params: RunParams, max_tokens: int, *, logprobs: bool = False, t
         top_logprobs=top_logprobs or None,
         reasoning_effort=params["reasoning_effort"],
         extra=params.get("extra_body"),
+        seed=None if seed is None else (seed + seed_offset) % 2**31,
     )
 
 

@@ -37,7 +37,7 @@ from langgraph.runtime import Runtime
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, prepare, sample, send_stream
 from knowledge_flow.endpoint.client import endpoint_errors
-from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD
+from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD, seed_of
 from knowledge_flow.nodes.calls import (
     CONTENT_ATTEMPTS,
     CONTENT_FAULTS,
@@ -49,7 +49,7 @@ from knowledge_flow.nodes.calls import (
     with_faults,
 )
 from knowledge_flow.nodes.common import context_of, step_of, store_of
-from knowledge_flow.options import DEFAULT_WINDOW
+from knowledge_flow.options import DEFAULT_WINDOW, SEED_STRIDE
 from knowledge_flow.persistence.compression import pack_confidences
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
 from knowledge_flow.state import State
@@ -191,7 +191,7 @@ class Iteration:
             ready = prepared
             result = sample_or_fault(
                 lambda s: endpoint.send(ready, s, resends),
-                self.sampling,
+                replace(self.sampling, seed=seed_of(self.sampling, indices[0])),
                 [self.temperatures[index] for index in indices],
                 endpoint.secrets,
                 resends,
@@ -208,6 +208,7 @@ class Iteration:
         assert self.streaming is not None
         streaming, endpoint = self.streaming, self.endpoint
         sampling = replace(self.sampling, temperature=self.temperatures[index], n=1)
+        sampling = replace(sampling, seed=seed_of(self.sampling, index))
         outcome = Outcome(None, str(too_long) if too_long is not None else None)
         resends = Resends()
         if prepared is not None:
@@ -261,7 +262,11 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     streaming = strategy.streaming(step)
     top = int(params.get("top_logprobs") or 0)
     sampling = sampling_of(
-        params, prompts[0].max_tokens, logprobs=params["thinkers"] > 1 or streaming is not None, top_logprobs=top
+        params,
+        prompts[0].max_tokens,
+        logprobs=params["thinkers"] > 1 or streaming is not None,
+        top_logprobs=top,
+        seed_offset=SEED_STRIDE * iteration,
     )
     work = Iteration(state, ids, prompts, temperatures, sampling, streaming, endpoint_of(runtime, served), store)
     # thinkers whose prompts are the same request share requests (and one count of the prompt's tokens)
