@@ -104,9 +104,18 @@ def report(
         ),
     ] = "default",
     as_json: JsonOpt = False,
+    html: Annotated[
+        str | None,
+        typer.Option(
+            "--html",
+            help="Also write an HTML report into this folder: one self-contained page (plots, tables with intervals, "
+            "each problem's trajectory) and the rollouts' texts next to it. RUN may also be a thread (kflow solve).",
+        ),
+    ] = None,
 ) -> None:
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
-    stops where the runs have them; with --compare, the runs side by side; a PNG plot."""
+    stops where the runs have them; with --compare, the runs side by side; a PNG plot; with --html, a page."""
+    from knowledge_flow.cli import html_report
     from knowledge_flow.evaluation.report import build_report, plot_reports
     from knowledge_flow.evaluation.rows import EvalStore
     from knowledge_flow.text.answer_rules import check_rule
@@ -118,6 +127,9 @@ def report(
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder} is a file, not a folder; choose another --out")
         store: RolloutStore = open_store(db_path, must_exist=True)
+        if html is not None and html_report.html_folder(html) and not compare and not EvalStore(store).get_eval(run_id):
+            html_report.thread_page(store, db_path, run_id, html, as_json)
+            return
         reports = []
         for name in [run_id, *(compare or [])]:
             if EvalStore(store).get_eval(name) is None:
@@ -131,12 +143,14 @@ def report(
         err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
     comparison = compared(store, reports) if compare else []
+    page = html_report.write_evaluations(store, reports, comparison, html) if html is not None else None
     if as_json:
         payload: dict[str, Any] = {
             **reports[0].to_json(),
             "strategy_figures": strategies[0],
             "plot": str(plot),
             "same_dataset": len(datasets) == 1,
+            **({"html": str(page)} if page is not None else {}),
         }
         if compare:
             others = zip(reports[1:], strategies[1:], strict=True)
@@ -150,6 +164,8 @@ def report(
     if comparison:
         print_comparison(comparison)
     out.print(f"plot: {plot}")
+    if page is not None:
+        out.print(Text(f"html report: {page}"))
 
 
 def strategy_totals(store: RolloutStore, eval_id: str) -> dict[str, Any] | None:
