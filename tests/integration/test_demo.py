@@ -115,12 +115,23 @@ def test_demo_shows_the_method(scripted: type[ScriptedServer], tmp_path: Path) -
     assert [r["correct"] for r in detail["rollouts"]] == [False, True, True, False]
 
 
-def test_demo_bad_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "FILE"], "is a file, not a folder"),
+        (["--model", "qwen2.5-coder-70b"], "unknown packaged model 'qwen2.5-coder-70b'"),
+        (["--base-url", "http://a:1/v1,http://b:1/v1"], "the demo takes one --base-url"),
+        (["--iterations", "0"], "Invalid value for '--iterations'"),
+    ],
+)
+def test_demo_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = run_kflow(["demo", "--out", str(blocker), "--db", str(tmp_path / "d.db")])
-    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
-    assert not (tmp_path / "d.db").exists()
+    args = [str(blocker) if arg == "FILE" else arg for arg in args]
+    proc = run_kflow(["demo", *args, "--db", str(tmp_path / "d.db"), "--port", str(free_port())])
+    assert proc.returncode == 2, proc.stderr
+    assert message in " ".join(proc.stderr.split())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
 @pytest.mark.e2e

@@ -9,13 +9,16 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import UsageError, check_base_url, clean, err, fail, open_store, out, resolve_db
 from knowledge_flow.context import DEFAULT_LOCAL_PORT
+
+if TYPE_CHECKING:
+    from knowledge_flow.persistence.store import RolloutStore
 
 #: The demo's settings; the problems were chosen with exactly these. The seed makes a run repeatable on the same
 #: machine (llama.cpp samples the same tokens for the same seed, prompt and thread count). The prompt set is the
@@ -58,6 +61,7 @@ def demo(
     model is started for the demo (the 0.5B one when the `local-1.5b` extra is not installed)."""
     from knowledge_flow.cli.demo_server import demo_server
     from knowledge_flow.demo_problems import load_demo_problems
+    from knowledge_flow.server_launch.model_files import ModelError, packaged_model
 
     try:
         db_path = resolve_db(db)
@@ -67,8 +71,10 @@ def demo(
         url = check_base_url(base_url) if base_url is not None else None
         if url is not None and "," in url:
             raise UsageError("the demo takes one --base-url")
+        if url is None and model is not None:
+            packaged_model(model)
         store = open_store(db_path)
-    except UsageError as exc:
+    except (UsageError, ModelError) as exc:
         raise fail(str(exc)) from None
     loaded = load_demo_problems()
     rows = loaded.rows[:problems] if problems else loaded.rows
@@ -88,7 +94,7 @@ def demo(
 
 
 def run_demo(
-    store: Any, db_path: str, folder: Path, rows: list[dict[str, Any]], url: str, model: str, iterations: int
+    store: RolloutStore, db_path: str, folder: Path, rows: list[dict[str, Any]], url: str, model: str, iterations: int
 ) -> str:
     """Create the demo's evaluation run and run it, printing as it goes; returns its id."""
     from knowledge_flow.cli.demo_watch import DemoWatch
@@ -162,14 +168,14 @@ def run_demo(
     return eval_id
 
 
-def write_report(store: Any, eval_id: str, folder: Path) -> Path:
+def write_report(store: RolloutStore, eval_id: str, folder: Path) -> Path:
     from knowledge_flow.evaluation.html import write_evaluation_report
     from knowledge_flow.evaluation.report import build_report
 
     return write_evaluation_report(store, [build_report(store, eval_id)], [], folder / "report")
 
 
-def summarize(store: Any, eval_id: str, db_path: str, page: Path, elapsed: float) -> None:
+def summarize(store: RolloutStore, eval_id: str, db_path: str, page: Path, elapsed: float) -> None:
     from knowledge_flow.evaluation.rows import EvalStore
 
     items = list(EvalStore(store).eval_items(eval_id))
