@@ -27,12 +27,16 @@ class Context:
 
     base_url: str = field(
         default_factory=lambda: _env("KFLOW_BASE_URL", default=DEFAULT_LOCAL_BASE_URL) or "",
+        repr=False,  # it may carry a key (user-info, query)
         metadata={"description": "OpenAI-compatible base URL (e.g. a vLLM server's http://host:8000/v1)."},
     )
     api_key: str = field(
         default_factory=lambda: _env("KFLOW_API_KEY", "OPENAI_API_KEY", default="EMPTY") or "EMPTY",
         repr=False,
-        metadata={"description": "API key sent to the endpoint. Never stored in state, database or logs."},
+        metadata={
+            "description": "API key sent to the endpoint (a key in the URL's user-info takes its place). Never "
+            "stored in state, database or logs."
+        },
     )
     db_path: str = field(
         default_factory=lambda: _env("KFLOW_DB", default=DEFAULT_DB) or DEFAULT_DB,
@@ -46,6 +50,13 @@ class Context:
         default=6,
         metadata={"description": "Retries with exponential backoff on 429, 5xx, timeouts and lost connections."},
     )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The API key and the secrets of the endpoint URLs: kept out of every text stored or shown."""
+        from knowledge_flow.endpoint.urls import url_secrets
+
+        return (self.api_key, *url_secrets(self.base_url))
 
     def __post_init__(self) -> None:
         for f in fields(self):

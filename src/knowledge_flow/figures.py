@@ -1,9 +1,13 @@
 """Figures of TRT and DeepConf runs, read from the rollout store (for `kflow show`, `kflow report`, notebooks).
 
 - `trt_rounds`: per round, each thinker's strategy and answer, the selected answer, the agreement with it,
-  how it was selected (and the verifier's call), and what the reflection that followed changed.
-- `deepconf_traces`: the online threshold, traces sampled, stopped by the client, kept out of votes, the
-  tokens they cost, an estimate of the tokens the stops and an early consensus saved, and the vote.
+  how it was selected (the rule as applied, whether the previous best was kept, the verifier's or manager's
+  call), and what the reflection or manager call changed.
+- `deepconf_traces`: the online threshold and whether the filter could act at all (``online_filter``:
+  ``inactive (budget B < window W)`` when the largest budget sent is below one confidence window), traces
+  sampled, stopped by the client, cancelled by the consensus, kept out of votes, the tokens they cost (and how
+  many of them are counted from what was received rather than reported by the server), an estimate of the
+  tokens the stops and an early consensus saved, and the vote.
 - `run_figures`: the figures that fit a run's strategy (both for a run that has rounds and measures).
 - `totals`: the same over many runs (an evaluation's problems).
 - `trace_votes`: stored rollouts as the traces of a confidence vote (to re-grade with ``conf-vote``).
@@ -25,13 +29,24 @@ from typing import TYPE_CHECKING, Any
 from knowledge_flow.persistence.store import CallRow, RolloutRow, RolloutStore
 from knowledge_flow.records import AnswerType, TraceVote
 from knowledge_flow.strategies.confidence import share_of_leader
-from knowledge_flow.strategies.policies import ConfVote, parse_final_answer_rule, trace_tally
+from knowledge_flow.strategies.policies import ConfVote, TraceMajority, parse_final_answer_rule, trace_tally
 from knowledge_flow.text.answers import normalize
 
 if TYPE_CHECKING:
     from pandas import DataFrame
 
-STOPPED, BELOW = "gconf_threshold", "below_threshold"
+STOPPED, BELOW, CANCELLED = "gconf_threshold", "below_threshold", "consensus_cancelled"
+#: `usage_source` values whose token counts the server reported to the end.
+SERVER_COUNTED = (None, "server", "not-sent")
+
+
+def online_filter(budgets: Sequence[int], window: int | None) -> str:
+    """``active``, or ``inactive (budget B < window W)`` when the largest generation budget sent to a trace
+    is below one confidence window (nothing can then be stopped)."""
+    largest = max(budgets, default=None)
+    if window is None or largest is None or largest >= window:
+        return "active"
+    return f"inactive (budget {largest} < window {window})"
 
 
 def _by_iteration(rows: Sequence[RolloutRow]) -> dict[int, list[RolloutRow]]:
@@ -60,11 +75,15 @@ def trt_rounds(store: RolloutStore, run_id: str) -> dict[str, Any]:
         raise KeyError(f"no run {run_id!r}")
     answer_type: AnswerType = run.params.get("answer_type", "integer")
     calls = {call.id: call for call in store.calls(run_id)}
+    selections = store.selections(run_id)
     rounds = []
     for iteration, rows in sorted(_by_iteration(store.rollouts(run_id)).items()):
+        chosen = selections.get(iteration)
         selected = next((row for row in rows if row.rank == 0), None)
-        key = normalize(selected.answer, answer_type) if selected is not None else None
+        selected_answer = chosen.answer if chosen is not None else selected.answer if selected is not None else None
+        key = normalize(selected_answer, answer_type)
         agreeing = sum(1 for row in rows if key is not None and normalize(row.answer, answer_type) == key)
+        manager = calls.get(f"{run_id}:{iteration}:manage")
         rounds.append(
             {
                 "round": iteration + 1,
@@ -80,10 +99,14 @@ def trt_rounds(store: RolloutStore, run_id: str) -> dict[str, Any]:
                     }
                     for row in rows
                 ],
-                "selected_answer": selected.answer if selected is not None else None,
+                "selected_answer": selected_answer,
+                "rule": chosen.rule if chosen is not None else None,
+                "kept_previous": bool(chosen is not None and chosen.kept_previous),
+                "votes": chosen.votes if chosen is not None else None,
                 "agreement": round(agreeing / len(rows), 4) if rows else 0.0,
                 "verifier": _call_view(calls.get(f"{run_id}:{iteration}:verify")),
-                "reflection_after": _call_view(calls.get(f"{run_id}:{iteration + 1}:reflect")),
+                "manager": _call_view(manager),
+                "reflection_after": _call_view(manager or calls.get(f"{run_id}:{iteration + 1}:reflect")),
             }
         )
     extra = list(calls.values())
@@ -125,18 +148,22 @@ def deepconf_traces(store: RolloutStore, run_id: str) -> dict[str, Any]:
     answer_type: AnswerType = params.get("answer_type", "integer")
     rows = list(store.rollouts(run_id))
     stopped = [row for row in rows if row.stop_reason == STOPPED]
+    cancelled = [row for row in rows if row.stop_reason == CANCELLED]
     below = [row for row in rows if row.stop_reason == BELOW]
-    finished = [row for row in rows if row.error is None and row.stop_reason != STOPPED]
+    finished = [row for row in rows if row.error is None and row.finish_reason not in ("cancelled", None)]
     mean_finished = sum(row.completion_tokens for row in finished) / len(finished) if finished else 0.0
     saved_by_stops = sum(max(0.0, mean_finished - row.completion_tokens) for row in stopped)
     warmup = int(params.get("warmup_traces") or 0) if run.strategy == "deepconf" else 0
     thinkers = int(params.get("thinkers", 1))
     iterations = int(params.get("iterations", 1))
-    budget = (warmup + thinkers * (iterations - 1)) if warmup else thinkers * iterations
-    not_sampled = max(0, budget - len(rows))
+    budget = params.get("trace_budget") or ((warmup + thinkers * (iterations - 1)) if warmup else thinkers * iterations)
+    not_sampled = max(0, int(budget) - len(rows))
+    window = next((row.conf_window for row in rows if row.conf_window), params.get("confidence_window"))
+    budgets = [row.max_tokens_sent for row in rows if row.max_tokens_sent is not None]
     traces = trace_votes(rows)
     rule = parse_final_answer_rule(str(params.get("final_answer_rule", "last")))
-    measure = rule.measure if isinstance(rule, ConfVote) else "lowest"
+    # the final-answer rule's weights: its measure, one vote each for majority-traces, else the lowest group
+    measure = rule.measure if isinstance(rule, ConfVote) else None if isinstance(rule, TraceMajority) else "lowest"
     totals, _, original = trace_tally(traces, answer_type, measure)
     thresholds = [run.confidence_threshold] + [row.conf_threshold for row in rows]
     thresholds = [value for value in thresholds if value is not None]
@@ -144,18 +171,22 @@ def deepconf_traces(store: RolloutStore, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "strategy": run.strategy,
         "threshold": thresholds[0] if thresholds else None,
-        "window": next((row.conf_window for row in rows if row.conf_window), params.get("confidence_window")),
+        "online_filter": online_filter(budgets, window),
+        "window": window,
         "keep_percent": params.get("confidence_keep"),
         "traces": len(rows),
         "warmup_traces": min(warmup, len(rows)),
         "budget": budget,
         "stopped": len(stopped),
+        "consensus_cancelled": len(cancelled),
         "below_threshold": len(below),
         "counted": sum(1 for trace in traces if trace["counted"]),
         "failed": sum(1 for row in rows if row.error is not None),
         "tokens": {
             "completion": sum(row.completion_tokens for row in rows),
             "paid_by_stopped": sum(row.completion_tokens for row in stopped),
+            "paid_by_cancelled": sum(row.completion_tokens for row in cancelled),
+            "counted_by_client": sum(row.completion_tokens for row in rows if row.usage_source not in SERVER_COUNTED),
             "mean_finished_trace": round(mean_finished, 1),
             "saved_by_stops_estimate": round(saved_by_stops),
             "not_sampled_traces": not_sampled,
@@ -189,8 +220,23 @@ def totals(store: RolloutStore, run_ids: Sequence[str]) -> dict[str, Any]:
     """Over many runs (an evaluation's problems): TRT's mean agreement and the share of rounds whose selected
     answer changed, per round; DeepConf's traces, stops and tokens; the tokens of calls outside the rollouts."""
     per_round: dict[int, list[tuple[float, bool]]] = {}
-    deepconf = {"runs": 0, "traces": 0, "stopped": 0, "below_threshold": 0, "counted": 0}
-    tokens = {"paid_by_stopped": 0, "saved_by_stops_estimate": 0, "saved_by_consensus_estimate": 0}
+    deepconf = {
+        "runs": 0,
+        "traces": 0,
+        "stopped": 0,
+        "consensus_cancelled": 0,
+        "below_threshold": 0,
+        "counted": 0,
+        "filter_inactive": 0,
+    }
+    tokens = {
+        "paid_by_stopped": 0,
+        "paid_by_cancelled": 0,
+        "counted_by_client": 0,
+        "saved_by_stops_estimate": 0,
+        "saved_by_consensus_estimate": 0,
+    }
+    inactive: list[str] = []
     calls = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
     for run_id in run_ids:
         figures = run_figures(store, run_id)
@@ -207,8 +253,11 @@ def totals(store: RolloutStore, run_ids: Sequence[str]) -> dict[str, Any]:
         if "deepconf" in figures:
             found = figures["deepconf"]
             deepconf["runs"] += 1
-            for key in ("traces", "stopped", "below_threshold", "counted"):
+            for key in ("traces", "stopped", "consensus_cancelled", "below_threshold", "counted"):
                 deepconf[key] += found[key]
+            if found["online_filter"] != "active":
+                deepconf["filter_inactive"] += 1
+                inactive.append(found["online_filter"])
             for key in tokens:
                 tokens[key] += found["tokens"][key]
     return {
@@ -222,7 +271,7 @@ def totals(store: RolloutStore, run_ids: Sequence[str]) -> dict[str, Any]:
             }
             for number, values in sorted(per_round.items())
         ],
-        "deepconf": {**deepconf, "tokens": tokens},
+        "deepconf": {**deepconf, "tokens": tokens, "online_filter": inactive[0] if inactive else "active"},
         "calls": calls,
     }
 

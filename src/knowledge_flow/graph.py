@@ -1,12 +1,13 @@
 """The Knowledge Flow graph: prepare -> solve -> extract_answer -> distill_knowledge -> stop_check -> loop.
 
-Two optional steps make LLM calls outside the rollouts, for the strategies and rules that need them:
-`reflect` before an iteration (strategies that reflect, e.g. trt: planning before the first iteration,
-reflection before the others) and `verify` between `extract_answer` and `distill_knowledge` (select rule
-`verifier`). The routers return `Literal` targets, so Studio draws every edge::
+Optional steps make LLM calls outside the rollouts, for the strategies and rules that need them: `reflect`
+before an iteration (strategies that reflect, e.g. trt: planning before the first iteration, reflection
+before the others unless a manager call does its work), `verify` or `manage` between `extract_answer` and
+`distill_knowledge` (select rules `verifier` and `manager`). The routers return `Literal` targets, so Studio
+draws every edge::
 
-    START -> prepare -> (reflect ->) solve -> extract_answer -> (verify ->) distill_knowledge -> stop_check
-    stop_check -> reflect | solve | END
+    START -> prepare -> (reflect ->) solve -> extract_answer -> (verify | manage ->) distill_knowledge
+    distill_knowledge -> stop_check -> reflect | solve | END
 
 `builder` is the uncompiled `StateGraph`; `graph` is compiled with the SQLite checkpointer (the file named
 by ``KFLOW_DB``, opened on first use), so ``graph.invoke({"problem": ...}, {"configurable": {"thread_id":
@@ -27,6 +28,7 @@ from knowledge_flow.context import Context
 from knowledge_flow.nodes import (
     distill_knowledge,
     extract_answer,
+    manage,
     prepare,
     reflect,
     route_after_extract,
@@ -52,12 +54,14 @@ builder.add_node("distill_knowledge", distill_knowledge)
 builder.add_node("stop_check", stop_check)
 builder.add_node("reflect", reflect)
 builder.add_node("verify", verify)
+builder.add_node("manage", manage)
 builder.add_edge(START, "prepare")
 builder.add_conditional_edges("prepare", route_after_prepare)
 builder.add_edge("reflect", "solve")
 builder.add_edge("solve", "extract_answer")
 builder.add_conditional_edges("extract_answer", route_after_extract)
 builder.add_edge("verify", "distill_knowledge")
+builder.add_edge("manage", "distill_knowledge")
 builder.add_edge("distill_knowledge", "stop_check")
 builder.add_conditional_edges("stop_check", route_after_stop_check)
 

@@ -8,12 +8,15 @@ with descriptions and defaults), the validation in `prepare` and before anything
 
 Options whose default depends on others are ``None`` by default and resolved by `resolve_run` (the model's
 family picks the prompt set and reasoning effort, the strategy its final-answer rule, `thinkers` the number
-kept, the temperature the thinkers' range).
+kept, the temperature the thinkers' range). An option a strategy may default differently (its `defaults`, e.g.
+deepconf's budget) is ``None`` here too, with the run's own default as its `fallback`; the help texts of the
+command line and Studio list both (`knowledge_flow.strategies.default_text`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
@@ -22,7 +25,7 @@ from pydantic.fields import FieldInfo
 AnswerType = Literal["integer", "latex", "text"]
 ModelFamily = Literal["gpt-oss", "qwen3-thinking", "instruct"]
 ReasoningEffort = Literal["low", "medium", "high"]
-SelectRule = Literal["confidence", "vote", "conf-vote", "verifier"]
+SelectRule = Literal["confidence", "vote", "conf-vote", "verifier", "manager"]
 ConfidenceScore = Literal["mean-logprob", "lowest", "bottom10", "tail", "mean"]
 OnResume = Literal["fixed", "extend"]
 """``fixed``: a resumed run keeps its value (giving another is refused); ``extend``: a larger value extends
@@ -36,6 +39,7 @@ MAX_WARMUP_TRACES = 512
 #: Seeds of one iteration's rollouts are `seed + SEED_STRIDE * iteration + thinker`: more than any iteration's
 #: rollouts (thinkers, or a warm-up wave), so no two rollouts of a run share a seed.
 SEED_STRIDE = 1024
+MAX_TRACE_BUDGET = 100_000
 #: DeepConf's group size in tokens, and the candidates per position its measures need (the paper's values).
 DEFAULT_WINDOW = 2048
 DEFAULT_TOP_LOGPROBS = 20
@@ -47,12 +51,45 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
+#: Bounds of ``extra_body``: its size as JSON, and how deeply its values nest.
+MAX_EXTRA_BODY_BYTES = 64 * 1024
+MAX_EXTRA_BODY_DEPTH = 32
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"must not hold {name} (not JSON)")
+
+
+def _check_json_value(value: Any) -> None:
+    """Refuse a value nested deeper than `MAX_EXTRA_BODY_DEPTH` or holding a float that is not finite
+    (iteratively: a value built in Python may nest deeper than the interpreter recurses)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_EXTRA_BODY_DEPTH:
+                raise ValueError(f"must nest at most {MAX_EXTRA_BODY_DEPTH} levels deep")
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"must not hold {item} (not JSON)")
+
+
 def _json_object(value: Any) -> Any:
+    """A JSON object given as text (or as a value), within the bounds above."""
     if isinstance(value, str):
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"must be at most {MAX_EXTRA_BODY_BYTES:,} bytes of JSON")
         try:
-            return json.loads(value)
+            value = json.loads(value, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError(f"must nest at most {MAX_EXTRA_BODY_DEPTH} levels deep") from None
         except ValueError as exc:
-            raise ValueError(f"must be a JSON object: {exc}") from None
+            message = str(exc)
+            raise ValueError(message if message.startswith("must") else f"must be a JSON object: {exc}") from None
+    if value is not None:
+        _check_json_value(value)
+        if len(json.dumps(value)) > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"must be at most {MAX_EXTRA_BODY_BYTES:,} bytes of JSON")
     return value
 
 
@@ -65,12 +102,16 @@ def option(
     *,
     flag: str | None = None,
     on_resume: OnResume = "fixed",
+    fallback: Any = None,
     **constraints: Any,
 ) -> Any:
-    """A run option's field: its help text, command-line flag (default ``--name-with-dashes``) and resume rule."""
+    """A run option's field: its help text, command-line flag (default ``--name-with-dashes``), resume rule, and
+    for an option a strategy may default differently, the run's own default (`fallback`)."""
     extra: dict[str, Any] = {"on_resume": on_resume}
     if flag:
         extra["flag"] = flag
+    if fallback is not None:
+        extra["fallback"] = fallback
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
@@ -82,16 +123,18 @@ class RunOptions(BaseModel):
     model: str | None = option(None, "Served model name (env KFLOW_MODEL; default: the embedded model).")
     iterations: Annotated[int | None, Number] = option(
         None,
-        "Rollouts (iterations) to run (default: 64 as in the original runs; trt 8 rounds, deepconf 16 waves).",
+        "Rollouts (iterations) to run (64 in the original runs; with a trace budget, as many as it needs).",
         ge=1,
         le=MAX_ITERATIONS,
         on_resume="extend",
+        fallback=64,
     )
-    max_new_tokens: Annotated[int, Number] = option(
-        512,
+    max_new_tokens: Annotated[int | None, Number] = option(
+        None,
         "Tokens per rollout before the prompt set's fraction and the served context's limit (gpt-oss: 131072).",
         ge=1,
         le=10**7,
+        fallback=512,
     )
     temperature: Annotated[float, Number] = option(0.6, "Sampling temperature.", ge=0.0, le=2.0)
     seed: Annotated[int | None, Number] = option(
@@ -101,7 +144,9 @@ class RunOptions(BaseModel):
         ge=0,
         le=2**31 - 1,
     )
-    top_p: Annotated[float, Number] = option(1.0, "Nucleus sampling (always sent).", ge=0.0, le=1.0)
+    top_p: Annotated[float | None, Number] = option(
+        None, "Nucleus sampling (always sent).", ge=0.0, le=1.0, fallback=1.0
+    )
     top_k: Annotated[int, Number] = option(-1, "Top-k sampling; -1 for none (always sent).", ge=-1, le=10**6)
     min_p: Annotated[float, Number] = option(0.0, "Min-p sampling; 0 for none (always sent).", ge=0.0, le=1.0)
     repetition_penalty: Annotated[float, Number] = option(
@@ -141,12 +186,21 @@ class RunOptions(BaseModel):
     )
     final_answer_rule: str | None = option(
         None,
-        "last, majority:W (W or 'all') or conf-vote:MEASURE; default: the strategy's (self-consistency: "
-        "majority:all, deepconf: conf-vote:lowest).",
+        "last, majority:W (W or 'all'), conf-vote:MEASURE[:ETA] (a confidence-weighted vote over every trace) or "
+        "majority-traces (one vote per trace: the DeepConf reference code's final_answer); default: the "
+        "strategy's (self-consistency: majority:all, deepconf: conf-vote:lowest).",
         flag="--final-answer",
     )
     thinkers: Annotated[int | None, Number] = option(
-        None, "Parallel rollouts per iteration (default 1; trt 2, deepconf 16).", ge=1, le=MAX_THINKERS
+        None, "Parallel rollouts per iteration.", ge=1, le=MAX_THINKERS, fallback=1
+    )
+    trace_budget: Annotated[int | None, Number] = option(
+        None,
+        "Traces (rollouts) to sample in all, a first wave such as deepconf's warm-up included: the iterations "
+        "follow from it and the last wave is trimmed so that exactly this many are sent, unless the stop policy "
+        "ends the run earlier (256: DeepConf's online budget; 512: its offline one).",
+        ge=1,
+        le=MAX_TRACE_BUDGET,
     )
     topk_thinkers: Annotated[int | None, Number] = option(
         None, "Thinkers kept per iteration (default: all).", ge=1, le=MAX_THINKERS
@@ -168,8 +222,9 @@ class RunOptions(BaseModel):
     )
     select_rule: SelectRule | None = option(
         None,
-        "How the iteration's answer is chosen among its thinkers: confidence, vote, conf-vote or verifier (trt); "
-        "default: the strategy's (confidence; trt vote; deepconf conf-vote).",
+        "How the iteration's answer is chosen among its thinkers: confidence, vote, conf-vote, verifier or manager "
+        "(trt); default: the prompt set's, else the strategy's (confidence; trt: manager with kf-qwen and "
+        "kf-gpt-oss, else vote; deepconf conf-vote).",
     )
     confidence_score: ConfidenceScore | None = option(
         None,
@@ -178,7 +233,8 @@ class RunOptions(BaseModel):
     )
     top_logprobs: Annotated[int | None, Number] = option(
         None,
-        "Candidates per position requested for DeepConf measures (default 20 when a measure is used, else 0).",
+        "k of DeepConf's token confidence, minus the mean log-probability of the k most likely tokens (default "
+        "20 when a measure is used, else 0); k + 1 are requested, which exposes the exact top k.",
         ge=0,
         le=MAX_TOP_LOGPROBS,
     )
@@ -191,7 +247,8 @@ class RunOptions(BaseModel):
     )
     confidence_keep: Annotated[float, Number] = option(
         90.0,
-        "deepconf: percent of warm-up-like traces the online threshold keeps (90: DeepConf-high, 10: -low).",
+        "deepconf: percent of warm-up-like traces the online threshold keeps: 90 is DeepConf-high (the threshold "
+        "is the 10th percentile of the warm-up traces' lowest group confidence), 10 is DeepConf-low (the 90th).",
         gt=0.0,
         le=100.0,
     )
@@ -222,6 +279,11 @@ def extra_of(name: str) -> dict[str, Any]:
 
 def flag_of(name: str) -> str:
     return str(extra_of(name).get("flag") or "--" + name.replace("_", "-"))
+
+
+def fallback_of(name: str) -> Any:
+    """The run's own default of an option a strategy may default differently (None when there is none)."""
+    return extra_of(name).get("fallback")
 
 
 def on_resume(name: str) -> OnResume:

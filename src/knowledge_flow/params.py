@@ -17,15 +17,14 @@ from knowledge_flow.options import (
     OPTION_NAMES,
     ModelFamily,
     RunOptions,
+    fallback_of,
     parse_options,
 )
-from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, load_prompt_set
+from knowledge_flow.prompts import DEFAULT_SETS, PromptSet, PromptTable, load_prompt_set
 from knowledge_flow.records import RunParams
+from knowledge_flow.strategies.budget import budget_of, waves_for
 from knowledge_flow.strategies.confidence import MEASURES
-from knowledge_flow.strategies.policies import ConfVote, parse_final_answer_rule, parse_stop_policy
-
-#: The original method runs 64 rollouts (`reflex_size`); strategies may default to fewer.
-DEFAULT_ITERATIONS = 64
+from knowledge_flow.strategies.policies import ConfVote, TraceMajority, parse_final_answer_rule, parse_stop_policy
 
 #: Request fields a run sets through its own options; `extra_body` may not set them again.
 OWN_REQUEST_FIELDS = frozenset(
@@ -46,9 +45,11 @@ OWN_REQUEST_FIELDS = frozenset(
         "top_logprobs",
         "reasoning_effort",
         "stream",
+        "stream_options",
         "continue_final_message",
         "add_generation_prompt",
         "seed",
+        "return_tokens_as_token_ids",
     }
 )
 
@@ -75,10 +76,11 @@ def resolve_params(given: Mapping[str, Any]) -> RunParams:
 
 
 def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
-    """The run's parameters and its prompt set (checked against the strategy's table). Raises ValueError
-    with a message meant for the user. Keys of `given` other than run options are ignored; None means
-    "not given"."""
+    """The run's parameters and its prompt set (checked against the strategy's table, and rendered on sample
+    states with `given`'s problem: `strategies.rehearsal`). Raises ValueError with a message meant for the
+    user. Keys of `given` other than run options and the problem are ignored; None means "not given"."""
     from knowledge_flow.strategies import get_strategy
+    from knowledge_flow.strategies.rehearsal import rehearse
 
     options = parse_options({name: given.get(name) for name in OPTION_NAMES})
     strategy = get_strategy(options.strategy)
@@ -95,7 +97,14 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
     clashes = sorted(OWN_REQUEST_FIELDS & set(options.extra_body or {}))
     if clashes:
         raise ValueError(f"extra_body may not set {', '.join(clashes)}: the run's own options set them")
-    thinkers = options.thinkers or strategy.default_thinkers
+
+    def pick(name: str) -> Any:
+        """The user's value, else the strategy's default, else the run's."""
+        value = getattr(options, name)
+        return value if value is not None else strategy.defaults.get(name, fallback_of(name))
+
+    thinkers = int(pick("thinkers"))
+    iterations, trace_budget = budget(options, strategy, thinkers, pick)
     if options.topk_thinkers is not None and options.topk_thinkers > thinkers:
         raise ValueError(f"topk_thinkers ({options.topk_thinkers}) cannot exceed thinkers ({thinkers})")
     low = options.min_temperature if options.min_temperature is not None else options.temperature
@@ -104,14 +113,14 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         raise ValueError(f"min_temperature ({low}) cannot exceed max_temperature ({high})")
     params = RunParams(
         model=model,
-        iterations=options.iterations or strategy.default_iterations or DEFAULT_ITERATIONS,
+        iterations=iterations,
         temperature=options.temperature,
-        top_p=options.top_p,
+        top_p=float(pick("top_p")),
         top_k=-1 if options.top_k == 0 else options.top_k,
         min_p=options.min_p,
         repetition_penalty=options.repetition_penalty,
         extra_body=options.extra_body or None,
-        max_new_tokens=options.max_new_tokens,
+        max_new_tokens=int(pick("max_new_tokens")),
         strategy=options.strategy,
         answer_type=options.answer_type or "integer",
         knowledge_budget_tokens=options.knowledge_budget_tokens,
@@ -132,18 +141,51 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         uncertainty_threshold=options.uncertainty_threshold,
         avoid_budget_tokens=options.avoid_budget_tokens,
         seed=options.seed,
-        **selection_options(options, strategy, final),  # type: ignore[typeddict-item]
+        trace_budget=trace_budget,
+        **selection_options(options, strategy, final, table),  # type: ignore[typeddict-item]
     )
+    problem = given.get("problem")
+    rehearse(strategy, table, params, problem if isinstance(problem, str) and problem.strip() else None)
     return params, prompt_set
 
 
-def selection_options(options: RunOptions, strategy: Any, final: int | ConfVote | None) -> dict[str, Any]:
-    """The thinker-selection, confidence, TRT and DeepConf parameters: the strategy's defaults filled in, and
-    the combinations checked (``verifier`` needs a verifier prompt, ``conf-vote`` a DeepConf measure, a
-    measure needs top log-probabilities). Options a strategy does not use are checked but have no effect."""
-    rule = options.select_rule or strategy.select_rule
+def budget(options: RunOptions, strategy: Any, thinkers: int, pick: Any) -> tuple[int, int | None]:
+    """(iterations, trace budget). A trace budget (given, or the strategy's) sets the iterations; iterations
+    given without one set it to their whole waves (for strategies that count in traces); both given must
+    agree."""
+    first = strategy.first_wave({"thinkers": thinkers, "warmup_traces": options.warmup_traces})
+    traces = pick("trace_budget")
+    if options.iterations is not None and options.trace_budget is None:
+        return options.iterations, budget_of(options.iterations, first, thinkers) if traces is not None else None
+    if traces is None:
+        return int(pick("iterations")), None
+    waves = waves_for(int(traces), first, thinkers)
+    if options.iterations is not None and options.iterations != waves:
+        raise ValueError(
+            f"give trace_budget or iterations, not both: {traces} traces (a first wave of {first}, then waves of "
+            f"{thinkers}) take {waves} iterations, not {options.iterations}"
+        )
+    if waves > MAX_ITERATIONS:
+        raise ValueError(f"trace_budget {traces} takes {waves} iterations, more than {MAX_ITERATIONS}")
+    return waves, int(traces)
+
+
+def selection_options(
+    options: RunOptions, strategy: Any, final: int | ConfVote | TraceMajority | None, table: PromptTable
+) -> dict[str, Any]:
+    """The thinker-selection, confidence, TRT and DeepConf parameters: the prompt set's or the strategy's
+    defaults filled in, and the combinations checked (``verifier`` needs a verifier prompt, ``manager`` a
+    manager prompt, ``conf-vote`` a DeepConf measure, a measure needs top log-probabilities). Options a
+    strategy does not use are checked but have no effect."""
+    rule = options.select_rule or getattr(table.rules, "select_rule", None) or strategy.select_rule
     if rule == "verifier" and not strategy.verifies:
         raise ValueError(f"select_rule verifier needs a strategy with a verifier prompt (trt), not {strategy.name}")
+    if rule == "manager" and not strategy.manages:
+        raise ValueError(f"select_rule manager needs a strategy with a manager prompt (trt), not {strategy.name}")
+    if rule == "manager" and not table.has("manage"):
+        raise ValueError(
+            f"select_rule manager needs a 'manage' template in {table.label} of prompt set {table.set_name!r}"
+        )
     score = options.confidence_score or strategy.confidence_score
     if rule == "conf-vote" and score not in MEASURES:
         raise ValueError(

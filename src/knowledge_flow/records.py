@@ -85,8 +85,9 @@ class RunParams(TypedDict):
     select_rule: NotRequired[SelectRule]
     """How the iteration's answer is chosen among its thinkers: `confidence` (the most confident thinker,
     with the diversity penalty; the default), `vote` (majority over the thinkers, ties to the more confident),
-    `conf-vote` (majority weighted by `confidence_score`, a DeepConf measure) or `verifier` (one stored call
-    ranks the candidates; trt only)."""
+    `conf-vote` (majority weighted by `confidence_score`, a DeepConf measure), `verifier` (one stored call
+    picks a candidate; trt only) or `manager` (one stored call per round picks a candidate, writes the lesson
+    and the next strategies; trt only)."""
     confidence_score: NotRequired[ConfidenceScore]
     """A thinker's score: `mean-logprob` (mean log-probability of its sampled tokens; the default) or a
     DeepConf measure (`lowest`, `bottom10`, `tail`, `mean`; needs `top_logprobs`)."""
@@ -102,6 +103,9 @@ class RunParams(TypedDict):
     """deepconf: percent of warm-up-like traces the online threshold keeps (90: DeepConf-high; 10: -low)."""
     seed: NotRequired[int | None]
     """Sampling seed of rollout 0, thinker 0 (rollout k of thinker i: seed + 1024 k + i); None: none sent."""
+    trace_budget: NotRequired[int | None]
+    """Traces to send in all, the first wave included (deepconf: 256); the last wave is trimmed to it. None:
+    whole waves of `thinkers` for `iterations`."""
 
 
 class KnowledgeItem(TypedDict):
@@ -151,22 +155,28 @@ class StrategyRound(TypedDict):
     agreement: float
     """Share of the round's rollouts whose answer is the selected one."""
     rule: str
-    """How the answer was selected (vote, conf-vote, verifier, confidence; `vote (verifier failed)` ...)."""
+    """How the answer was selected (vote, conf-vote, verifier, manager, confidence; `vote (no verdict)` ...)."""
+    kept_previous: NotRequired[bool]
+    """The previous round's selection (a candidate of this round) was selected again."""
 
 
 class Selection(TypedDict):
     """How the last iteration's answer was chosen."""
 
     rule: str
+    """The select rule as applied: `vote`, `vote (tie: confidence)`, `verifier`, `vote (no verdict)` ..."""
     rollout_id: str | None
     answer: str | None
     votes: dict[str, float]
-    """Weight per (normalised) answer among the thinkers that could vote."""
+    """Weight per (normalised) answer among the candidates that could vote."""
     agreement: float
+    """Share of the candidates whose answer is the selected one."""
+    kept_previous: NotRequired[bool]
+    """trt: the previous best (a candidate from round 2 on) was selected again."""
 
 
 class Verdict(TypedDict):
-    """The verifier call's choice for the current iteration (consumed by `distill_knowledge`)."""
+    """The verifier's or manager's choice for the current iteration (consumed by `distill_knowledge`)."""
 
     call_id: str
     rollout_id: str | None
@@ -174,10 +184,10 @@ class Verdict(TypedDict):
 
 
 class Reflection(TypedDict):
-    """trt: what the last planning or reflection call changed."""
+    """trt: what the last planning, reflection or manager call changed."""
 
     call_id: str
-    kind: Literal["plan", "reflect"]
+    kind: Literal["plan", "reflect", "manage"]
     strategies: list[ThinkerStrategy]
     added: str | None
     """The knowledge item it added (its text), if any."""
@@ -231,8 +241,11 @@ class Candidate(TypedDict):
     measures: NotRequired[dict[str, float] | None]
     """DeepConf measures of its trace, when top log-probabilities were returned."""
     excluded: NotRequired[str | None]
-    """Why it is kept out of votes: `gconf_threshold` (stopped by the client below the online threshold) or
-    `below_threshold` (finished, but its lowest group confidence is below it)."""
+    """Why it is kept out of votes: `gconf_threshold` (stopped by the client below the online threshold),
+    `below_threshold` (finished, but its lowest group confidence is below it) or `consensus_cancelled` (it
+    ended after the stop policy's consensus was reached)."""
+    previous_best: NotRequired[bool]
+    """trt: the previous round's selection, carried into this round's candidates (not a rollout of it)."""
 
 
 @dataclass(frozen=True)

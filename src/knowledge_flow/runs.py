@@ -7,15 +7,20 @@ step had written them, so the graph then continues from there:
   are tried again (their failed rows are removed from the rollout store, the run's counters go back to the
   first of them); nothing that succeeded is requested again.
 - A larger iteration budget extends a run, finished or not: the rollouts already stored are kept.
+
+A run that an error in a step stopped (the endpoint down for good, say) is failed too (`mark_failed`), but
+its checkpoint is that of the step before: LangGraph keeps the error with it (`step_error`), `show` and
+`threads` read the status from it, and resuming runs the step again.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Overwrite
 
@@ -86,6 +91,8 @@ def reopen(
         }
         done = first
     if not update and status not in ("done", "failed"):
+        if snapshot.next:  # a run a step's error stopped (`mark_failed`) goes on
+            store.update_run(values["run_id"], status="running")
         return bool(snapshot.next)
     if status in ("done", "failed"):
         update |= {"status": "running", "final_answer": None, "stopped_early": False}
@@ -97,6 +104,30 @@ def reopen(
 
 #: What `kf_runs` mirrors of a thread's checkpoint: checkpoint channel -> column.
 MIRRORED = {"status": "status", "iteration": "iterations_done", "final_answer": "final_answer"}
+#: LangGraph's pending write of the error a step raised (kept with the checkpoint before that step).
+STEP_ERROR = "__error__"
+
+
+def mark_failed(store: RolloutStore, thread_id: str) -> None:
+    """The thread's run, stopped by an error in a step, is failed. Its checkpoint is kept (LangGraph keeps the
+    error with it, see `step_error`): `kflow resume` runs that step again. Best effort: the error may be the
+    database's own."""
+    with contextlib.suppress(Exception):  # the checkpoint's error says the same
+        run = store.latest_run(thread_id)
+        if run is not None and run.status == "running":
+            store.update_run(run.run_id, status="failed")
+
+
+def _step_error(found: CheckpointTuple | None) -> str | None:
+    for _task, channel, value in (found.pending_writes or []) if found is not None else []:
+        if channel == STEP_ERROR:
+            return str(value)
+    return None
+
+
+def step_error(checkpointer: BaseCheckpointSaver[Any], thread_id: str) -> str | None:
+    """The error that stopped the thread's latest run in a step, as LangGraph recorded it; None if none did."""
+    return _step_error(checkpointer.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}))
 
 
 def from_checkpoints(
@@ -118,6 +149,8 @@ def from_checkpoints(
         values = found.checkpoint["channel_values"] if found is not None else {}
         if values.get("run_id") != run.run_id:
             continue
+        if values.get("status") == "running" and _step_error(found) is not None:
+            values = {**values, "status": "failed"}  # stopped by a step's error (`mark_failed`)
         changed = {
             column: values[channel]
             for channel, column in MIRRORED.items()

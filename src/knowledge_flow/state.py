@@ -83,9 +83,13 @@ def _input_schema() -> Any:
     channels, empty after that step, so checkpoints do not carry them and a later run on the same thread
     never inherits them by accident.
     """
+    from knowledge_flow.strategies import default_text
+
     fields: dict[str, Any] = {"problem": Required[Annotated[str, Field(description="The problem to solve.")]]}
     for name, info in RunOptions.model_fields.items():
-        described = Field(description=info.description, json_schema_extra={"default": info.default})
+        by_strategy = default_text(name)
+        description = f"{info.description} ({by_strategy})" if by_strategy else info.description
+        described = Field(description=description, json_schema_extra={"default": info.default})
         annotation: Any = info.annotation
         fields[name] = Annotated[annotation | None, described, EphemeralValue]
     return TypedDict("InputState", fields, total=False)  # type: ignore[operator]
@@ -151,7 +155,10 @@ class State(TypedDict, total=False):
     strategy_history: list[StrategyRound]
     """trt: the last rounds (at most the prompt set's `history_rounds`)."""
     reflection: Reflection | None
-    """trt: the last planning or reflection call's outcome."""
+    """trt: the last planning, reflection or manager call's outcome."""
+    best: Candidate | None
+    """trt: the selected candidate so far (its answer is the reference answer); from round 2 on it is a
+    candidate of every select rule, carried as it was parsed."""
 
 
 class OutputState(TypedDict):

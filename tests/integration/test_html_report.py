@@ -4,6 +4,7 @@ console errors, nothing loaded from elsewhere, every outside text escaped); `kno
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -223,3 +224,18 @@ def test_figures_frames(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     assert len(by_run) == 3 and by_run.correct.isna().all()  # without an evaluation there is no gold answer
     with pytest.raises(ValueError, match="either eval_id or run_ids"):
         rollouts_frame(store)
+
+
+def test_thread_report_refuses_a_damaged_store(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+    server = scripted_server(scripted, {"default": SCRIPT})
+    db = tmp_path / "runs.db"
+    solve = ["solve", PROBLEM, "--base-url", server.base_url, "--model", "m", "--iterations", "3", "--db", str(db)]
+    assert run_kflow([*solve, "--prompts", PAPER_SET, "--thread-id", "t1"]).returncode == 0
+    with sqlite3.connect(db) as conn:  # an altered rollout: its seal no longer matches
+        conn.execute("UPDATE kf_rollouts SET completion_tokens = completion_tokens + 1 WHERE iteration = 1")
+    folder = tmp_path / "thread-html"
+    proc = run_kflow(["report", "t1", "--db", str(db), "--html", str(folder), "--json"])
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "damaged"
+    assert "damaged" in proc.stderr and "iteration 1" in proc.stderr
+    assert not folder.exists()  # nothing written

@@ -28,7 +28,7 @@ SERVER = f"{NO_VLLM} -m vllm.entrypoints.openai.api_server"
             ["--profile", "gpt-oss-120b", "--model", "openai/gpt-oss-120b", "--tensor-parallel-size", "8"],
             f"{SERVER} --model openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 "
             "--max-model-len 131072 --attention-backend TRITON_ATTN --no-enable-prefix-caching "
-            "--generation-config vllm",
+            "--generation-config vllm --max-logprobs 21",
         ),
         (
             [
@@ -43,7 +43,7 @@ SERVER = f"{NO_VLLM} -m vllm.entrypoints.openai.api_server"
             ],
             f"VLLM_ATTENTION_BACKEND=TRITON_ATTN_VLLM_V1 VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 {SERVER} "
             "--model openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 --max-model-len 131072 "
-            "--no-enable-prefix-caching --generation-config vllm",
+            "--no-enable-prefix-caching --generation-config vllm --max-logprobs 21",
         ),
         (
             [
@@ -60,12 +60,13 @@ SERVER = f"{NO_VLLM} -m vllm.entrypoints.openai.api_server"
             ],
             f"{SERVER} --model Qwen/Qwen3-235B-A22B-Thinking-2507 --host 127.0.0.1 --port 9000 "
             "--tensor-parallel-size 8 --max-model-len 262144 --attention-backend FLASH_ATTN --reasoning-parser qwen3 "
-            "--generation-config vllm",
+            "--generation-config vllm --max-logprobs 21",
         ),
         (
             ["--profile", "qwen3-235b-thinking", "--model", "Qwen/Qwen3", "--vllm-version", "0.10.2"],
             f"VLLM_ATTENTION_BACKEND=FLASH_ATTN {SERVER} --model Qwen/Qwen3 --host 127.0.0.1 --port 8000 "
-            "--tensor-parallel-size 1 --max-model-len 262144 --reasoning-parser qwen3 --generation-config vllm",
+            "--tensor-parallel-size 1 --max-model-len 262144 --reasoning-parser qwen3 --generation-config vllm "
+            "--max-logprobs 21",
         ),
         (
             [
@@ -85,7 +86,7 @@ SERVER = f"{NO_VLLM} -m vllm.entrypoints.openai.api_server"
             ],
             f"HF_HUB_OFFLINE=1 {SERVER} --model '/models/my model' --host 0.0.0.0 --port 8000 "
             "--tensor-parallel-size 1 --data-parallel-size 4 --max-model-len 32768 --enforce-eager "
-            "--generation-config vllm --gpu-memory-utilization 0.9",
+            "--generation-config vllm --max-logprobs 21 --gpu-memory-utilization 0.9",
         ),
     ],
 )
@@ -104,7 +105,8 @@ def test_dry_run_of_the_packaged_model_names_its_converted_folder(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (
         f"{SERVER} --model {tmp_path}/models/qwen2.5-coder-0.5b-instruct-bf16 --served-model-name "
-        "qwen2.5-coder-0.5b-instruct --host 127.0.0.1 --port 8001 --tensor-parallel-size 1 --generation-config vllm\n"
+        "qwen2.5-coder-0.5b-instruct --host 127.0.0.1 --port 8001 --tensor-parallel-size 1 --generation-config vllm "
+        "--max-logprobs 21\n"
     )
     assert not (tmp_path / "models").exists()  # a dry run converts nothing
 

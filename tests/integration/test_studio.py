@@ -96,6 +96,13 @@ def test_langgraph_dev_runs_a_thread(scripted: type[ScriptedServer], tmp_path: P
         temperature = inputs["properties"]["temperature"]
         assert temperature["default"] == 0.6 and "temperature" in temperature["description"]
         assert "params" not in inputs["properties"] and "candidates" not in inputs["properties"]  # internal
+        select_rule = json.dumps(inputs["properties"]["select_rule"])
+        assert all(f'"{rule}"' in select_rule for rule in ("vote", "conf-vote", "verifier", "manager"))
+        drawn = client.assistants.get_graph(assistants[0]["assistant_id"])
+        assert {"reflect", "verify", "manage"} <= {node["id"] for node in drawn["nodes"]}
+        assert {"source": "manage", "target": "distill_knowledge"} in [
+            {"source": edge["source"], "target": edge["target"]} for edge in drawn["edges"]
+        ]
         assert schemas["output_schema"] is not None and "final_answer" in schemas["output_schema"]["properties"]
         thread = client.threads.create()
         nodes: list[str] = []

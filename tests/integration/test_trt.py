@@ -143,11 +143,16 @@ def test_select_by_verifier(scripted: type[ScriptedServer], tmp_path: Path) -> N
     assert final["answers"] == ["7", "5"]
     assert steps[0]["selection"]["rule"] == "verifier" and steps[0]["selection"]["answer"] == "7"
     assert steps[0]["strategy_history"][0]["rule"] == "verifier"
-    # round 2: the verifier's reply has no verdict: the vote decides
-    assert steps[1]["selection"]["rule"] == "vote (no verdict)"
+    # round 2: the verifier's reply has no verdict: the vote decides among the previous best (7) and the round's
+    # three rollouts (5, 5, 7): a 2-2 tie, settled by confidence (A's -0.1 beats C's -3.0)
+    assert steps[1]["selection"]["rule"] == "vote (no verdict; tie: confidence)"
+    assert steps[1]["selection"]["votes"] == {"5": 2.0, "7": 2.0}
     verify = [r for r in server.requests if kind_of(r) == "verify"]
     assert len(verify) == 2
     assert "### Solution 3\nAnswer: 7\nSummary: Solved with C.\n" in verify[0].prompt
+    # the previous best is candidate 1 of round 2, then the round's rollouts
+    assert "### Solution 1\nAnswer: 7\nSummary: Solved with C.\n\n### Solution 2\nAnswer: 5\n" in verify[1].prompt
+    assert "### Solution 4\nAnswer: 7\n" in verify[1].prompt and "### Solution 5" not in verify[1].prompt
     store = get_store(tmp_path / "v.db")
     calls = {c.kind: c for c in store.calls(final["run_id"]) if c.iteration == 0}
     assert calls["verify"].outcome == {

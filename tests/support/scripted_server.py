@@ -13,6 +13,11 @@ server checks whether the client closed the connection: a client that stops read
 ends the reply there, and the request records it (`closed_by_client`) with the tokens sent so far
 (`tokens_sent`, of `tokens_total`).
 
+Raw replies (`Raw`): a reply can instead be sent byte for byte, with any status, content type and headers,
+at once or trickled (chunked, a pause between pieces, a piece repeated until the client goes away): what a
+gateway, a broken proxy or a hostile server sends (see `tests.support.hostile_server`). `extras` answers the
+requests other than chat completions (``/v1/models``, ``/tokenize``, ...) the same way when it returns one.
+
 Run as a script (``python -m tests.support.scripted_server --script FILE --port P``) for subprocess tests.
 """
 
@@ -31,6 +36,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass
+class Raw:
+    """A reply sent as these bytes (well-formed or not)."""
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    pause_s: float = 0.0
+    """With `pieces` or `forever`: the pause before each piece (the body is sent chunked)."""
+    pieces: Sequence[bytes] = ()
+    """Sent after `body`, one at a time."""
+    forever: bytes | None = None
+    """Sent again and again after the pieces, until the client goes away (or `MAX_FOREVER_S` passed)."""
+
+
+#: The longest a `Raw.forever` reply goes on when the client never leaves.
+MAX_FOREVER_S = 120.0
 
 
 @dataclass
@@ -55,6 +81,8 @@ class Reply:
     sampled token's log-probability is `logprobs[i]`, or the first candidate's when `logprobs` is not set."""
     token_delay_s: float = 0.0
     """Streaming: the pause before each token (time for the client to close the stream)."""
+    raw: Raw | None = None
+    """Send these bytes instead of the reply."""
 
 
 @dataclass
@@ -78,6 +106,8 @@ class Request:
     """Streaming: the tokens written before the reply ended (all of them, or up to the client's close)."""
     closed_by_client: bool = False
     """Streaming: the client closed the connection before the reply was complete."""
+    query: dict[str, str] = field(default_factory=dict)
+    """The query parameters of the request's URL."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -108,6 +138,9 @@ class ScriptedServer:
     port: int = 0
     timeout_fault_s: float = 3.0
     """How long a `timeout` fault keeps the client waiting (longer than its request timeout)."""
+    extras: Callable[[str, dict[str, Any]], Raw | None] | None = None
+    """Answers a request other than a chat completion (path, JSON body; ``{}`` for a GET), or None for the
+    default answer."""
 
     def __post_init__(self) -> None:
         self.dead = False
@@ -131,7 +164,11 @@ class ScriptedServer:
                     return False
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/") in ("/v1/models", "/models"):
+                path = urlsplit(self.path).path
+                raw = server.extras(path, {}) if server.extras is not None else None
+                if raw is not None:
+                    server.send_raw(self, raw)
+                elif path.rstrip("/") in ("/v1/models", "/models"):
                     self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
                 elif self.path == "/health":
                     self._send(200, {"status": "ok"})
@@ -141,12 +178,17 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    self._send(404, {"error": {"message": "not found"}})
+                path, query = urlsplit(self.path).path, dict(parse_qsl(urlsplit(self.path).query))
+                if not path.rstrip("/").endswith("/chat/completions"):
+                    raw = server.extras(path, body) if server.extras is not None else None
+                    if raw is not None:
+                        server.send_raw(self, raw)
+                    else:
+                        self._send(404, {"error": {"message": "not found"}})
                     return
-                server._complete(self, body, {k.lower(): v for k, v in self.headers.items()})
+                server._complete(self, body, {k.lower(): v for k, v in self.headers.items()}, query)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -160,11 +202,22 @@ class ScriptedServer:
                 return key
         return "default"
 
-    def _complete(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def _complete(
+        self,
+        handler: BaseHTTPRequestHandler,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        query: dict[str, str] | None = None,
+    ) -> None:
         key = self.key_of(body)
         with self._lock:
             request = Request(
-                body=body, headers=headers, key=key, index=self._delivered.get(key, 0), started=time.monotonic()
+                body=body,
+                headers=headers,
+                key=key,
+                index=self._delivered.get(key, 0),
+                started=time.monotonic(),
+                query=query or {},
             )
             self.requests.append(request)
         reply = self.responder(request)
@@ -184,6 +237,12 @@ class ScriptedServer:
             return
         if _peer_closed(handler.connection):
             request.aborted = True
+            request.ended = time.monotonic()
+            return
+        if reply.raw is not None:
+            request.status = reply.raw.status
+            request.delivered = self.send_raw(handler, reply.raw)
+            request.aborted = not request.delivered
             request.ended = time.monotonic()
             return
         request.status = reply.status
@@ -293,6 +352,47 @@ class ScriptedServer:
             request.delivered = True
             self._delivered[request.key] = self._delivered.get(request.key, 0) + 1
 
+    def send_raw(self, handler: BaseHTTPRequestHandler, raw: Raw) -> bool:
+        """Send `raw`; False when the client went away first (always, for a reply that goes on forever)."""
+        chunked = bool(raw.pieces) or raw.forever is not None
+        try:
+            handler.send_response(raw.status)
+            handler.send_header("Content-Type", raw.content_type)
+            for name, value in raw.headers.items():
+                handler.send_header(name, value)
+            if not chunked:
+                handler.send_header("Content-Length", str(len(raw.body)))
+                handler.end_headers()
+                handler.wfile.write(raw.body)
+                handler.wfile.flush()
+                return True
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+
+            def piece(data: bytes) -> None:
+                if data:
+                    handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    handler.wfile.flush()
+
+            piece(raw.body)
+            for data in raw.pieces:
+                time.sleep(raw.pause_s)
+                piece(data)
+            if raw.forever is not None:
+                until = time.monotonic() + MAX_FOREVER_S
+                while time.monotonic() < until:
+                    time.sleep(raw.pause_s)
+                    if _peer_closed(handler.connection):
+                        raise ConnectionResetError("the client went away")
+                    piece(raw.forever)
+                return False
+            handler.wfile.write(b"0\r\n\r\n")
+            handler.wfile.flush()
+            return True
+        except OSError:
+            handler.close_connection = True
+            return False
+
     def _inject(self, handler: BaseHTTPRequestHandler, request: Request, reply: Reply) -> bool:
         """Send the fault; True when nothing else is to be sent (`length` goes on as a normal reply)."""
         fault = reply.fault
@@ -353,6 +453,16 @@ class ScriptedServer:
 
     def delivered(self, key: str | None = None) -> list[Request]:
         return [r for r in self.requests if r.delivered and (key is None or r.key == key)]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that goes away mid-request (a killed process, a bound reached) is no server error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def tokens_of(text: str) -> list[str]:

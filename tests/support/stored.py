@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import zlib
 from pathlib import Path
@@ -34,3 +35,22 @@ def checkpoints_and_writes(db: Path) -> tuple[list[dict[str, Any]], list[tuple[s
             )
         ]
     return checkpoints, writes
+
+
+def stored_bytes(db: Path) -> bytes:
+    """Everything the database file's tables hold, value by value as bytes: texts as stored, blobs as stored
+    and, when they are zlib-compressed (long texts, checkpoints), decompressed."""
+    parts: list[bytes] = []
+    with sqlite3.connect(db) as conn:
+        conn.text_factory = bytes
+        tables = [row[0].decode() for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                for value in row:
+                    if isinstance(value, bytes):
+                        parts.append(value)
+                        with contextlib.suppress(zlib.error):
+                            parts.append(zlib.decompress(value))
+                    elif value is not None:
+                        parts.append(str(value).encode())
+    return b"\n".join(parts)

@@ -91,6 +91,7 @@ class Item:
     final_correct: bool | None = None
     prompt_tokens: list[int] = field(default_factory=list)
     completion_tokens: list[int] = field(default_factory=list)
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         self.correct = [a == self.gold for a in self.answers]
@@ -131,3 +132,22 @@ def test_compare_items_takes_stored_items_of_several_runs() -> None:
     assert base.to_json()["problems"] == 2 and base.to_json()["paired"] is None
     with pytest.raises(ValueError):
         compare_items([("sc", sc)], final_rules=[None, None])
+
+
+def test_a_rule_over_every_trace_votes_over_the_runs_traces() -> None:
+    """conf-vote and majority-traces vote over each run's traces, never over the iterations' answers."""
+    from knowledge_flow.records import TraceVote
+    from knowledge_flow.strategies.policies import MissingTraces
+
+    def vote(answer: str, lowest: float) -> TraceVote:
+        found = {"lowest": lowest, "tail": lowest, "bottom10": lowest, "mean": lowest}
+        return TraceVote(rollout_id="r", iteration=0, answer=answer, measures=found, counted=True)
+
+    items = [Item("0", "5", ["7", "7"], final_answer="5", run_id="a")]  # the waves' winners say 7
+    votes = {"a": [vote("5", 20.0), vote("7", 3.0), vote("7", 3.0)]}
+    weighted = records_from_items("dc", items, final_rule="conf-vote:lowest", votes=votes)
+    assert [(p.final_answer, p.final_correct) for p in weighted.problems] == [("5", True)]
+    plain = records_from_items("dc", items, final_rule="majority-traces", votes=votes)
+    assert [(p.final_answer, p.final_correct) for p in plain.problems] == [("7", False)]
+    with pytest.raises(MissingTraces):
+        records_from_items("dc", items, final_rule="conf-vote:lowest")

@@ -33,13 +33,20 @@ def test_every_option_is_an_input_with_description_and_default() -> None:
 
     from pydantic import TypeAdapter
 
+    from knowledge_flow.strategies import default_text
+
     schema = TypeAdapter(InputState).json_schema()["properties"]
     assert set(schema) == {"problem", *OPTION_NAMES}
     for name in OPTION_NAMES:
         field = RunOptions.model_fields[name]
-        assert schema[name]["description"] == field.description
+        by_strategy = default_text(name)  # the defaults that depend on the strategy, from the strategies
+        assert schema[name]["description"] == f"{field.description}{f' ({by_strategy})' if by_strategy else ''}"
         assert schema[name]["default"] == field.default
     assert set(OPTION_NAMES) <= set(get_type_hints(RunParams))
+    assert schema["max_new_tokens"]["description"].endswith("(default: 512; deepconf: 64000)")
+    assert schema["top_p"]["description"].endswith("(default: 1.0; deepconf: 0.95)")
+    assert schema["thinkers"]["description"].endswith("(default: 1; trt: 2; deepconf: 16)")
+    assert schema["trace_budget"]["description"].endswith("(default: none; deepconf: 256)")
 
 
 def test_a_new_option_needs_one_field(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +74,13 @@ def test_one_line_messages(given: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_options(given)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_strategy_defaults_name_options_that_can_take_them() -> None:
+    """A strategy's default can only fill an option the user left out, so the option's field is None by default."""
+    from knowledge_flow.strategies import STRATEGIES
+
+    named = {name for strategy in STRATEGIES.values() for name in strategy.defaults}
+    assert {"thinkers", "iterations", "max_new_tokens", "top_p", "trace_budget"} <= named
+    for name in named:
+        assert RunOptions.model_fields[name].default is None, name

@@ -8,6 +8,8 @@ from knowledge_flow.state import TraceVote
 from knowledge_flow.strategies.policies import (
     ConfVote,
     Consensus,
+    MissingTraces,
+    TraceMajority,
     final_answer,
     parse_final_answer_rule,
     parse_stop_policy,
@@ -49,9 +51,25 @@ def test_conf_vote_weighs_by_the_measure_and_filters_the_top_eta() -> None:
     assert (
         final_answer("conf-vote:lowest", [], "integer", [trace("5", None), trace("6", None), trace("6", None)]) == "6"
     )
-    # no trace record (a run that kept none): majority over the answers
-    assert final_answer("conf-vote:lowest", ["4", "4", "2"], "integer", None) == "4"
+    # no trace record: refused, never a vote over something else (the iterations' answers)
+    for rule in ("conf-vote:lowest", "majority-traces"):
+        with pytest.raises(MissingTraces, match="needs the run's traces"):
+            final_answer(rule, ["4", "4", "2"], "integer", None)
     assert final_answer("conf-vote:lowest", [], "integer", [trace(None, 5.0)]) is None
+
+
+def test_majority_over_traces_is_the_references_final_answer() -> None:
+    """One vote per counted trace, whatever its confidence; ties go to the answer voted first (the reference's
+    ``Counter.most_common``)."""
+    assert parse_final_answer_rule("majority-traces") == TraceMajority()
+    traces = [trace("5", 10.0), trace("7", 3.0), trace("7", 3.5), trace("9", 50.0, counted=False)]
+    assert final_answer("majority-traces", ["5"], "integer", traces) == "7"  # 2 votes to 1; weights ignored
+    assert final_answer("conf-vote:lowest", ["5"], "integer", traces) == "5"
+    tie = [trace("7", 1.0), trace("5", 1.0), trace("5", 1.0), trace("7", 1.0)]
+    assert final_answer("majority-traces", [], "integer", tie) == "7"  # 7 was voted first
+    assert final_answer("majority-traces", [], "integer", tie[1:] + tie[:1]) == "5"
+    assert final_answer("majority-traces", [], "integer", [trace(None, 1.0)]) is None
+    assert uses_traces("fixed", "majority-traces")
 
 
 def test_consensus_stops_once_the_weighted_vote_is_decided() -> None:

@@ -1,4 +1,4 @@
-"""Run options of selection, confidence, TRT and DeepConf; schema 5; reading TRT's JSON replies."""
+"""Run options of selection, confidence, TRT and DeepConf; schemas 5 and 6; reading TRT's JSON replies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from knowledge_flow.params import recursion_limit, resolve_params
 from knowledge_flow.persistence.store import SCHEMA_VERSION, RolloutStore
-from knowledge_flow.strategies.trt_replies import json_objects, lesson_text, read_lesson, read_strategies, reply_object
+from knowledge_flow.strategies.trt_replies import lesson_text, read_lesson, read_strategies
+from knowledge_flow.text.json_replies import json_objects, reply_object
 
 
 def test_strategy_defaults() -> None:
@@ -32,6 +33,14 @@ def test_strategy_defaults() -> None:
     assert trt["final_answer_rule"] == "last" and trt["top_logprobs"] == 0
     deepconf = resolve_params({"strategy": "deepconf"})
     assert (deepconf["thinkers"], deepconf["iterations"], deepconf["warmup_traces"]) == (16, 16, 16)
+    # the reference implementation's online settings: 256 traces of up to 64000 tokens, temperature 0.6, top-p 0.95
+    assert (deepconf["trace_budget"], deepconf["max_new_tokens"], deepconf["temperature"], deepconf["top_p"]) == (
+        256,
+        64000,
+        0.6,
+        0.95,
+    )
+    assert (kf["trace_budget"], kf["max_new_tokens"], kf["top_p"], kf["iterations"]) == (None, 512, 1.0, 64)
     assert (deepconf["select_rule"], deepconf["confidence_score"], deepconf["top_logprobs"]) == (
         "conf-vote",
         "lowest",
@@ -45,9 +54,43 @@ def test_strategy_defaults() -> None:
     assert recursion_limit(8) >= 2 + 6 * 8
 
 
+def test_explicit_values_win_over_the_strategys_defaults() -> None:
+    given = {"strategy": "deepconf", "max_new_tokens": 900, "top_p": 1.0, "temperature": 0.9, "thinkers": 4}
+    deepconf = resolve_params(given)
+    assert (deepconf["max_new_tokens"], deepconf["top_p"], deepconf["temperature"], deepconf["thinkers"]) == (
+        900,
+        1.0,
+        0.9,
+        4,
+    )
+    # 256 traces: 16 warm-up, then 60 waves of 4
+    assert (deepconf["trace_budget"], deepconf["iterations"]) == (256, 61)
+    assert resolve_params({"strategy": "trt", "thinkers": 3})["thinkers"] == 3
+
+
+def test_trace_budget_sets_the_iterations() -> None:
+    # 100 traces: 16 warm-up, then 5 waves of 16 and a last one of 4
+    budget = resolve_params({"strategy": "deepconf", "trace_budget": 100})
+    assert (budget["iterations"], budget["trace_budget"]) == (7, 100)
+    assert resolve_params({"strategy": "deepconf", "trace_budget": 16})["iterations"] == 1  # the warm-up only
+    # iterations alone: whole waves, recorded as the budget they send
+    waves = resolve_params({"strategy": "deepconf", "iterations": 5, "thinkers": 2, "warmup_traces": 4})
+    assert (waves["iterations"], waves["trace_budget"]) == (5, 12)
+    # agreeing values are accepted
+    assert resolve_params({"strategy": "deepconf", "trace_budget": 100, "iterations": 7})["iterations"] == 7
+    # any strategy: the paper's offline budget, 512 traces of 64 thinkers
+    offline = resolve_params({"strategy": "self-consistency", "thinkers": 64, "trace_budget": 512})
+    assert (offline["iterations"], offline["trace_budget"]) == (8, 512)
+    assert resolve_params({"strategy": "self-consistency", "iterations": 3})["trace_budget"] is None
+
+
 @pytest.mark.parametrize(
     ("given", "message"),
     [
+        ({"strategy": "deepconf", "trace_budget": 100, "iterations": 3}, "give trace_budget or iterations"),
+        ({"strategy": "deepconf", "trace_budget": 8}, r"trace_budget \(8\) is below the first wave's 16 traces"),
+        ({"trace_budget": 0}, "trace_budget must be between"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be between"),
         ({"select_rule": "best"}, "select_rule must be one of"),
         ({"select_rule": "verifier"}, "needs a strategy with a verifier prompt"),
         ({"confidence_score": "median"}, "confidence_score must be one of"),
@@ -87,8 +130,19 @@ def test_version_4_database_is_migrated(tmp_path: Path) -> None:
     assert set(new) <= columns(path, "kf_rollouts") and "outcome_json" in columns(path, "kf_calls")
     assert "confidence_threshold" in columns(path, "kf_runs")
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM kf_meta").fetchone()[0] == str(SCHEMA_VERSION) == "5"
+        assert conn.execute("SELECT value FROM kf_meta").fetchone()[0] == str(SCHEMA_VERSION) == "7"
     store.close()
+
+
+def test_version_5_database_gains_the_finishing_order_and_usage_source(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    RolloutStore(path).close()
+    with sqlite3.connect(path) as conn:  # make it look like a version-5 file
+        for column in ("finish_order", "usage_source"):
+            conn.execute(f"ALTER TABLE kf_rollouts DROP COLUMN {column}")
+        conn.execute("UPDATE kf_meta SET value = '5' WHERE key = 'schema_version'")
+    RolloutStore(path).close()
+    assert {"finish_order", "usage_source"} <= columns(path, "kf_rollouts")
 
 
 def test_reading_json_replies() -> None:

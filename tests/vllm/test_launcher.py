@@ -68,7 +68,7 @@ def test_dry_run_prints_the_checked_command(vllm_python: str, lane_cache: Path) 
     assert out == (
         f"VLLM_CPU_KVCACHE_SPACE=1 {vllm_python} {SERVER} --model {model_dir} --served-model-name {SERVED_NAME} "
         "--host 127.0.0.1 --port 8123 --tensor-parallel-size 1 --max-model-len 1024 --enforce-eager "
-        "--generation-config vllm\n"
+        "--generation-config vllm --max-logprobs 21\n"
     )
     assert f"settings for vLLM 0.32.0 (vLLM {version} at {vllm_python})" in err
     assert not (lane_cache / "servers" / "vllm-8123.log").exists()
@@ -89,7 +89,8 @@ def test_dry_run_of_a_profile_uses_the_installed_releases_settings(vllm_python: 
     assert rc == 0, err
     assert out == (
         f"{vllm_python} {SERVER} --model openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 "
-        "--max-model-len 131072 --attention-backend TRITON_ATTN --no-enable-prefix-caching --generation-config vllm\n"
+        "--max-model-len 131072 --attention-backend TRITON_ATTN --no-enable-prefix-caching --generation-config vllm "
+        "--max-logprobs 21\n"
     )
 
 
@@ -163,8 +164,9 @@ def test_session_server_is_what_was_asked_for(vllm_server: VllmServer) -> None:
     assert served["root"] == str(vllm_server.cache / "models" / "qwen2.5-coder-0.5b-instruct-bf16")
     before = vllm_server.metric("vllm:generation_tokens_total")
     reply = vllm_server.post(
-        "/v1/completions", {"model": SERVED_NAME, "prompt": "1, 2, 3,", "max_tokens": 3, "temperature": 0}
-    )
+        "/v1/completions",
+        {"model": SERVED_NAME, "prompt": "1, 2, 3,", "max_tokens": 3, "temperature": 0, "ignore_eos": True},
+    )  # exactly 3 tokens, whatever the model would say next
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
     assert vllm_server.metric("vllm:generation_tokens_total") == before + 3
     assert vllm_server.metric("vllm:num_requests_running") == 0

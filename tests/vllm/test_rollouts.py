@@ -15,17 +15,20 @@ from knowledge_flow.endpoint.requests import CONTEXT_MARGIN
 from knowledge_flow.persistence import get_store
 from knowledge_flow.persistence.store import RolloutRow
 from knowledge_flow.prompts import load_prompt_set
-from knowledge_flow.strategies.knowledge_flow import SPEC
+from knowledge_flow.strategies.positive_knowledge import SPEC
 from tests.conftest import run_kflow
 from tests.integration.scripts import PAPER_SET
 from tests.vllm.conftest import VllmServer
 
 PROBLEM = "Tom has 5 apples and buys 7 more. How many apples does Tom have now?"
-#: Forces the real model to write a well-formed rollout whose answer changes from one rollout to the next.
-REPORTING = (
-    r"\[Error Report\]: The Answer cannot be [0-9]{2}, because( [a-z]{2,8}){25,30}\.\n"
+#: Forces the real model to write a well-formed positive-knowledge rollout that adds one item to the list, every
+#: time: the list grows by one item per rollout whatever the model would have answered.
+ADDING = (
+    r"\[Adding\?\]: Yes\n\[Novel Knowledge to Add to the List\]: When( [a-z]{2,8}){25,30}\.\n"
     r"\[Summary\]:( [a-z]{2,8}){8,12}\.\n\[Answer\]: \\boxed\{[0-9]{2}\}"
 )
+#: Twelve digits: three samples of it at a high temperature are not all the same.
+DIGITS = r"[0-9]{12}"
 
 
 def solve(server: VllmServer, db: Path, *args: str, problem: str = PROBLEM, timeout: float = 900) -> Any:
@@ -105,7 +108,9 @@ def test_thinkers_share_one_request_with_n_and_log_probabilities(vllm_server: Vl
     n_sum = vllm_server.metric("vllm:request_params_n_sum")
     generated = vllm_server.metric("vllm:generation_tokens_total")
     db = tmp_path / "t.db"
-    proc = solve(vllm_server, db, "--iterations", "1", "--thinkers", "3", "--max-new-tokens", "40")
+    extra = json.dumps({"structured_outputs": {"regex": DIGITS}})
+    args = ("--iterations", "1", "--thinkers", "3", "--max-new-tokens", "40", "--temperature", "1.5")
+    proc = solve(vllm_server, db, *args, "--extra-body", extra)
     assert proc.returncode == 0, proc.stderr
     rows = rollouts(db)
     assert len(rows) == 3
@@ -114,19 +119,20 @@ def test_thinkers_share_one_request_with_n_and_log_probabilities(vllm_server: Vl
     # per choice: the length of its log-probabilities; together what the engine generated
     assert vllm_server.metric("vllm:generation_tokens_total") - generated == sum(r.completion_tokens for r in rows)
     assert all(r.confidence is not None and r.confidence < 0 for r in rows)
-    assert len({r.content for r in rows}) > 1  # three samples, not one repeated
+    assert len({r.content for r in rows}) > 1  # three samples, not one repeated (10^12 outputs to draw from)
+    assert all(len(r.content) == 12 and r.content.isdigit() for r in rows)  # the engine applied the request's shape
     assert sorted(r.rank for r in rows if r.rank is not None) == [0, 1, 2]
 
 
 def padded_problem(server: VllmServer, room: int) -> str:
-    """The problem behind a preamble long enough that a later rollout's prompt with an empty list leaves about
-    `room` tokens of the context (counted by vLLM's tokenizer)."""
+    """The problem behind a preamble long enough that a later positive-knowledge prompt with an empty list
+    leaves about `room` tokens of the context (counted by vLLM's tokenizer)."""
     table = load_prompt_set(PAPER_SET).table(SPEC)
 
     def later_tokens(notes: int) -> int:
         problem = " ".join(f"Note {n}: apples are red and sweet." for n in range(notes)) + "\n" + PROBLEM
         text = table.render(
-            "later", problem=problem, answer_slot="<integer>", iteration=1, reference=": " + "w " * 20, knowledge=[]
+            "later", problem=problem, answer_slot="<integer>", iteration=1, reference=": " + "w " * 14, knowledge=[]
         )
         body = {"model": server.model, "messages": [{"role": "user", "content": text}]}
         return int(server.post("/tokenize", body).json()["count"])
@@ -139,22 +145,25 @@ def padded_problem(server: VllmServer, room: int) -> str:
 def test_budget_fits_the_context_as_the_knowledge_list_grows(vllm_server: VllmServer, tmp_path: Path) -> None:
     """Every request gets min(requested, context - prompt - margin), counted by vLLM's tokenizer; vLLM never
     lowers it (its max_tokens histogram holds what we sent) and never refuses one; a prompt that leaves no room
-    is a failed rollout with the reason, and nothing is sent for it."""
-    problem = padded_problem(vllm_server, room=460)  # the first items eat into the room of the later prompts
+    is a failed rollout with the reason, and nothing is sent for it. The list is made to grow: positive
+    knowledge under a structured-output regex adds one item with every rollout that is answered."""
+    problem = padded_problem(vllm_server, room=400)  # one item takes a later prompt below the 400 asked for
     seen = len(vllm_server.received())
     db = tmp_path / "b.db"
-    extra = json.dumps({"structured_outputs": {"regex": REPORTING}})
+    extra = json.dumps({"structured_outputs": {"regex": ADDING}})
     proc = solve(
         vllm_server,
         db,
         *("--iterations", "6", "--max-new-tokens", "400", "--extra-body", extra, "--prompts", PAPER_SET),
+        *("--strategy", "positive-knowledge"),
         problem=problem,
     )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: the list filled the context (rollouts with no room)
     rows = rollouts(db)
     assert len(rows) == 6
     received = vllm_server.received()[seen:]
     sent = [row for row in rows if row.error is None]
-    assert len(received) == len(sent)  # nothing was sent for a rollout that failed
+    assert len(received) == len(sent) >= 3  # nothing was sent for a rollout that failed
     context = vllm_server.max_model_len
     for row in rows:
         assert row.prompt_tokens_counted is not None
@@ -164,11 +173,14 @@ def test_budget_fits_the_context_as_the_knowledge_list_grows(vllm_server: VllmSe
         else:
             assert room < 1 and "no room to generate" in row.error and f"{context} tokens" in row.error
     assert [int(logged(p, "max_tokens")) for p in received] == [row.max_tokens_sent for row in sent]
-    shrinking = [row.max_tokens_sent for row in sent]
-    assert shrinking[0] == 400 and min(shrinking) < 400  # the list grew into the context and the budget followed
-    items = json.loads(proc.stdout)["knowledge"] if proc.returncode == 0 else []
-    assert proc.returncode in (0, 1), proc.stderr
-    assert proc.returncode == 1 or len(items) >= 3
+    # the list grew by one item per answered rollout, and the budget followed it down
+    added = {row.iteration for row in rows if row.knowledge_added}
+    assert {row.iteration for row in sent if row.finish_reason == "stop"} <= added <= {row.iteration for row in sent}
+    assert len(added) >= 3
+    budgets = [row.max_tokens_sent for row in sent]
+    assert budgets[0] == 400 and all(budget < 400 for budget in budgets[1:])
+    payload = json.loads(proc.stdout)
+    assert len(payload["knowledge"]) == len(added) and all(i["text"].startswith("When ") for i in payload["knowledge"])
 
 
 def test_a_prompt_longer_than_the_context_is_a_clear_failure(vllm_server: VllmServer, tmp_path: Path) -> None:

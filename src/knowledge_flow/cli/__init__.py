@@ -43,7 +43,16 @@ app.add_typer(prompts_app, name="prompts")
 
 
 def main() -> None:
-    app()
+    """Run the command; a failure of the database (damaged, read-only or full) ends it with one line, exit 1."""
+    try:
+        app()
+    except Exception as exc:
+        from knowledge_flow.cli.common import current_db, database_failure, fail
+
+        problem = database_failure(exc, current_db())
+        if problem is None:
+            raise
+        raise SystemExit(fail(problem, code=1).exit_code) from None
 
 
 __all__ = ["app", "main"]

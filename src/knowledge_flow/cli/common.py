@@ -7,13 +7,12 @@ at once; commands import what they need when they run.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,29 +21,64 @@ from rich.text import Text
 
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 from knowledge_flow.persistence.files import DEFAULT_DB
+from knowledge_flow.text.safe import json_line, printable
 
 if TYPE_CHECKING:
     from knowledge_flow.persistence.store import RolloutStore, RunRow
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
 
 def clean(text: str | None, limit: int | None = None) -> str:
-    """Model text made safe for a terminal (no control characters or escape sequences)."""
+    """Text from outside (model output, error bodies, files, stored values) as it is shown: no escape
+    sequences, control characters or bidirectional overrides (`knowledge_flow.text.safe.printable`); None
+    is a dash. Everything a command shows that it did not write itself goes through here."""
     if text is None:
         return "—"
-    cleaned = _CONTROL.sub("�", text)
-    if limit is not None and len(cleaned) > limit:
-        cleaned = cleaned[: limit - 1] + "…"
-    return cleaned
+    return printable(text, limit)
+
+
+def write_json(value: object) -> None:
+    """``--json``: the command's one JSON object on one line of stdout, safe to print
+    (`knowledge_flow.text.safe.json_line`); a later failure then adds none (`fail`)."""
+    sys.stdout.write(json_line(value) + "\n")
+    sys.stdout.flush()
+    OUTCOME.written = True
 
 
 class UsageError(Exception):
     """Bad input: reported with exit code 2."""
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
+@dataclass
+class JsonOutcome:
+    """With ``--json``, stdout holds exactly one JSON object, whatever the outcome: the command's result, or
+    (`fail`) its status and the reason."""
+
+    enabled: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+    written: bool = False
+
+
+OUTCOME = JsonOutcome()
+#: A failure's status in its JSON object, by exit code.
+STATUS_OF_CODE = {2: "error", 1: "failed", 130: "stopped"}
+
+
+def json_outcome(enabled: bool, **fields: Any) -> None:
+    """Start a command that prints one JSON object when `enabled`; `fields` (and those added later to
+    `OUTCOME.fields`) go into the object of a failure."""
+    OUTCOME.enabled, OUTCOME.written = enabled, False
+    OUTCOME.fields = dict(fields)
+
+
+def fail(message: str, code: int = 2, *, status: str | None = None) -> typer.Exit:
+    """Report a failure (one line on stderr; with ``--json`` also its object on stdout, with `status` or the
+    exit code's) and the exit to raise: 2 for bad input (nothing was written), 1 for a failure, 130 for a
+    stop. The message is made printable: it often quotes outside text."""
+    message = clean(message)
     err.print(Text(f"error: {message}", style="bold red"))
+    if OUTCOME.enabled and not OUTCOME.written:
+        status = status or STATUS_OF_CODE.get(code, "failed")
+        write_json({**OUTCOME.fields, "status": status, "reason": message, "exit_code": code})
     return typer.Exit(code)
 
 
@@ -58,32 +92,96 @@ def check_base_url(url: str | list[str]) -> str:
         raise UsageError(str(exc)) from None
 
 
+def warn_withheld(base_url: str) -> None:
+    """A stored URL read back has no secrets: say which query parameters will not be sent."""
+    from knowledge_flow.endpoint.urls import address, split_urls
+
+    withheld = sorted({name for url in split_urls(base_url) for name in address(url).withheld})
+    if withheld:
+        names = ", ".join(withheld)
+        err.print(
+            Text(
+                clean(
+                    f"warning: the stored endpoint URL's secret parameters ({names}) are not kept; pass --base-url "
+                    "with them if the endpoint needs them"
+                ),
+                style="yellow",
+            )
+        )
+
+
+#: The database the command works on, once resolved (named in a database failure's message).
+_CURRENT_DB: list[str] = []
+
+
+def current_db() -> str | None:
+    return _CURRENT_DB[-1] if _CURRENT_DB else None
+
+
 def resolve_db(db: str | None) -> str:
     from knowledge_flow.persistence.files import check_db_path
 
     path = db or os.environ.get("KFLOW_DB") or DEFAULT_DB
     try:
-        return str(check_db_path(path))
+        resolved = str(check_db_path(path))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    _CURRENT_DB.append(resolved)
+    return resolved
 
 
-def open_store(db: str, must_exist: bool = False) -> RolloutStore:
+def open_store(db: str, must_exist: bool = False, *, writable: bool = False) -> RolloutStore:
+    """The database's store; UsageError (nothing written) when the file is missing (`must_exist`), from a newer
+    version, damaged, or cannot be written by a command that writes (`writable`)."""
+    from knowledge_flow.persistence.files import probe_writable
     from knowledge_flow.persistence.store import SchemaError, get_store
 
     if must_exist and not Path(db).is_file():
         raise UsageError(f"database {db!r} does not exist")
     try:
+        if writable:
+            probe_writable(Path(db))
         return get_store(db)
-    except SchemaError as exc:
+    except (SchemaError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    except Exception as exc:
+        problem = database_failure(exc, db)
+        if problem is None:
+            raise
+        raise UsageError(problem) from None
 
 
-def open_run(db: str | None, thread_id: str) -> tuple[str, RolloutStore, RunRow]:
+def database_failure(exc: BaseException, db: str | None = None) -> str | None:
+    """One line for an error of the database (SQLite, a damaged stored value), or None for other errors."""
+    import sqlite3
+    import zlib
+
+    from sqlalchemy.exc import DBAPIError
+
+    from knowledge_flow.persistence.damage import StoreDamaged
+    from knowledge_flow.persistence.files import database_problem
+
+    where = f"database {db!r}" if db else "the database"
+    if isinstance(exc, StoreDamaged):
+        return f"{where} is damaged: {exc}"
+    if isinstance(exc, zlib.error):
+        return f"{where} is damaged: a compressed value cannot be read ({exc}); restore it from a copy"
+    if isinstance(exc, DBAPIError | sqlite3.Error):
+        return f"{where} {database_problem(exc)}"
+    return None
+
+
+def open_run(db: str | None, thread_id: str, *, writable: bool = False) -> tuple[str, RolloutStore, RunRow]:
     """The database path, its store and the thread's latest run; UsageError when there is none."""
     db_path = resolve_db(db)
-    store = open_store(db_path, must_exist=True)
-    run = store.latest_run(thread_id)
+    store = open_store(db_path, must_exist=True, writable=writable)
+    try:
+        run = store.latest_run(thread_id)
+    except Exception as exc:
+        problem = database_failure(exc, db_path)
+        if problem is None:
+            raise
+        raise UsageError(problem) from None
     if run is None:
         raise UsageError(f"no run on thread {thread_id!r} in {db_path}")
     return db_path, store, run
@@ -119,7 +217,7 @@ def endpoint(base_url: str, model: str | None = None) -> Iterator[str]:
     packaged = next((m.name for m in PACKAGED_MODELS.values() if model in (m.name, m.served_name)), None)
     err.print(f"the local model server is not running at {base_url}; starting it for this command")
     try:
-        server = start_local(model=packaged, write_pid_file=False, progress=lambda m: err.print(f"  {m}"))
+        server = start_local(model=packaged, write_pid_file=False, progress=lambda m: err.print(Text(f"  {clean(m)}")))
     except (ServerError, ModelError) as exc:
         raise UsageError(
             f"{exc}\nStart a server with `kflow serve local`, or pass --base-url URL of an OpenAI-compatible "
@@ -144,7 +242,14 @@ MaxRetriesOpt = Annotated[
 ]
 
 
-TimeoutOpt = Annotated[float, typer.Option("--request-timeout", min=1.0, help="Seconds to wait for one completion.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--request-timeout",
+        min=1.0,
+        help="Seconds to wait for one completion, and to read its reply (a stream as a whole).",
+    ),
+]
 
 
 BaseUrlOpt = Annotated[
@@ -163,12 +268,13 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (env KFLOW_
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")]
 
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: No markup or emoji codes: a text printed is shown as it is (after `clean`), never interpreted.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 #: Not a terminal (a log, a pipe): wide enough that tables keep whole identifiers on one line.
 WIDE = 200
 
 
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else WIDE)
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False, width=None if sys.stdout.isatty() else WIDE)
 
 
 def table(*headers: str) -> Table:

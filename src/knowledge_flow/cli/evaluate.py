@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,16 +24,20 @@ from knowledge_flow.cli.common import (
     endpoint,
     err,
     fail,
+    json_outcome,
     open_store,
     out,
     resolve_db,
     run_model,
+    warn_withheld,
+    write_json,
 )
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.cli.report import print_report
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
 
 if TYPE_CHECKING:
+    from knowledge_flow.evaluation.report import EvalReport
     from knowledge_flow.evaluation.runner import Progress as Counters
 
 
@@ -80,12 +83,13 @@ def evaluate(
     options: dict[str, Any],
 ) -> None:
     """Evaluate a whole benchmark: one thread per problem, all in flight, resumable."""
-
+    json_outcome(as_json)
     if resume is None and dataset is None:
         raise fail("--dataset is required (or --resume RUN_ID)")
     if concurrency is not None and concurrency < 1:
         raise fail("--concurrency must be at least 1")
     from knowledge_flow.context import Context
+    from knowledge_flow.endpoint.client import describe
     from knowledge_flow.evaluation.datasets import DatasetError
     from knowledge_flow.evaluation.report import build_report
     from knowledge_flow.evaluation.rows import EvalStore
@@ -102,7 +106,7 @@ def evaluate(
             raise UsageError("--concurrency must be at least 1")
         db_path = resolve_db(db)
         if resume is not None:
-            store = open_store(db_path, must_exist=True)
+            store = open_store(db_path, must_exist=True, writable=True)
             row = EvalStore(store).get_eval(resume)
             if row is None:
                 raise UsageError(f"no evaluation run {resume!r} in {db_path}")
@@ -113,6 +117,7 @@ def evaluate(
                 raise UsageError(f"the dataset {manifest['dataset']!r} changed since run {resume!r} started")
             eval_id = resume
             url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or manifest["endpoint"])
+            warn_withheld(url)
             concurrency = concurrency or int(manifest.get("concurrency") or DEFAULT_CONCURRENCY)
             check_output_dir(Path(manifest["output_dir"]), manifest)
         else:
@@ -128,12 +133,15 @@ def evaluate(
             spec = DatasetSpec(source, problem_field, answer_field, id_field, answer_type, limit)
             loaded = spec.load()
             model = run_model(url, given.get("model"))
-            params = dict(resolve_params({**given, "model": model, "answer_type": loaded.answer_type}))
+            longest = max((p.problem for p in loaded.problems), key=len)  # the prompt set is rendered on it
+            params = dict(
+                resolve_params({**given, "model": model, "answer_type": loaded.answer_type, "problem": longest})
+            )
             eval_id = eval_id_given or new_eval_id()
             postfix = output_postfix or str(params["strategy"])
             folder = Path(output_dir).expanduser().resolve()
             check_output_dir(folder, {"params": params, "output_postfix": postfix})
-            store = open_store(db_path)
+            store = open_store(db_path, writable=True)
             if EvalStore(store).get_eval(eval_id) is not None:
                 raise UsageError(f"evaluation run {eval_id!r} already exists; continue it with --resume {eval_id}")
             concurrency = concurrency or DEFAULT_CONCURRENCY
@@ -155,7 +163,9 @@ def evaluate(
         raise fail(str(exc)) from None
 
     resume_hint = f"`kflow eval --resume {eval_id} --db {db_path}`"
-    err.print(f"evaluation {eval_id}: {loaded.name}, {len(loaded.problems)} problems (database {db_path})")
+    err.print(
+        Text(f"evaluation {clean(eval_id)}: {clean(loaded.name)}, {len(loaded.problems)} problems (database {db_path})")
+    )
     display = ProgressDisplay(progress_every)
     checkpointer = SqliteCheckpointer(db_path)
     graph = compile_graph(checkpointer)
@@ -184,31 +194,56 @@ def evaluate(
             display.stop()
             lease.release()
             raise fail(str(exc)) from None
+        except Exception as exc:  # the evaluation itself failed: what is complete is kept for resume
+            display.stop()
+            with contextlib.suppress(Exception):
+                EvalStore(store).update_eval(eval_id, status="incomplete")
+            lease.release()
+            reason = describe(exc, Context(base_url=url, db_path=db_path).secrets)
+            raise fail(f"the evaluation stopped: {reason}; continue with {resume_hint}", code=1) from None
         display.stop()
         report = build_report(store, eval_id)
         if stop.requested:
-            print_report(report)
-            if written:
-                out.print(f"predictions of the {report.finished} complete problems: {written[0].parent}")
-            err.print(Text(f"{stop.signal_name}: stopped; continue with {resume_hint}", style="bold yellow"))
+            stopped = f"{stop.signal_name}: stopped; continue with {resume_hint}"
+            show_outcome(report, written, as_json, status="stopped", reason=stopped)
+            err.print(Text(stopped, style="bold yellow"))
             lease.release()
             checkpointer.close()
             exit_now()
     lease.release()
     checkpointer.close()
     failures = [r for r in results if r.error]
-    if as_json:
-        sys.stdout.write(json.dumps({**report.to_json(), "predictions": [str(p) for p in written]}) + "\n")
-    else:
-        print_report(report)
-        if written:
-            out.print(f"predictions: {written[0].parent} ({len(written)} files)")
+    count = max(len(failures), report.failed)
+    unfinished = f"{count} problem(s) did not finish; continue with {resume_hint}" if count else None
+    show_outcome(report, written, as_json, reason=unfinished)
+    if not as_json:
         out.print(f"elapsed {time.monotonic() - started:.1f}s")
-    if failures or report.failed:
+    if unfinished is not None:
         for failure in failures[:5]:
             err.print(Text(f"problem {failure.position} failed: {clean(failure.error, 300)}", style="red"))
-        count = max(len(failures), report.failed)
-        raise fail(f"{count} problem(s) did not finish; continue with {resume_hint}", code=1)
+        raise fail(unfinished, code=1)
+
+
+def show_outcome(
+    report: EvalReport, written: list[Path], as_json: bool, *, status: str | None = None, reason: str | None = None
+) -> None:
+    """The evaluation's figures and prediction files: a table, or its one JSON object (with the status and the
+    reason when it was stopped or problems did not finish)."""
+    if as_json:
+        extra = {"status": status} if status else {}
+        write_json(
+            {
+                **report.to_json(),
+                **extra,
+                **({"reason": reason} if reason else {}),
+                "predictions": [str(p) for p in written],
+            }
+        )
+        return
+    print_report(report)
+    if written:
+        complete = "" if report.finished == report.problems else f" of the {report.finished} finished problems"
+        out.print(Text(clean(f"predictions{complete}: {written[0].parent} ({len(written)} files)")))
 
 
 DEFAULT_CONCURRENCY = 256

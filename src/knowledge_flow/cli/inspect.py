@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,16 +10,20 @@ import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import (
+    OUTCOME,
     DbOpt,
     JsonOpt,
     UsageError,
     clean,
+    database_failure,
     fail,
+    json_outcome,
     open_run,
     open_store,
     out,
     resolve_db,
     table,
+    write_json,
 )
 from knowledge_flow.cli.run import describe_item
 
@@ -40,14 +43,28 @@ def show(
 
     The database stores long texts compressed; `--texts` reads them back."""
     from knowledge_flow.evaluation.rows import EvalStore
+    from knowledge_flow.persistence.seals import StoreDamaged
+    from knowledge_flow.prompts.bounds import one_line
 
+    json_outcome(as_json, thread_id=thread_id)
     try:
         db_path, store, run = open_run(db, thread_id)
     except UsageError as exc:
         raise fail(str(exc)) from None
     from knowledge_flow.text.answers import equivalent
 
-    run = mirrored(db_path, store, [run])[0]
+    try:
+        run = mirrored(db_path, store, [run])[0]
+    except Exception as exc:
+        if database_failure(exc) is not None:
+            raise
+        damage: str | None = f"thread {run.thread_id}: its checkpoint cannot be read ({one_line(exc)})"
+    else:
+        damage = run_damage(db_path, store, run)
+    if damage is not None:
+        OUTCOME.fields["run_id"] = run.run_id
+        raise fail(f"{database_failure(StoreDamaged(damage), db_path)}; restore it from a copy", 1, status="damaged")
+    stopped_by = stopping_error(db_path, run.thread_id) if run.status == "failed" else None
 
     rows = store.rollouts(run.run_id)
     item = EvalStore(store).eval_item_of_thread(thread_id)
@@ -71,6 +88,8 @@ def show(
             "error": r.error,
             **({"strategy": r.strategy} if r.strategy else {}),
             **({"measures": r.measures, "stop_reason": r.stop_reason} if r.measures or r.stop_reason else {}),
+            **({"finish_order": r.finish_order} if r.finish_order is not None else {}),
+            **({"tokens_counted_from": r.usage_source} if r.usage_source not in (None, "server") else {}),
             **(
                 {"messages": r.messages, "content": r.content, "reasoning": r.reasoning, "summary": r.summary}
                 if texts
@@ -82,21 +101,39 @@ def show(
     from knowledge_flow.figures import run_figures
 
     figures = run_figures(store, run.run_id)
+    selections = [
+        {
+            "iteration": row.iteration,
+            "rule": row.rule,
+            "rollout_id": row.rollout_id,
+            "answer": row.answer,
+            "kept_previous": row.kept_previous,
+            "votes": row.votes,
+            "agreement": row.agreement,
+        }
+        for _, row in sorted(store.selections(run.run_id).items())
+    ]
     if as_json:
         payload: dict[str, Any] = {
             "thread_id": run.thread_id,
             "run_id": run.run_id,
             "status": run.status,
+            **({"error": stopped_by} if stopped_by is not None else {}),
             "final_answer": run.final_answer,
             "params": run.params,
             "problem": run.problem,
             **({"evaluation": item.eval_id, "gold": gold} if item is not None else {}),
             "rollouts": rollouts,
+            "selections": selections,
             **({key: figures[key] for key in ("trt", "deepconf") if key in figures}),
         }
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        write_json(payload)
         return
-    out.print(Text(f"thread {run.thread_id}  run {run.run_id}  status {run.status}  model {clean(run.answered_by)}"))
+    out.print(
+        Text(f"thread {clean(run.thread_id)}  run {run.run_id}  status {run.status}  model {clean(run.answered_by)}")
+    )
+    if stopped_by is not None:
+        out.print(Text(f"stopped by an error: {clean(stopped_by, 300)} (`kflow resume` runs that step again)"))
     out.print(Text(f"problem: {clean(run.problem, 300)}"))
     if item is not None:
         out.print(Text(f"evaluation {item.eval_id}, problem {item.position}: gold answer {clean(gold)}"))
@@ -113,9 +150,17 @@ def show(
             Text(clean(describe_item(added), 80) if added else "—"),
             f"{r['prompt_tokens']}+{r['completion_tokens']}",
             f"{r['latency_s']:.1f}s",
-            Text(clean(r["finish_reason"]) + (f": {clean(r['error'], 60)}" if r["error"] else "")),
+            Text(
+                clean(r["finish_reason"])
+                + (f" ({clean(r['stop_reason'])})" if r.get("stop_reason") else "")
+                + (f": {clean(r['error'], 60)}" if r["error"] else "")
+            ),
         )
     out.print(rollout_table)
+    rule = run.params.get("select_rule", "confidence")
+    departures = [f"iteration {entry['iteration']}: {entry['rule']}" for entry in selections if entry["rule"] != rule]
+    if departures and "trt" not in figures:  # TRT's rounds table shows every round's
+        out.print(Text(f"select rule {rule}, as applied where it differs: {'; '.join(departures)}"))
     print_figures(figures)
     for r in rollouts if texts else []:
         out.rule(Text(f"rollout {r['iteration']}.{r['thinker']}"))
@@ -138,6 +183,7 @@ def threads(
     """List the runs in a database, oldest first, with their status."""
     from knowledge_flow.evaluation.rows import EvalStore
 
+    json_outcome(as_json)
     try:
         db_path = resolve_db(db)
         store = open_store(db_path, must_exist=True)
@@ -164,7 +210,7 @@ def threads(
         for r in runs
     ]
     if as_json:
-        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        write_json(listing)
         return
     listing_table = table("thread", "run", "status", "rollouts", "final answer", "model", "created")
     for item in listing:
@@ -181,21 +227,23 @@ def threads(
 
 
 def print_figures(figures: dict[str, Any]) -> None:
-    """TRT's rounds (strategies, selected answer, agreement, reflection) and DeepConf's stops, when the run has
-    them."""
+    """TRT's rounds (strategies, selected answer and how it was selected, agreement, reflection or manager call)
+    and DeepConf's stops, when the run has them."""
     trt = figures.get("trt")
     if trt is not None:
-        rounds = table("round", "thinker strategies -> answers", "selected", "agreement", "reflection after")
+        rounds = table("round", "thinker strategies -> answers", "selected", "by", "agreement", "reflection after")
         for entry in trt["rounds"]:
             tried = "; ".join(
                 f"{clean(t['key_technique'] or 'own approach', 40)} -> {clean(t['answer'], 20)}"
                 for t in entry["thinkers"]
             )
             reflection = entry["reflection_after"]
+            kept = " (previous best kept)" if entry.get("kept_previous") else ""
             rounds.add_row(
                 str(entry["round"]),
                 Text(tried),
-                Text(clean(entry["selected_answer"], 30)),
+                Text(clean(entry["selected_answer"], 30) + kept),
+                Text(clean(entry.get("rule") or "—", 40)),
                 f"{100 * entry['agreement']:.0f}%",
                 Text(clean(describe_call(reflection), 90)),
             )
@@ -207,13 +255,23 @@ def print_figures(figures: dict[str, Any]) -> None:
         out.print(
             Text(
                 f"DeepConf: threshold {'—' if threshold is None else f'{threshold:.4f}'} "
-                f"(window {deepconf['window']}, keep {deepconf['keep_percent']}%), {deepconf['traces']} traces, "
+                f"(window {deepconf['window']}, keep {deepconf['keep_percent']}%), online filter "
+                f"{deepconf['online_filter']}; {deepconf['traces']} of {deepconf['budget']} traces, "
                 f"{deepconf['stopped']} stopped ({tokens['paid_by_stopped']:,} tokens paid), "
-                f"{deepconf['below_threshold']} below the threshold, {deepconf['counted']} voted; saved about "
+                f"{deepconf['consensus_cancelled']} cancelled at consensus ({tokens['paid_by_cancelled']:,} tokens "
+                f"paid), {deepconf['below_threshold']} below the threshold, {deepconf['counted']} voted; saved about "
                 f"{tokens['saved_by_stops_estimate']:,} tokens by stops and {tokens['saved_by_consensus_estimate']:,} "
                 f"by early consensus; vote share of the leader {100 * deepconf['vote']['leader_share']:.0f}%"
+                + counted_by_client(tokens)
             )
         )
+
+
+def counted_by_client(tokens: dict[str, Any]) -> str:
+    """A note on the tokens of closed streams, counted up to the last chunk read (the server may have
+    generated a few more before it saw the close)."""
+    counted = int(tokens.get("counted_by_client") or 0)
+    return f"; {counted:,} tokens of closed streams counted up to the last chunk read" if counted else ""
 
 
 def describe_call(call: dict[str, Any] | None) -> str:
@@ -232,6 +290,49 @@ def describe_call(call: dict[str, Any] | None) -> str:
     if outcome.get("note"):
         parts.append(str(outcome["note"]))
     return "; ".join(parts) or "no change"
+
+
+def stopping_error(db_path: str, thread_id: str) -> str | None:
+    """The error that stopped the thread's run in a step (`knowledge_flow.runs.step_error`)."""
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.runs import step_error
+
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        return step_error(checkpointer, thread_id)
+    finally:
+        checkpointer.close()
+
+
+def run_damage(db_path: str, store: RolloutStore, run: RunRow) -> str | None:
+    """What is wrong with the run's stored rows (`persistence.damage`): rollouts missing, altered or
+    unreadable, or chosen answers that disagree with the run's checkpoint; None when intact."""
+    from knowledge_flow.graph import compile_graph
+    from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
+    from knowledge_flow.persistence.damage import describe_iterations, rollout_damage
+    from knowledge_flow.prompts.bounds import one_line
+
+    damage = rollout_damage(store, [run.run_id], {run.run_id: run.iterations_done}).get(run.run_id)
+    if damage:
+        return f"thread {run.thread_id}, run {run.run_id}: {damage.describe()}"
+    checkpointer = SqliteCheckpointer(db_path)
+    try:
+        values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": run.thread_id}}).values
+    except Exception as exc:  # a checkpoint that cannot be decoded
+        return f"thread {run.thread_id}, run {run.run_id}: its checkpoint cannot be read ({one_line(exc)})"
+    finally:
+        checkpointer.close()
+    if values.get("run_id") != run.run_id:
+        return None  # an earlier run of the thread: its checkpoint was replaced by the latest run's
+    chosen = {k: row.answer for k, row in store.chosen_rows([run.run_id])[run.run_id].items()}
+    answers = list(values.get("answers", []))
+    differ = [k for k, answer in enumerate(answers) if k not in chosen or chosen[k] != answer]
+    if differ:
+        return (
+            f"thread {run.thread_id}, run {run.run_id}: the stored answers of {describe_iterations(differ)} "
+            "disagree with the run's checkpoint"
+        )
+    return None
 
 
 def mirrored(db_path: str, store: RolloutStore, runs: Sequence[RunRow]) -> list[RunRow]:

@@ -39,13 +39,22 @@ def _cli_type(annotation: Any) -> type[Any]:
 
 
 def help_of(name: str) -> str:
+    """The option's help: its description, choices and defaults (those that depend on the strategy listed);
+    the brackets escaped, or the help's rich markup would take them for a tag and drop them."""
+    from rich.markup import escape
+
+    from knowledge_flow.strategies import default_text
+
     info = field_info(name)
     text = str(info.description or "")
     choices = choices_of(name)
     if choices and not all(choice in text for choice in choices):
         text += f" One of: {', '.join(choices)}."
-    if info.default is not None and info.default is not False:
-        text += f" [default: {info.default}]"
+    by_strategy = default_text(name)
+    if by_strategy is not None:
+        text += escape(f" [{by_strategy}]")
+    elif info.default is not None and info.default is not False:
+        text += escape(f" [default: {info.default}]")
     return text
 
 

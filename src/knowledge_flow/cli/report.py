@@ -3,20 +3,38 @@ side (`--compare`: the first run is the baseline of the paired comparison)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
-from knowledge_flow.cli.common import DbOpt, JsonOpt, UsageError, clean, err, fail, open_store, out, resolve_db, table
+from knowledge_flow.cli.common import (
+    DbOpt,
+    JsonOpt,
+    UsageError,
+    clean,
+    database_failure,
+    err,
+    fail,
+    json_outcome,
+    open_store,
+    out,
+    resolve_db,
+    table,
+    write_json,
+)
+from knowledge_flow.cli.inspect import counted_by_client
 
 if TYPE_CHECKING:
     from knowledge_flow.evaluation.compare import RunComparison
     from knowledge_flow.evaluation.report import EvalReport
     from knowledge_flow.persistence.store import RolloutStore
+
+
+def percent(value: float | None) -> str:
+    """A share as shown: a percentage, or n/a where no problem finished."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def print_report(report: EvalReport) -> None:
@@ -30,6 +48,9 @@ def print_report(report: EvalReport) -> None:
             style="bold",
         )
     )
+    finished = f"{report.finished} of {report.problems} finished"
+    if report.finished < report.problems:
+        out.print(f"shares are over the problems that finished: {finished}")
     iterations = table(
         "iteration",
         "pass@1",
@@ -46,9 +67,9 @@ def print_report(report: EvalReport) -> None:
     for f in report.per_iteration:
         iterations.add_row(
             str(f.iteration),
-            f"{100 * f.accuracy:.1f}%",
-            f"{100 * f.cumulative_solved:.1f}%",
-            f"{100 * f.final_accuracy:.1f}%",
+            percent(f.accuracy),
+            percent(f.cumulative_solved),
+            percent(f.final_accuracy),
             str(f.rollouts),
             str(f.failed_rollouts),
             str(f.truncated_rollouts),
@@ -59,7 +80,8 @@ def print_report(report: EvalReport) -> None:
         )
     out.print(iterations)
     out.print(
-        f"label-free final answer accuracy ({report.final_answer_rule}): {100 * report.final_accuracy:.1f}%   "
+        f"label-free final answer accuracy ({report.final_answer_rule}): {percent(report.final_accuracy)} "
+        f"({finished})   "
         f"total tokens: {report.total_tokens:,}   rollouts failed: {report.failed_rollouts:,}, cut off at the "
         f"token limit: {report.truncated_rollouts:,}, retried: {report.retried_rollouts:,}"
         + (f"   failed problems: {report.failed}" if report.failed else "")
@@ -68,7 +90,7 @@ def print_report(report: EvalReport) -> None:
         replicas = table("endpoint", "rollouts", "failed", "cut off", "retried", "prompt tok", "completion tok")
         for entry in report.replicas:
             replicas.add_row(
-                Text(str(entry["url"])),
+                Text(clean(str(entry["url"]))),
                 f"{entry['rollouts']:,}",
                 f"{entry['failed_rollouts']:,}",
                 f"{entry['truncated_rollouts']:,}",
@@ -116,10 +138,13 @@ def report(
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; TRT rounds and DeepConf
     stops where the runs have them; with --compare, the runs side by side; a PNG plot; with --html, a page."""
     from knowledge_flow.cli import html_report
-    from knowledge_flow.evaluation.report import build_report, plot_reports
+    from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
+    from knowledge_flow.evaluation.report import build_report, finished_items, grade, plot_reports
     from knowledge_flow.evaluation.rows import EvalStore
+    from knowledge_flow.persistence.seals import StoreDamaged
     from knowledge_flow.text.answer_rules import check_rule
 
+    json_outcome(as_json)
     try:
         check_rule(answer_rule)
         db_path = resolve_db(db)
@@ -130,19 +155,27 @@ def report(
         if html is not None and html_report.html_folder(html) and not compare and not EvalStore(store).get_eval(run_id):
             html_report.thread_page(store, db_path, run_id, html, as_json)
             return
-        reports = []
+        reports, records = [], []
         for name in [run_id, *(compare or [])]:
-            if EvalStore(store).get_eval(name) is None:
+            row = EvalStore(store).get_eval(name)
+            if row is None:
                 raise UsageError(f"no evaluation run {name!r} in {db_path}")
-            reports.append(build_report(store, name, answer_rule))
+            items = list(EvalStore(store).eval_items(name))
+            grades = grade(store, items, row.manifest["params"], answer_rule)
+            reports.append(build_report(store, name, answer_rule, grades))
+            records.append(records_from_grades(name, finished_items(items), grades))
     except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except StoreDamaged as exc:
+        message = f"{database_failure(exc, db_path)}. No figures are computed from it; restore it from a copy"
+        raise fail(message, 1, status="damaged") from None
     plot = plot_reports(reports, folder / f"report_{'_vs_'.join(r.eval_id for r in reports)}.png")
     datasets = sorted({r.dataset for r in reports})
     if len(datasets) > 1:
-        err.print(Text(f"warning: the runs compared are on different datasets: {'; '.join(datasets)}", style="yellow"))
+        shown = clean("; ".join(datasets))
+        err.print(Text(f"warning: the runs compared are on different datasets: {shown}", style="yellow"))
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
-    comparison = compared(store, reports) if compare else []
+    comparison = compare_runs(records) if compare else []
     page = html_report.write_evaluations(store, reports, comparison, html) if html is not None else None
     if as_json:
         payload: dict[str, Any] = {
@@ -156,7 +189,7 @@ def report(
             others = zip(reports[1:], strategies[1:], strict=True)
             payload["compare"] = [r.to_json() | {"strategy_figures": f} for r, f in others]
             payload["comparison"] = [entry.to_json() for entry in comparison]
-        sys.stdout.write(json.dumps(payload) + "\n")
+        write_json(payload)
         return
     for item, figures in zip(reports, strategies, strict=True):
         print_report(item)
@@ -202,20 +235,16 @@ def print_strategy_totals(figures: dict[str, Any] | None) -> None:
     deepconf = figures["deepconf"]
     if deepconf["runs"]:
         tokens = deepconf["tokens"]
+        inactive = deepconf["filter_inactive"]
         out.print(
             f"DeepConf: {deepconf['traces']:,} traces, {deepconf['stopped']:,} stopped by the client below the "
-            f"threshold ({tokens['paid_by_stopped']:,} tokens paid), {deepconf['below_threshold']:,} finished "
+            f"threshold ({tokens['paid_by_stopped']:,} tokens paid), {deepconf['consensus_cancelled']:,} cancelled "
+            f"at consensus ({tokens['paid_by_cancelled']:,} tokens paid), {deepconf['below_threshold']:,} finished "
             f"below it, {deepconf['counted']:,} voted; tokens saved (estimated): {tokens['saved_by_stops_estimate']:,} "
             f"by stops, {tokens['saved_by_consensus_estimate']:,} by early consensus"
+            + (f"; online filter {deepconf['online_filter']} on {inactive} problem(s)" if inactive else "")
+            + counted_by_client(tokens)
         )
-
-
-def compared(store: RolloutStore, reports: list[EvalReport]) -> list[RunComparison]:
-    """The runs side by side, each paired with the first on the problems both finished (stored grades)."""
-    from knowledge_flow.evaluation.compare import compare_items
-    from knowledge_flow.evaluation.rows import EvalStore
-
-    return compare_items([(r.eval_id, EvalStore(store).eval_items(r.eval_id)) for r in reports])
 
 
 def print_comparison(comparison: list[RunComparison]) -> None:
@@ -223,5 +252,5 @@ def print_comparison(comparison: list[RunComparison]) -> None:
 
     side_by_side = table(*COLUMNS)
     for entry in comparison:
-        side_by_side.add_row(*(Text(cell) for cell in cells(entry)))
+        side_by_side.add_row(*(Text(clean(cell)) for cell in cells(entry)))
     out.print(side_by_side)

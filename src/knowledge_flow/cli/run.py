@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
@@ -12,6 +11,7 @@ import typer
 from rich.text import Text
 
 from knowledge_flow.cli.common import (
+    OUTCOME,
     BaseUrlOpt,
     DbOpt,
     JsonOpt,
@@ -21,14 +21,18 @@ from knowledge_flow.cli.common import (
     UsageError,
     check_base_url,
     clean,
+    database_failure,
     endpoint,
     err,
     fail,
+    json_outcome,
     open_run,
     open_store,
     out,
     resolve_db,
     run_model,
+    warn_withheld,
+    write_json,
 )
 from knowledge_flow.cli.options import with_run_options
 from knowledge_flow.context import DEFAULT_LOCAL_BASE_URL
@@ -44,10 +48,15 @@ def _print_rollout(store: RolloutStore, state: dict[str, Any]) -> None:
     rid = store.best_rollout_id(state["run_id"], iteration)
     row = store.get_rollout(rid) if rid else None
     answer = state["answers"][-1]
-    tokens = f"{row.prompt_tokens}+{row.completion_tokens} tokens" if row else ""
-    latency = f"{row.latency_s:.1f}s" if row else ""
-    changed = " (changed)" if row is not None and row.changed else ""
-    err.print(Text(f"rollout {iteration}: answer {clean(answer)}{changed}  [{tokens}, {latency}]", style="bold"))
+    if row is None:  # trt: no rollout of the round was selected, the previous best was
+        kept = " (the previous best kept)" if (state.get("selection") or {}).get("kept_previous") else ""
+        err.print(Text(f"rollout {iteration}: answer {clean(answer)}{kept}", style="bold"))
+        return
+    tokens = f"{row.prompt_tokens}+{row.completion_tokens} tokens"
+    changed = " (changed)" if row.changed else ""
+    err.print(
+        Text(f"rollout {iteration}: answer {clean(answer)}{changed}  [{tokens}, {row.latency_s:.1f}s]", style="bold")
+    )
 
 
 def describe_item(item: dict[str, Any] | KnowledgeItem) -> str:
@@ -111,7 +120,7 @@ def run_graph(
                 continue
             values = cast(dict[str, Any], chunk)
             if "prepare" in updated:
-                err.print(f"run {values['run_id']} on thread {thread_id} (database {db})")
+                err.print(Text(f"run {values['run_id']} on thread {clean(thread_id)} (database {db})"))
             if "distill_knowledge" in updated:
                 _print_rollout(store, values)
                 params = values["params"]
@@ -149,11 +158,11 @@ def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]
 
 def emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "db"}, ensure_ascii=False) + "\n")
+        write_json({k: v for k, v in result.items() if k != "db"})
         return
     usage = result["usage"]
     out.print(Text(f"final answer: {clean(result['final_answer'])}", style="bold green"))
-    out.print(f"answers: {', '.join(clean(a) for a in result['answers'])}")
+    out.print(Text(f"answers: {', '.join(clean(a) for a in result['answers'])}"))
     out.print(
         f"rollouts: {result['iterations_done']}   tokens: {usage['prompt_tokens']} prompt + "
         f"{usage['completion_tokens']} completion"
@@ -175,12 +184,15 @@ def _execute(
     lease_key: str | None = None,
 ) -> None:
     from knowledge_flow.context import Context
-    from knowledge_flow.endpoint.client import EndpointError
+    from knowledge_flow.endpoint.client import EndpointError, describe
+    from knowledge_flow.endpoint.urls import shown_url
     from knowledge_flow.interrupts import StopRequest
     from knowledge_flow.persistence.leases import LeaseHeld, acquire
     from knowledge_flow.persistence.store import get_store
+    from knowledge_flow.runs import mark_failed
 
     resume_hint = f"`kflow resume {thread_id} --db {db}`"
+    OUTCOME.fields["thread_id"] = thread_id
     store = get_store(db)
     try:
         lease = acquire(store, lease_key or f"thread:{thread_id}")
@@ -197,20 +209,45 @@ def _execute(
     except UsageError as exc:
         raise fail(str(exc)) from None
     except ValueError as exc:
+        mark_failed(store, thread_id)
         raise fail(str(exc)) from None
     except EndpointError as exc:
+        mark_failed(store, thread_id)
         raise fail(
-            f"the endpoint {base_url} failed: {exc}. Completed rollouts are saved; continue with {resume_hint}",
+            f"the endpoint {shown_url(base_url)} failed: {exc}. Completed rollouts are saved; continue with "
+            f"{resume_hint}",
             code=1,
         ) from None
     except KeyboardInterrupt:
         name = stop.signal_name or "interrupted"
         raise fail(f"{name}: stopped; completed rollouts are saved; continue with {resume_hint}", code=130) from None
+    except Exception as exc:  # a step failed on its own: the run is failed, its checkpoint kept for resume
+        problem = database_failure(exc, db)
+        if problem is not None:
+            raise fail(f"{problem}. {after_database_failure(store, thread_id, resume_hint)}", code=1) from None
+        mark_failed(store, thread_id)
+        reason = describe(exc, Context(base_url=base_url, db_path=db).secrets)
+        raise fail(
+            f"the run stopped: {reason}. Completed rollouts are saved; continue with {resume_hint}", code=1
+        ) from None
     finally:
         lease.release()
-    emit(result, as_json)
     if result["status"] == "failed":
-        raise fail(failure_message(store, result, thread_id, db), code=1)
+        message = failure_message(store, result, thread_id, db)
+        emit({**result, "reason": message}, as_json)
+        raise fail(message, code=1)
+    emit(result, as_json)
+
+
+def after_database_failure(store: RolloutStore, thread_id: str, resume_hint: str) -> str:
+    """What to do after the database failed mid-run: resume when the run was stored, else start again."""
+    try:
+        stored = store.latest_run(thread_id) is not None
+    except Exception:  # the file cannot even be read
+        stored = False
+    if stored:
+        return f"Completed rollouts are saved; once it is fixed, continue with {resume_hint}"
+    return "Nothing of the run was stored; once it is fixed, start it again"
 
 
 def failure_message(store: RolloutStore, result: dict[str, Any], thread_id: str, db: str) -> str:
@@ -237,6 +274,7 @@ def solve(
     options: dict[str, Any],
 ) -> None:
     """Run Knowledge Flow on one problem."""
+    json_outcome(as_json)
     run_solve(
         problem,
         base_url=base_url,
@@ -259,17 +297,20 @@ def run_solve(
     conn: RequestSettings | None = None,
 ) -> None:
     from knowledge_flow.params import resolve_params
+    from knowledge_flow.user_files import MAX_PROBLEM_BYTES, check_problem, decode_utf8, read_limited
 
     try:
         if problem == "-":
-            problem = sys.stdin.read()
+            data = read_limited(sys.stdin.buffer, MAX_PROBLEM_BYTES, "the problem on standard input")
+            problem = decode_utf8(data, "the problem read from standard input")
+        check_problem(problem)
         if not problem.strip():
             raise UsageError("the problem is empty")
         url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or DEFAULT_LOCAL_BASE_URL)
         db_path = resolve_db(db)
         params = {**params, "model": run_model(url, params.get("model"))}
-        resolve_params(params)
-        open_store(db_path)
+        resolve_params({**params, "problem": problem})
+        open_store(db_path, writable=True)
     except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None
     thread = thread_id or uuid.uuid4().hex[:12]
@@ -296,10 +337,13 @@ def resume(
     from knowledge_flow.graph import compile_graph
     from knowledge_flow.persistence.checkpointer import SqliteCheckpointer
     from knowledge_flow.persistence.leases import holder
+    from knowledge_flow.prompts.bounds import one_line
 
+    json_outcome(as_json, thread_id=thread_id)
     try:
-        db_path, store, run = open_run(db, thread_id)
+        db_path, store, run = open_run(db, thread_id, writable=True)
         url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or run.base_url or DEFAULT_LOCAL_BASE_URL)
+        warn_withheld(url)
         if iterations is not None and iterations < run.iterations_done:
             raise UsageError(
                 f"the run has done {run.iterations_done} iterations; --iterations {iterations} cannot shrink it"
@@ -317,13 +361,19 @@ def resume(
     checkpointer = SqliteCheckpointer(db_path)
     try:
         values = compile_graph(checkpointer).get_state({"configurable": {"thread_id": thread_id}}).values
+    except Exception as exc:
+        problem = database_failure(exc, db_path) or (
+            f"database {db_path!r} is damaged: the checkpoint of thread {thread_id!r} cannot be read "
+            f"({one_line(exc)}); restore it from a copy"
+        )
+        raise fail(problem, code=1) from None
     finally:
         checkpointer.close()
     if not values:
         raise fail(f"thread {thread_id!r} has no checkpoint in {db_path}")
     extend = iterations is not None and iterations > int(values["params"]["iterations"])
     if values.get("status") == "done" and not extend:
-        err.print(f"thread {thread_id} is already complete")
+        err.print(Text(f"thread {clean(thread_id)} is already complete"))
         emit(summarize(values, thread_id, db_path), as_json)
         return
     _execute(

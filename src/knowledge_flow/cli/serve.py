@@ -146,13 +146,16 @@ def serve_local(
     from knowledge_flow.server_launch.local import preferred_model, start_local
     from knowledge_flow.server_launch.model_files import ModelError, packaged_model
     from knowledge_flow.server_launch.process import ServerError
+    from knowledge_flow.user_files import UserFileError, require_regular
 
     if model is not None and model_path is not None:
         raise fail("give either --model (a packaged model) or --model-path (a GGUF file), not both")
     try:
         if model is not None:
             packaged_model(model)
-    except ModelError as exc:
+        if model_path is not None:
+            require_regular(model_path.expanduser(), "model file")
+    except (ModelError, UserFileError) as exc:
         raise fail(str(exc)) from None
     try:
         server = start_local(

@@ -16,43 +16,44 @@ token_logprobs, top_logprobs}``; ``usage.completion_tokens`` sums over the ``n``
 
 Streaming: `knowledge_flow.endpoint.stream`.
 
-Error texts are redacted (`redact`): an endpoint that echoes the API key or an Authorization header in an
-error body never gets it stored, logged or shown.
+Replies: every body is read within bounds (`bounds`: size, time) and checked before use (`replies`); a reply
+that cannot be used is an `UnusableReply`. Clients take their key from the URL's user-info when it has one,
+and send its query parameters with every request (`urls.Address`).
+
+Error texts are redacted (`secrets.redact`): an endpoint that echoes the API key or an Authorization header in
+an error body never gets it stored, logged or shown.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import openai
 
+from knowledge_flow.endpoint.bounds import BoundedTransport, Bounds, UnusableReply, read_json, reply_limit
+from knowledge_flow.endpoint.replies import chat_reply, completion_reply
+from knowledge_flow.endpoint.secrets import describe, redact
+from knowledge_flow.endpoint.urls import REDACTED, address
+
+__all__ = ["REDACTED", "Completion", "EndpointError", "Sampling", "chat", "client_for", "describe", "redact"]
+
 Message = Mapping[str, str]
-#: What a streamed request adds: usage in the last chunk.
-STREAM_OPTIONS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
-
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',}]+")
-_KEY_FIELD = re.compile(r"(?i)((?:api[_-]?key|authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
-REDACTED = "[REDACTED]"
 
 
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """`text` without the given secrets, bearer tokens and api-key fields."""
-    for secret in secrets:
-        if secret and len(secret) >= 4 and secret != "EMPTY":
-            text = text.replace(secret, REDACTED)
-    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
-    return _KEY_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
-
-
-def describe(exc: BaseException, secrets: Sequence[str] = ()) -> str:
-    """A one-line account of an exception, redacted and bounded."""
-    return redact(f"{type(exc).__name__}: {exc}", secrets)[:2000]
+def stream_options(server: str) -> dict[str, Any]:
+    """What a streamed request adds: usage in the last chunk, and from vLLM in every chunk
+    (``continuous_usage_stats``), so that a stream the client closes still has the server's count of the
+    tokens it generated up to the last chunk read."""
+    options: dict[str, Any] = {"include_usage": True}
+    if server == "vllm":
+        options["continuous_usage_stats"] = True
+    return {"stream": True, "stream_options": options}
 
 
 class EndpointError(RuntimeError):
@@ -62,10 +63,12 @@ class EndpointError(RuntimeError):
 
 @contextmanager
 def endpoint_errors(secrets: Sequence[str] = ()) -> Iterator[None]:
-    """Turn the SDK's errors into `EndpointError` (redacted, without the original as its cause)."""
+    """Turn the SDK's errors, and unusable replies that reach this far (those of the served model's extras:
+    a completion's are handled where it is requested), into `EndpointError` (redacted, without the original
+    as its cause)."""
     try:
         yield
-    except openai.APIError as exc:
+    except (openai.APIError, UnusableReply) as exc:
         raise EndpointError(describe(exc, secrets)) from None
 
 
@@ -118,6 +121,8 @@ class Completion:
     """The base URL that answered."""
     cancelled: bool = False
     """A streamed completion the client stopped (`on_position` returned True)."""
+    usage_source: str | None = None
+    """Streamed: where `completion_tokens` comes from (`endpoint.stream`); None: the response's usage."""
 
     @property
     def confidence(self) -> float | None:
@@ -130,13 +135,27 @@ _CLIENTS: dict[tuple[Any, ...], openai.OpenAI] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def client_for(base_url: str, api_key: str, *, timeout: float, max_retries: int) -> openai.OpenAI:
-    """A cached client per endpoint and settings (a client holds a connection pool)."""
-    key = (base_url, api_key, timeout, max_retries)
+def client_for(url: str, api_key: str, *, timeout: float, max_retries: int, root: bool = False) -> openai.OpenAI:
+    """A cached client per endpoint and settings (a client holds a connection pool). `url` as given: its
+    user-info's key replaces `api_key`, its query parameters go with every request; `root`: the server's root
+    (``/v1`` dropped), where vLLM's and llama.cpp's extras live."""
+    key = (url, api_key, timeout, max_retries, root)
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
-            client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+            where = address(url)
+            base = where.base[: -len("/v1")] if root and where.base.endswith("/v1") else where.base
+            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+            transport = BoundedTransport(timeout, limits=limits)
+            http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=True)
+            client = openai.OpenAI(
+                base_url=base,
+                api_key=where.key or api_key,
+                timeout=timeout,
+                max_retries=max_retries,
+                default_query=where.query or None,
+                http_client=cast(Any, http),  # an httpx.Client: every openai version takes one
+            )
             _CLIENTS[key] = client
     return client
 
@@ -173,24 +192,19 @@ def _completion_logprobs(choice: Mapping[str, Any]) -> tuple[list[float] | None,
 
 
 def _completions(raw: Mapping[str, Any], latency: float, temperature: float, chat: bool) -> list[Completion]:
-    choices = sorted(raw.get("choices") or [], key=lambda c: int(c.get("index") or 0))
-    if not choices:
-        raise ValueError("the endpoint returned no choices")
+    """The choices of a checked reply (`replies.chat_reply`, `replies.completion_reply`)."""
+    choices = sorted(raw["choices"], key=lambda c: int(c["index"]))
     usage = raw.get("usage") or {}
     parsed = []
     for choice in choices:
         if chat:
-            message = choice.get("message")
-            if not isinstance(message, dict):
-                raise ValueError("a choice has no message")
+            message = choice["message"]
             content = message.get("content") or ""
             reasoning = message.get("reasoning") or message.get("reasoning_content")
             tokens, tops = _chat_logprobs(choice)
         else:
             content, reasoning = choice.get("text") or "", None
             tokens, tops = _completion_logprobs(choice)
-        if not isinstance(content, str) or (reasoning is not None and not isinstance(reasoning, str)):
-            raise TypeError("unexpected content type in a choice")
         parsed.append((choice, content, reasoning, tokens, tops))
     counts = _split_usage(int(usage.get("completion_tokens") or 0), [len(p[3]) if p[3] else None for p in parsed])
     return [
@@ -232,7 +246,7 @@ def chat_request(
     if sampling.seed is not None:
         request["seed"] = sampling.seed
     if stream:
-        request |= STREAM_OPTIONS
+        request |= stream_options(server)
     return request
 
 
@@ -251,11 +265,21 @@ def completion_request(
     }
     if sampling.logprobs:
         request["logprobs"] = sampling.top_logprobs or 1
+        if server == "vllm":  # candidates keyed by token id: vLLM merges candidates with the same text otherwise
+            request["extra_body"] = request["extra_body"] | {"return_tokens_as_token_ids": True}
     if sampling.seed is not None:
         request["seed"] = sampling.seed
     if stream:
-        request |= STREAM_OPTIONS
+        request |= stream_options(server)
     return request
+
+
+def reply_bounds(client: openai.OpenAI, sampling: Sampling) -> Bounds:
+    """What may be read of a completion's reply (see `bounds`): its size by what was asked, its time the
+    client's timeout."""
+    top = (sampling.top_logprobs or 1) if sampling.logprobs else 0
+    timeout = client.timeout if isinstance(client.timeout, float | int) else 3600.0
+    return Bounds(reply_limit(sampling.max_tokens, sampling.n, top), float(timeout))
 
 
 def chat(
@@ -269,8 +293,8 @@ def chat(
     """One chat completion request; its choices (servers may return fewer than `n`)."""
     started = time.monotonic()
     request = chat_request(messages, sampling, continue_final=continue_final, server=server)
-    response = client.chat.completions.create(**request)
-    raw = response.model_dump()
+    with client.chat.completions.with_streaming_response.create(**request) as response:
+        raw = chat_reply(read_json(response.http_response, reply_bounds(client, sampling)))
     return _completions(raw, time.monotonic() - started, sampling.temperature, chat=True)
 
 
@@ -279,6 +303,7 @@ def complete_ids(
 ) -> list[Completion]:
     """One completion request whose prompt is a list of token ids (no chat template is applied)."""
     started = time.monotonic()
-    response = client.completions.create(**completion_request(prompt_ids, sampling, server=server))
-    raw = response.model_dump()
+    request = completion_request(prompt_ids, sampling, server=server)
+    with client.completions.with_streaming_response.create(**request) as response:
+        raw = completion_reply(read_json(response.http_response, reply_bounds(client, sampling)))
     return _completions(raw, time.monotonic() - started, sampling.temperature, chat=False)

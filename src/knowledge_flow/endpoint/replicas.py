@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import openai
 
-from knowledge_flow.endpoint.urls import split_urls
+from knowledge_flow.endpoint.urls import address, split_urls
 
 T = TypeVar("T")
 
@@ -122,7 +122,9 @@ class ReplicaPool:
 
     def stats(self) -> list[dict[str, int | str]]:
         with self._lock:
-            return [{"url": r.url, "requests": r.requests, "failures": r.failures} for r in self.replicas]
+            return [
+                {"url": address(r.url).shown, "requests": r.requests, "failures": r.failures} for r in self.replicas
+            ]
 
 
 _POOLS: dict[tuple[str, ...], ReplicaPool] = {}

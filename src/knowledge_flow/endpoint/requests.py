@@ -24,8 +24,10 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from knowledge_flow.endpoint.client import Completion, Message, Sampling, chat, client_for, complete_ids
+from knowledge_flow.endpoint.secrets import redact
 from knowledge_flow.endpoint.served import THINK_END, Served
 from knowledge_flow.endpoint.stream import PositionHook, chat_stream, complete_ids_stream
+from knowledge_flow.endpoint.urls import address
 from knowledge_flow.text.tokens import estimate_tokens
 
 Path = Literal["chat", "chat-continue", "completion"]
@@ -97,10 +99,23 @@ def split_thinking_continuation(prefill: str, text: str) -> tuple[str, str]:
     return prefill + text[:cut], text[cut + len(THINK_END) :].lstrip()
 
 
+def received(served: Served, completion: Completion, url: str) -> Completion:
+    """A completion as it may be kept: its texts without the run's secrets, tagged with the replica (as shown:
+    see `urls.Address`)."""
+    secrets = served.secrets
+    return replace(
+        completion,
+        content=redact(completion.content, secrets),
+        reasoning=redact(completion.reasoning, secrets) if completion.reasoning is not None else None,
+        finish_reason=redact(completion.finish_reason, secrets) if completion.finish_reason is not None else None,
+        endpoint=address(url).shown,
+    )
+
+
 def send(
     served: Served, prepared: Prepared, sampling: Sampling, url: str, *, timeout: float, max_retries: int
 ) -> list[Completion]:
-    """Send `prepared` to the replica `url`; the choices, each tagged with the replica."""
+    """Send `prepared` to the replica `url`; the choices, as they may be kept (`received`)."""
     client = client_for(url, served.api_key, timeout=timeout, max_retries=max_retries)
     sampling = replace(sampling, max_tokens=prepared.max_tokens)
     server = served.info().server
@@ -116,7 +131,7 @@ def send(
         completions = chat(
             client, prepared.messages, sampling, continue_final=prepared.path == "chat-continue", server=server
         )
-    return [replace(c, endpoint=url) for c in completions]
+    return [received(served, c, url) for c in completions]
 
 
 def send_stream(
@@ -148,7 +163,7 @@ def send_stream(
             server=server,
             on_position=on_position,
         )
-    return replace(completion, endpoint=url)
+    return received(served, completion, url)
 
 
 def sample(

@@ -18,13 +18,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import httpx
 import openai
 
+from knowledge_flow.endpoint.bounds import EXTRAS_BYTES, Bounds, UnusableReply, read_json
 from knowledge_flow.endpoint.client import client_for
 from knowledge_flow.endpoint.replicas import ReplicaPool, get_pool
+from knowledge_flow.endpoint.secrets import scrub
+from knowledge_flow.endpoint.urls import address
 from knowledge_flow.text.tokens import estimate_tokens
 
 ServerKind = Literal["vllm", "llama.cpp", "other"]
@@ -55,10 +58,28 @@ class ServedModel:
         }
 
 
-def root_of(base_url: str) -> str:
-    """``http://host:8000/v1`` -> ``http://host:8000`` (vLLM's and llama.cpp's extras live at the root)."""
-    url = base_url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+#: The longest model name kept from ``/v1/models``.
+MAX_NAME = 256
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tokens(reply: Any) -> list[int]:
+    """The token ids of a tokenizer reply; `UnusableReply` when it has none."""
+    value = reply.get("tokens") if isinstance(reply, dict) else None
+    if isinstance(value, list) and all(_is_count(t) for t in value):
+        return value
+    raise UnusableReply("the endpoint's tokenizer reply has no list of token ids")
+
+
+def _count(reply: Any) -> int:
+    """The token count of a tokenizer reply; `UnusableReply` when it has none."""
+    value = reply.get("count") if isinstance(reply, dict) else None
+    if _is_count(value):
+        return value
+    raise UnusableReply("the endpoint's tokenizer reply has no token count")
 
 
 class Served:
@@ -67,6 +88,7 @@ class Served:
     def __init__(self, pool: ReplicaPool, api_key: str, model: str, *, timeout: float, max_retries: int) -> None:
         self.pool = pool
         self.api_key = api_key
+        self.secrets = (api_key, *(secret for r in pool.replicas for secret in address(r.url).secrets))
         self.model = model
         self.timeout = min(timeout, 300.0)
         self.max_retries = max_retries
@@ -76,19 +98,29 @@ class Served:
         self._opens_thinking: bool | None = None
 
     # requests ------------------------------------------------------------------------------------------
+    def _read(self, response: httpx.Response) -> Any:
+        try:
+            return read_json(response, Bounds(EXTRAS_BYTES, self.timeout))
+        finally:
+            response.close()
+
     def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         def on(url: str) -> Any:
-            client = client_for(root_of(url), self.api_key, timeout=self.timeout, max_retries=self.max_retries)
-            response = client.post(path, cast_to=httpx.Response, body=dict(body))
-            return response.json()
+            client = client_for(url, self.api_key, timeout=self.timeout, max_retries=self.max_retries, root=True)
+            return self._read(client.post(path, cast_to=httpx.Response, body=dict(body), stream=True))
 
         return self.pool.call(on)
 
     def _models(self) -> list[dict[str, Any]]:
+        """The entries of ``/v1/models`` (none when its reply is not a model list)."""
+
         def on(url: str) -> list[dict[str, Any]]:
             client = client_for(url, self.api_key, timeout=self.timeout, max_retries=self.max_retries)
-            response = client.get("/models", cast_to=httpx.Response)
-            data = response.json().get("data")
+            try:
+                reply = self._read(client.get("/models", cast_to=httpx.Response, stream=True))
+            except UnusableReply:
+                return []
+            data = reply.get("data") if isinstance(reply, dict) else None
             return [entry for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
 
         return self.pool.call(on)
@@ -102,9 +134,10 @@ class Served:
         entry = next((m for m in models if m.get("id") == self.model), models[0] if len(models) == 1 else {})
         context = entry.get("max_model_len")
         server = self._probe_server()
+        name = entry.get("id")
         info = ServedModel(
-            name=str(entry.get("id") or self.model),
-            context=int(context) if isinstance(context, int) and context > 0 else None,
+            name=scrub(name, self.secrets)[:MAX_NAME] if isinstance(name, str) and name else self.model,
+            context=context if _is_count(context) and context > 0 else None,
             server=server,
         )
         with self._lock:
@@ -118,7 +151,7 @@ class Served:
         ):
             try:
                 reply = self._post(path, body)
-            except (openai.NotFoundError, openai.UnprocessableEntityError, openai.BadRequestError):
+            except (openai.NotFoundError, openai.UnprocessableEntityError, openai.BadRequestError, UnusableReply):
                 continue
             except openai.APIStatusError as exc:
                 if exc.status_code in (404, 405):
@@ -149,7 +182,7 @@ class Served:
             reply = self._post("/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False})
         else:
             reply = self._post("/extras/tokenize/count", {"input": text})
-        count = int(reply["count"])
+        count = _count(reply)
         with self._lock:
             self._counts[key] = count
             while len(self._counts) > _CACHE_SIZE:
@@ -159,7 +192,7 @@ class Served:
     def text_ids(self, text: str) -> list[int]:
         """Token ids of `text` (no special tokens); vLLM only."""
         reply = self._post("/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False})
-        return [int(t) for t in reply["tokens"]]
+        return _tokens(reply)
 
     def chat_ids(self, messages: Sequence[Mapping[str, str]], *, continue_final: bool = False) -> list[int] | None:
         """Token ids of `messages` rendered with the served chat template (with the generation prompt, or
@@ -172,8 +205,7 @@ class Served:
             if continue_final
             else {"add_generation_prompt": True}
         )
-        reply = self._post("/tokenize", body)
-        return [int(t) for t in reply["tokens"]]
+        return _tokens(self._post("/tokenize", body))
 
     def opens_thinking(self) -> bool:
         """Whether the chat template's generation prompt leaves a thinking block open."""
@@ -185,9 +217,10 @@ class Served:
             probe = [{"role": "user", "content": "x"}]
             with_prompt = self.chat_ids(probe) or []
             body = {"model": self.model, "messages": probe, "add_generation_prompt": False}
-            without = [int(t) for t in self._post("/tokenize", body)["tokens"]]
+            without = _tokens(self._post("/tokenize", body))
             tail = with_prompt[len(without) :] if with_prompt[: len(without)] == without else with_prompt[-8:]
-            text = str(self._post("/detokenize", {"model": self.model, "tokens": tail}).get("prompt", ""))
+            reply = self._post("/detokenize", {"model": self.model, "tokens": tail})
+            text = str(reply.get("prompt", "")) if isinstance(reply, dict) else ""
             opens = THINK_START in text and THINK_END not in text[text.rfind(THINK_START) :]
         with self._lock:
             self._opens_thinking = opens

@@ -15,18 +15,21 @@ same from `RunRecords`: it takes two or more `RunRecords` (one per run; the firs
 `baseline` names another) and returns one `RunComparison` per run; `records_from_items` builds the records
 from an evaluation's stored items (``kf_eval_items``: per-iteration grades, answers and tokens), and with
 `final_rule` re-grades the label-free final answer from the stored answers by another rule (e.g. a
-knowledge-flow run's ``last`` and ``majority:all`` from one run, with no request sent).
+knowledge-flow run's ``last`` and ``majority:all`` from one run, with no request sent); a rule that votes over
+every trace (``conf-vote:...``, ``majority-traces``) needs each run's traces (`votes`, from
+`evaluation.revote.stored_votes`) and refuses without them. `records_from_grades` builds them from the grades
+`kflow report` computed (`evaluation.report.grade`: answers as stored or read again, finals re-voted).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any, Protocol
 
-from knowledge_flow.records import AnswerType
+from knowledge_flow.records import AnswerType, TraceVote
 from knowledge_flow.strategies.policies import final_answer
 from knowledge_flow.text.answers import equivalent
 
@@ -252,6 +255,39 @@ class StoredItem(Protocol):
     def prompt_tokens(self) -> list[int]: ...
     @property
     def completion_tokens(self) -> list[int]: ...
+    @property
+    def run_id(self) -> str | None: ...
+
+
+class Graded(Protocol):
+    """What `records_from_grades` reads of a problem's grades (`evaluation.report.Grades`)."""
+
+    @property
+    def correct(self) -> list[bool]: ...
+    @property
+    def final_correct(self) -> bool: ...
+    @property
+    def answers(self) -> list[str | None]: ...
+    @property
+    def final(self) -> str | None: ...
+
+
+def records_from_grades(label: str, items: Sequence[StoredItem], grades: Sequence[Graded]) -> RunRecords:
+    """The finished problems of an evaluation run, graded as `grades` say (one per item)."""
+    problems = [
+        ProblemRecord(
+            problem_id=str(item.problem_id),
+            correct=list(graded.correct),
+            final_correct=graded.final_correct,
+            prompt_tokens=[int(t) for t in item.prompt_tokens],
+            completion_tokens=[int(t) for t in item.completion_tokens],
+            answers=list(graded.answers),
+            final_answer=graded.final,
+        )
+        for item, graded in zip(items, grades, strict=True)
+        if item.status == "done"
+    ]
+    return RunRecords(label, problems)
 
 
 def records_from_items(
@@ -260,10 +296,12 @@ def records_from_items(
     *,
     final_rule: str | None = None,
     answer_type: AnswerType = "integer",
+    votes: Mapping[str, Sequence[TraceVote]] | None = None,
 ) -> RunRecords:
     """The finished problems of an evaluation run. With `final_rule` (``last``, ``majority:W``), the final
     answer is chosen again from the stored per-iteration answers by that rule and graded against the gold
-    answer; otherwise the run's own final grade is used."""
+    answer; a rule that votes over every trace votes over each run's `votes` (refused without them);
+    otherwise the run's own final grade is used."""
     problems = []
     for item in items:
         if item.status != "done":
@@ -272,7 +310,8 @@ def records_from_items(
         if final_rule is None:
             chosen, right = item.final_answer, bool(item.final_correct)
         else:
-            chosen = final_answer(final_rule, answers, answer_type) if answers else None
+            traces = None if votes is None else list(votes.get(item.run_id or "", []))
+            chosen = final_answer(final_rule, answers, answer_type, traces) if answers else None
             right = equivalent(item.gold, chosen, answer_type)
         problems.append(
             ProblemRecord(

@@ -17,6 +17,14 @@ from typing import Any
 
 from knowledge_flow.records import AnswerType
 from knowledge_flow.text.boxed import normalize_integer
+from knowledge_flow.user_files import (
+    MAX_DATASET_BYTES,
+    UserFileError,
+    check_problem,
+    check_text,
+    read_bytes,
+    require_regular,
+)
 
 
 class DatasetError(ValueError):
@@ -74,22 +82,19 @@ def _quiet_datasets() -> Any:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors are reported as one line
     return datasets
 
 
 def _check_local_file(path: Path) -> str:
-    if not path.exists():
-        raise DatasetError(f"dataset file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise DatasetError(f"dataset path {str(path)!r} is not a file")
     builder = LOCAL_SUFFIXES.get(path.suffix.lower())
-    if builder is None:
-        raise DatasetError(f"dataset file {str(path)!r} must end in .jsonl, .json or .parquet")
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read dataset file {str(path)!r}: {exc.strerror or exc}") from None
+        require_regular(path, "dataset file")
+        if builder is None:
+            raise DatasetError(f"dataset file {str(path)!r} must end in .jsonl, .json or .parquet")
+        data = read_bytes(path, MAX_DATASET_BYTES, "dataset file")
+    except UserFileError as exc:
+        raise DatasetError(str(exc)) from None
     if not data.strip():
         raise DatasetError(f"dataset file {str(path)!r} is empty")
     if builder == "json":
@@ -101,15 +106,25 @@ def _check_local_file(path: Path) -> str:
         if path.suffix.lower() == ".jsonl":
             for number, line in enumerate(lines, start=1):
                 try:
-                    json.loads(line)
+                    storable(json.loads(line), f"{path}: line {number}")
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
         else:
             try:
-                json.loads(text)
+                storable(json.loads(text), str(path))
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return builder
+
+
+def storable(value: Any, where: str) -> None:
+    """Refuse JSON whose strings cannot be stored: a ``\\ud800`` escape decodes to a lone surrogate."""
+    try:
+        check_text(json.dumps(value, ensure_ascii=False), where)
+    except UserFileError:
+        raise DatasetError(
+            f"{where} is not UTF-8 text: it holds a lone surrogate (an escape such as \\ud800)"
+        ) from None
 
 
 def _rows_from_local(path: Path) -> list[dict[str, Any]]:
@@ -211,6 +226,12 @@ def load_problems(
             raise DatasetError(f"dataset {name_or_path!r}, row {index}: the problem is empty")
         if not gold:
             raise DatasetError(f"dataset {name_or_path!r}, row {index}: the gold answer is empty")
+        try:
+            check_problem(problem, f"dataset {name_or_path!r}, row {index}: the problem")
+            check_text(gold, f"dataset {name_or_path!r}, row {index}: the gold answer")
+            check_text(ident, f"dataset {name_or_path!r}, row {index}: the id")
+        except UserFileError as exc:
+            raise DatasetError(str(exc)) from None
         problems.append(Problem(id=ident, problem=problem, gold=gold))
     kind = answer_type or detect_answer_type([p.gold for p in problems])
     if kind == "integer":

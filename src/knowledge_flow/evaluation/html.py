@@ -87,6 +87,8 @@ def environment() -> SandboxedEnvironment:
         undefined=StrictUndefined,
         keep_trailing_newline=True,
     )
+    env.filters["percent"] = percent
+    env.filters["interval"] = interval
     env.filters["strip_leading_colon"] = strip_leading_colon  # a section's raw text starts after its header
     return env
 
@@ -98,8 +100,14 @@ def png_data(draw: Callable[[Path], Path]) -> str:
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
+def percent(value: float | None, digits: int = 1) -> str:
+    """A share as a percentage; "n/a" where there is none (no problem finished)."""
+    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def interval(low: float | None, high: float | None) -> str:
+    """A 95% interval of a share in percent; "n/a" where there is none."""
+    return "n/a" if low is None or high is None else f"{100 * low:.0f}–{100 * high:.0f}%"
 
 
 def problem_view(anchor: str, label: str, problem: str, gold: str | None, rollouts: list[dict[str, Any]]) -> Problem:
@@ -121,7 +129,7 @@ def problem_view(anchor: str, label: str, problem: str, gold: str | None, rollou
 def evaluation_section(store: RolloutStore, report: EvalReport, index: int) -> RunSection:
     row = EvalStore(store).require_eval(report.eval_id)
     manifest = row.manifest
-    final = share(round(report.final_accuracy * report.problems), report.problems)
+    final = share(report.final_accuracy, report.finished)
     facts = [
         ("dataset", report.dataset),
         ("model", report.model),
@@ -130,7 +138,7 @@ def evaluation_section(store: RolloutStore, report: EvalReport, index: int) -> R
         ("status", f"{report.status}: {report.finished} of {report.problems} finished, {report.failed} failed"),
         (
             f"final-answer accuracy ({report.final_answer_rule})",
-            f"{percent(final['value'])} (95% CI {percent(final['low'])}–{percent(final['high'])})",
+            f"{percent(final['value'])} (95% CI {interval(final['low'], final['high'])}), over the finished problems",
         ),
         ("tokens", f"{report.total_tokens:,} in {report.rollouts_done:,} rollouts"),
         ("answers read by", report.answer_rule),

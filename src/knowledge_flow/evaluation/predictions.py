@@ -68,8 +68,7 @@ def write_predictions(store: RolloutStore, eval_row: EvalRow, root: Path, *, don
             correct += int(is_correct)
             if k < len(prompts):
                 prompt_lengths.append(prompts[k])
-            chosen_rows = rows.get(item.position, [])
-            row = chosen_rows[k] if k < len(chosen_rows) else None
+            row = rows.get(item.position, {}).get(k)  # by iteration, never by position
             entries.append(
                 {
                     "question": prompt_as_sent(row.messages, row.prefill) if row is not None else item.problem,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from knowledge_flow.evaluation.integrity import check_evaluation
+from knowledge_flow.evaluation.revote import check_complete, finals_after_waves, reread_votes, stored_votes
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
-from knowledge_flow.persistence.store import RolloutStore
-from knowledge_flow.strategies.policies import final_answer
+from knowledge_flow.persistence.store import RolloutStore, StoreDamaged
+from knowledge_flow.records import TraceVote
+from knowledge_flow.strategies.policies import final_answer, votes_traces
 from knowledge_flow.text.answer_rules import check_rule, regrade_answer
 from knowledge_flow.text.answers import equivalent
 
@@ -18,12 +22,13 @@ ROLLOUT_COUNTS = ("rollouts", "failed_rollouts", "truncated_rollouts", "retried_
 @dataclass(frozen=True)
 class IterationFigures:
     iteration: int
-    accuracy: float
-    """pass@1 of rollout k: share of problems whose rollout k is correct."""
-    cumulative_solved: float
-    """Share of problems solved at least once in rollouts 0..k."""
-    final_accuracy: float
-    """Share of problems whose label-free final answer would be correct had the run stopped after k."""
+    accuracy: float | None
+    """pass@1 of rollout k: share of the finished problems whose rollout k is correct (None: none finished)."""
+    cumulative_solved: float | None
+    """Share of the finished problems solved at least once in rollouts 0..k."""
+    final_accuracy: float | None
+    """Share of the finished problems whose label-free final answer would be correct had the run stopped
+    after k."""
     prompt_tokens: int
     completion_tokens: int
     cumulative_tokens: int
@@ -44,11 +49,12 @@ class EvalReport:
     finished: int
     failed: int
     iterations: int
-    final_accuracy: float
-    """Share of problems whose label-free final answer is correct."""
+    final_accuracy: float | None
+    """Share of the finished problems whose label-free final answer is correct (None: none finished)."""
     total_tokens: int
     per_iteration: list[IterationFigures]
     rollouts_done: int
+    """Rollouts stored (finished problems or not)."""
     rollouts_budget: int
     rollouts_saved: int
     """Rollouts not needed because problems stopped early (stop policy `stable:K`)."""
@@ -74,48 +80,83 @@ class EvalReport:
 @dataclass(frozen=True)
 class Grades:
     """One problem's grades: per iteration, for its label-free final answer, and for the final answer it
-    would have had after each iteration."""
+    would have had after each iteration; the answers graded."""
 
     correct: list[bool]
     final_correct: bool
     final_by_iteration: list[bool]
+    answers: list[str | None] = field(default_factory=list)
+    final: str | None = None
 
 
-def final_by_iteration(gold: str, answers: list[str | None], rule: str, answer_type: Any) -> list[bool]:
-    return [
-        equivalent(gold, final_answer(rule, answers[: k + 1], answer_type), answer_type) for k in range(len(answers))
-    ]
+def final_by_iteration(
+    gold: str, answers: list[str | None], rule: str, answer_type: Any, votes: list[TraceVote] | None = None
+) -> list[bool]:
+    """Per iteration k, whether the final answer after k is right: a rule over the answers of iterations
+    0..k, or for a rule that votes over every trace, over the traces of iterations 0..k (`votes`; without them
+    such a rule refuses)."""
+    if votes is not None:
+        finals = finals_after_waves(rule, answers, votes, answer_type)
+    else:
+        finals = [final_answer(rule, answers[: k + 1], answer_type) for k in range(len(answers))]
+    return [equivalent(gold, final, answer_type) for final in finals]
 
 
-def stored_grades(items: list[EvalItemRow], params: dict[str, Any]) -> list[Grades]:
-    """The grades the run recorded (its own answer parser)."""
+def item_label(item: EvalItemRow) -> str:
+    return f"problem {item.problem_id} (thread {item.thread_id})"
+
+
+def stored_grades(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any]) -> list[Grades]:
+    """The grades the run recorded (its own answer parser); the answer after each iteration from the stored
+    traces when the final-answer rule votes over them (`evaluation.revote`)."""
     rule = str(params.get("final_answer_rule", "last"))
-    return [
-        Grades(
-            list(item.correct),
-            bool(item.final_correct),
-            final_by_iteration(item.gold, item.answers, rule, params["answer_type"]),
+    votes = stored_votes(store, [item.run_id for item in items if item.run_id]) if votes_traces(rule) else None
+    grades = []
+    for item in items:
+        found = None if votes is None else votes.get(item.run_id or "", [])
+        if found is not None and item.status == "done":
+            check_complete(item_label(item), len(item.answers), found, rule)
+        grades.append(
+            Grades(
+                list(item.correct),
+                bool(item.final_correct),
+                final_by_iteration(item.gold, item.answers, rule, params["answer_type"], found),
+                list(item.answers),
+                item.final_answer,
+            )
         )
-        for item in items
-    ]
+    return grades
 
 
 def regraded(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], rule: str) -> list[Grades]:
-    """Grades with answers read again from the stored outputs by `rule`; no request is sent."""
+    """Grades of finished problems with answers read again from the stored outputs by `rule`; no request is
+    sent. A final-answer rule that votes over every trace votes over every trace's answer read again."""
     answer_type = params["answer_type"]
     family = str(params.get("model_family", "instruct"))
     final_rule = str(params.get("final_answer_rule", "last"))
     chosen = store.chosen_rows([item.run_id for item in items if item.run_id])
     grades = []
     for item in items:
-        rows = chosen.get(item.run_id or "", [])
-        answers = [regrade_answer(rule, row.text_to_parse(), row.reasoning, answer_type, family) for row in rows]
-        final = final_answer(final_rule, answers, answer_type) if answers else None
+        rows = chosen.get(item.run_id or "", {})
+        done = len(item.answers)
+        if any(k not in rows for k in range(done)):  # matched by iteration, never by position
+            raise StoreDamaged(f"problem {item.position}: a chosen rollout of its first {done} iterations is missing")
+        answers = [
+            regrade_answer(rule, rows[k].text_to_parse(), rows[k].reasoning, answer_type, family) for k in range(done)
+        ]
+        votes = None
+        if votes_traces(final_rule):
+            votes = reread_votes(store, item.run_id, rule, answer_type, family) if item.run_id else []
+            if item.status == "done":
+                check_complete(item_label(item), len(answers), votes, final_rule)
+        final = final_answer(final_rule, answers, answer_type, votes) if answers else None
         grades.append(
             Grades(
                 [equivalent(item.gold, answer, answer_type) for answer in answers],
                 item.status == "done" and equivalent(item.gold, final, answer_type),
-                final_by_iteration(item.gold, answers, final_rule, answer_type),
+                final_by_iteration(item.gold, answers, final_rule, answer_type, votes),
+                answers,
+                final,
             )
         )
     return grades
@@ -129,52 +170,75 @@ def answering_model(store: RolloutStore, items: list[EvalItemRow], requested: st
     return ", ".join(names) or requested
 
 
-def build_report(store: RolloutStore, eval_id: str, answer_rule: str = "default") -> EvalReport:
-    row = EvalStore(store).require_eval(eval_id)
-    manifest = row.manifest
-    params = manifest["params"]
-    items = list(EvalStore(store).eval_items(eval_id))
-    total = len(items)
-    iterations = int(params["iterations"])
+def share(count: int, total: int) -> float | None:
+    """`count` of `total` as a fraction; None (n/a) when there is nothing to count."""
+    return count / total if total else None
+
+
+def finished_items(items: list[EvalItemRow]) -> list[EvalItemRow]:
+    """The problems that finished: every share of a report is over them."""
+    return [item for item in items if item.status == "done"]
+
+
+def grade(store: RolloutStore, items: list[EvalItemRow], params: dict[str, Any], answer_rule: str) -> list[Grades]:
+    """The grades of the finished problems among `items` (`finished_items`): as the run recorded them, or with
+    answers read again by `answer_rule`."""
     check_rule(answer_rule)
-    grades = stored_grades(items, params) if answer_rule == "default" else regraded(store, items, params, answer_rule)
-    replicas, by_iteration = store.rollout_stats([item.run_id for item in items if item.run_id])
+    finished = finished_items(items)
+    if answer_rule == "default":
+        return stored_grades(store, finished, params)
+    return regraded(store, finished, params, answer_rule)
+
+
+def build_report(
+    store: RolloutStore, eval_id: str, answer_rule: str = "default", grades: list[Grades] | None = None
+) -> EvalReport:
+    """The evaluation's figures; `StoreDamaged` (nothing computed) when its stored rows cannot be trusted;
+    `grades`: its finished problems' grades when already computed (`grade`).
+
+    Every share is over the problems that finished (None when none did): an interrupted or partly failed
+    run is reported as what it is, "N of M finished". Rollouts and tokens are those stored, finished
+    problems or not."""
+    check_evaluation(store, eval_id)
+    evals = EvalStore(store)
+    row = evals.require_eval(eval_id)
+    params = row.manifest["params"]
+    items = list(evals.eval_items(eval_id))
+    iterations = int(params["iterations"])
+    finished = finished_items(items)
+    grades = grades if grades is not None else grade(store, items, params, answer_rule)
+    replicas, by_iteration = store.rollout_stats(list(evals.item_runs(items).values()))
     counts = {entry["iteration"]: entry for entry in by_iteration}
     figures: list[IterationFigures] = []
-    solved = [False] * total
+    solved = [False] * len(finished)
     cumulative_tokens = 0
     for k in range(iterations):
         correct = final_correct = 0
-        prompt = completion = 0
-        for index, item in enumerate(items):
-            graded = grades[index]
-            hit = graded.correct[k] if k < len(graded.correct) else graded.final_correct and item.status == "done"
-            if hit:
+        for index, graded in enumerate(grades):
+            if graded.correct[k] if k < len(graded.correct) else graded.final_correct:  # stopped early: final
                 correct += 1
                 solved[index] = True
-            if k < len(graded.final_by_iteration):
-                final_correct += int(graded.final_by_iteration[k])
-            else:
-                final_correct += int(graded.final_correct and item.status == "done")
-            prompt += item.prompt_tokens[k] if k < len(item.prompt_tokens) else 0
-            completion += item.completion_tokens[k] if k < len(item.completion_tokens) else 0
+            by_k = graded.final_by_iteration
+            final_correct += int(by_k[k] if k < len(by_k) else graded.final_correct)
+        stored = counts.get(k, {})
+        prompt, completion = int(stored.get("prompt_tokens", 0)), int(stored.get("completion_tokens", 0))
         cumulative_tokens += prompt + completion
         figures.append(
             IterationFigures(
                 iteration=k,
-                accuracy=correct / total if total else 0.0,
-                cumulative_solved=sum(solved) / total if total else 0.0,
-                final_accuracy=final_correct / total if total else 0.0,
+                accuracy=share(correct, len(finished)),
+                cumulative_solved=share(sum(solved), len(finished)),
+                final_accuracy=share(final_correct, len(finished)),
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 cumulative_tokens=cumulative_tokens,
-                **{key: int(counts.get(k, {}).get(key, 0)) for key in ROLLOUT_COUNTS},
+                **{key: int(stored.get(key, 0)) for key in ROLLOUT_COUNTS},
             )
         )
     thinkers = int(params.get("thinkers", 1))
-    done = sum(len(item.answers) for item in items) * thinkers
-    budget = total * iterations * thinkers
-    saved = sum(iterations - len(item.answers) for item in items if item.status == "done") * thinkers
+    done = sum(int(entry["rollouts"]) for entry in by_iteration)
+    budget = len(items) * iterations * thinkers
+    saved = sum(iterations - len(item.answers) for item in finished) * thinkers
     per_rollout = cumulative_tokens / done if done else 0.0
     return EvalReport(
         eval_id=eval_id,
@@ -182,11 +246,11 @@ def build_report(store: RolloutStore, eval_id: str, answer_rule: str = "default"
         model=answering_model(store, items, str(params["model"])),
         strategy=str(params["strategy"]),
         status=row.status,
-        problems=total,
-        finished=sum(1 for item in items if item.status == "done"),
+        problems=len(items),
+        finished=len(finished),
         failed=sum(1 for item in items if item.status == "failed"),
         iterations=iterations,
-        final_accuracy=sum(1 for graded in grades if graded.final_correct) / total if total else 0.0,
+        final_accuracy=share(sum(1 for graded in grades if graded.final_correct), len(finished)),
         total_tokens=cumulative_tokens,
         per_iteration=figures,
         rollouts_done=done,
@@ -201,6 +265,11 @@ def build_report(store: RolloutStore, eval_id: str, answer_rule: str = "default"
         final_answer_rule=str(params.get("final_answer_rule", "last")),
         answer_rule=answer_rule,
     )
+
+
+def percent(value: float | None) -> float:
+    """A share as a percentage to plot (NaN, an empty point, where no problem finished)."""
+    return math.nan if value is None else 100 * value
 
 
 def plot_title(reports: list[EvalReport]) -> str:
@@ -226,18 +295,20 @@ def plot_reports(reports: list[EvalReport], path: Path) -> Path:
     for report in reports:
         xs = [f.iteration for f in report.per_iteration]
         label = f"{report.eval_id} ({report.strategy}, {report.final_answer_rule})"
-        (line,) = left.plot(xs, [100 * f.accuracy for f in report.per_iteration], marker=".", label=f"{label} pass@1")
+        (line,) = left.plot(
+            xs, [percent(f.accuracy) for f in report.per_iteration], marker=".", label=f"{label} pass@1"
+        )
         color = line.get_color()
         left.plot(
             xs,
-            [100 * f.cumulative_solved for f in report.per_iteration],
+            [percent(f.cumulative_solved) for f in report.per_iteration],
             linestyle="--",
             color=color,
             label=f"{label} solved at least once",
         )
         left.plot(
             xs,
-            [100 * f.final_accuracy for f in report.per_iteration],
+            [percent(f.final_accuracy) for f in report.per_iteration],
             linestyle=":",
             color=color,
             label=f"{label} final answer",
@@ -245,7 +316,7 @@ def plot_reports(reports: list[EvalReport], path: Path) -> Path:
         middle.plot(xs, [f.cumulative_tokens for f in report.per_iteration], marker=".", color=color, label=label)
         right.plot(
             [f.cumulative_tokens for f in report.per_iteration],
-            [100 * f.final_accuracy for f in report.per_iteration],
+            [percent(f.final_accuracy) for f in report.per_iteration],
             marker=".",
             color=color,
             label=label,

@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from knowledge_flow.persistence.rows import Base
+from knowledge_flow.persistence.rows import Base, RunRow
+from knowledge_flow.persistence.seals import seal_row
 from knowledge_flow.persistence.store import RolloutStore, get_store
 
 
@@ -28,6 +29,7 @@ class EvalRow(Base):
     dataset: Mapped[str] = mapped_column(Text)
     dataset_hash: Mapped[str] = mapped_column(String(64))
     manifest_json: Mapped[str] = mapped_column(Text)
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -54,6 +56,7 @@ class EvalItemRow(Base):
     correct_json: Mapped[str] = mapped_column(Text, default="[]")
     prompt_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
     completion_tokens_json: Mapped[str] = mapped_column(Text, default="[]")
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def answers(self) -> list[str | None]:
@@ -86,8 +89,11 @@ class EvalStore:
         with self.store.session() as session:
             if session.get(EvalRow, eval_row.eval_id) is not None:
                 raise KeyError(f"evaluation run {eval_row.eval_id!r} already exists")
+            seal_row(eval_row)
             session.add(eval_row)
             session.flush()
+            for item in items:
+                seal_row(item)
             session.add_all(items)
 
     def get_eval(self, eval_id: str) -> EvalRow | None:
@@ -122,6 +128,23 @@ class EvalStore:
         """The evaluation run a thread belongs to, if any."""
         item = self.eval_item_of_thread(thread_id)
         return item.eval_id if item is not None else None
+
+    def item_runs(self, items: Sequence[EvalItemRow]) -> dict[int, str]:
+        """Each problem's run by position: a finished problem's recorded run, else its thread's latest (a
+        problem stopped mid-way has one too, with the rollouts it stored)."""
+        runs = {item.position: item.run_id for item in items if item.run_id}
+        threads = {item.thread_id: item.position for item in items if not item.run_id}
+        names = list(threads)
+        with self.store.session() as session:
+            for start in range(0, len(names), 500):
+                statement = (
+                    select(RunRow.thread_id, RunRow.run_id)
+                    .where(RunRow.thread_id.in_(names[start : start + 500]))
+                    .order_by(RunRow.created_at)
+                )
+                for thread_id, run_id in session.execute(statement):
+                    runs[threads[thread_id]] = run_id  # the latest comes last
+        return runs
 
     def update_eval_item(self, eval_id: str, position: int, **values: Any) -> None:
         self.store.update_row(

@@ -25,7 +25,7 @@ from knowledge_flow.endpoint import describe
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalStore
 from knowledge_flow.params import recursion_limit
 from knowledge_flow.persistence.store import RolloutStore, utcnow
-from knowledge_flow.runs import reopen
+from knowledge_flow.runs import mark_failed, reopen
 from knowledge_flow.state import AnswerType, OutputState, State
 from knowledge_flow.text.answers import equivalent
 
@@ -132,8 +132,9 @@ def _solve_one(
                 seen = total
             if stop.is_set():  # stop between steps: what is stored is kept, the rest runs on resume
                 return ItemResult(item.position, None, INTERRUPTED)
-    except Exception as exc:
-        return ItemResult(item.position, None, describe(exc, (context.api_key,)))
+    except Exception as exc:  # the problem failed (its run too: resume continues it)
+        mark_failed(store, item.thread_id)
+        return ItemResult(item.position, None, describe(exc, context.secrets))
     return ItemResult(item.position, dict(graph.get_state(config).values), None)
 
 

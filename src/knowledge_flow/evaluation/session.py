@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from knowledge_flow.context import Context
+from knowledge_flow.endpoint.urls import shown_url
 from knowledge_flow.evaluation.datasets import LoadedDataset, load_problems
 from knowledge_flow.evaluation.predictions import write_predictions
 from knowledge_flow.evaluation.rows import EvalItemRow, EvalRow, EvalStore
@@ -72,7 +73,7 @@ def create_eval(
         "problems": len(dataset.problems),
         "answer_type": dataset.answer_type,
         "model": params["model"],
-        "endpoint": base_url,
+        "endpoint": shown_url(base_url),
         "strategy": params["strategy"],
         "prompt_set": params["prompt_set"],
         "prompt_hash": params["prompt_hash"],
@@ -148,13 +149,14 @@ def execute(
     on_tick: Callable[[], None] = lambda: None,
 ) -> tuple[EvalRow, list[ItemResult], list[Path]]:
     """Run (or continue) an evaluation; write the prediction files once every problem is done (when `stop`
-    was set, for the problems complete so far)."""
+    was set or problems failed, for the problems complete so far)."""
     row = EvalStore(store).require_eval(eval_id)
     manifest = row.manifest
     params = manifest["params"]
     items = EvalStore(store).eval_items(eval_id)
     iterations = int(params["iterations"])
     progress = Progress(problems=len(items), rollouts_total=len(items) * iterations)
+    runs = EvalStore(store).item_runs(items)
     for item in items:
         if item.status == "done":
             progress.problems_done += 1
@@ -162,6 +164,9 @@ def execute(
             progress.graded += 1
             progress.correct_final += int(bool(item.final_correct))
             progress.tokens += sum(item.prompt_tokens) + sum(item.completion_tokens)
+        elif item.position in runs:  # stopped mid-way: its stored iterations count
+            run = store.get_run(runs[item.position])
+            progress.rollouts_done += run.iterations_done if run is not None else 0
     progress.rollouts_at_start = progress.rollouts_done
     EvalStore(store).update_eval(eval_id, status="running")
     on_start(progress)
@@ -192,9 +197,9 @@ def execute(
         )
         row = EvalStore(store).get_eval(eval_id) or row
         written = write_predictions(store, row, Path(manifest["output_dir"]))
-    else:
+    else:  # stopped, or problems failed: the files hold the problems that finished
         EvalStore(store).update_eval(eval_id, status="interrupted" if stop.is_set() else "incomplete")
-        if stop.is_set() and any(item.status == "done" for item in items):
+        if any(item.status == "done" for item in items):
             written = write_predictions(
                 store, EvalStore(store).get_eval(eval_id) or row, Path(manifest["output_dir"]), done_only=True
             )

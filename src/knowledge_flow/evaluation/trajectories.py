@@ -139,27 +139,29 @@ def problem_records(store: RolloutStore, eval_id: str) -> list[dict[str, Any]]:
     return [problem_record(item, added.get(item.position, 0)) for item in EvalStore(store).eval_items(eval_id)]
 
 
-def share(successes: int, total: int) -> dict[str, float]:
-    """A proportion with its 95% Wilson interval."""
-    low, high = wilson(successes, total)
-    return {"value": successes / total if total else 0.0, "low": low, "high": high}
+def share(fraction: float | None, total: int) -> dict[str, float | None]:
+    """A report's share of `total` finished problems with its 95% Wilson interval; all None (n/a) when no
+    problem finished."""
+    if fraction is None or total <= 0:
+        return {"value": None, "low": None, "high": None}
+    low, high = wilson(round(fraction * total), total)
+    return {"value": fraction, "low": low, "high": high}
 
 
 def iteration_records(report: EvalReport) -> list[dict[str, Any]]:
     """Per iteration of `report`: pass@1, the share solved at least once and the final-answer accuracy, each
-    with its 95% Wilson interval over the problems; rollouts and tokens."""
-    total = report.problems
+    with its 95% Wilson interval over the problems that finished (None where none did); rollouts and tokens."""
+    total = report.finished
     records = []
     for f in report.per_iteration:
-        right = round(f.accuracy * total)
-        solved = round(f.cumulative_solved * total)
-        final = round(f.final_accuracy * total)
-        pass1, ever, last = share(right, total), share(solved, total), share(final, total)
+        pass1, ever = share(f.accuracy, total), share(f.cumulative_solved, total)
+        last = share(f.final_accuracy, total)
         records.append(
             {
                 "eval_id": report.eval_id,
                 "iteration": f.iteration,
-                "problems": total,
+                "problems": report.problems,
+                "finished": total,
                 "pass_at_1": pass1["value"],
                 "pass_at_1_low": pass1["low"],
                 "pass_at_1_high": pass1["high"],

@@ -72,13 +72,15 @@ def endpoint_of(runtime: Runtime[Context], served: Served) -> Endpoint:
     pool = get_pool(ctx.base_url)
     # With several replicas, fail over at once instead of retrying a dead one.
     retries = ctx.max_retries if len(pool.replicas) == 1 else min(ctx.max_retries, 1)
-    return Endpoint(served, pool, ctx.request_timeout, retries, (ctx.api_key,))
+    return Endpoint(served, pool, ctx.request_timeout, retries, ctx.secrets)
 
 
 def sampling_of(
     params: RunParams, max_tokens: int, *, logprobs: bool = False, top_logprobs: int = 0, seed_offset: int = 0
 ) -> Sampling:
-    """The run's sampling parameters for one request (its seed: the run's plus `seed_offset`, within 31 bits)."""
+    """The run's sampling parameters for one request (its seed: the run's plus `seed_offset`, within 31 bits).
+    `top_logprobs` is DeepConf's k: k + 1 candidates are requested, so that the exact top k is among them (see
+    `strategies.confidence`)."""
     seed = params.get("seed")
     return Sampling(
         model=params["model"],
@@ -89,7 +91,7 @@ def sampling_of(
         repetition_penalty=params["repetition_penalty"],
         max_tokens=max_tokens,
         logprobs=logprobs or top_logprobs > 0,
-        top_logprobs=top_logprobs or None,
+        top_logprobs=top_logprobs + 1 if top_logprobs else None,
         reasoning_effort=params["reasoning_effort"],
         extra=params.get("extra_body"),
         seed=None if seed is None else (seed + seed_offset) % 2**31,

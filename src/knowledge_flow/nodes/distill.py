@@ -1,6 +1,7 @@
-"""`distill_knowledge`: screen the iteration's rollouts, select among the thinkers (by confidence, vote,
-confidence-weighted vote or the verifier's verdict; see `knowledge_flow.strategies.thinkers`), then let the strategy
-update knowledge and reference."""
+"""`distill_knowledge`: screen the iteration's rollouts, select among the candidates (the rollouts, and the
+previous best where the run carries one: `strategies.selection`) by confidence, vote, confidence-weighted vote
+or the verifier's or manager's verdict (`strategies.thinkers`), record how (``kf_selections``), then let the
+strategy update knowledge and reference."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from langgraph.types import Overwrite
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint.client import endpoint_errors
-from knowledge_flow.nodes.common import context_of, step_of, store_of
+from knowledge_flow.nodes.common import context_of, guarded, step_of, store_of
 from knowledge_flow.state import Candidate, KnowledgeItem, Selection, State, TraceVote
 from knowledge_flow.strategies import thinkers
 from knowledge_flow.strategies.policies import uses_traces
+from knowledge_flow.strategies.selection import with_previous
 from knowledge_flow.text.answers import normalize
 
 
@@ -28,30 +30,52 @@ def knowledge_update(old: list[KnowledgeItem], new: list[KnowledgeItem]) -> list
     return Overwrite(new)
 
 
+def rule_used(state: State, candidates: list[Candidate], best: Candidate) -> str:
+    """The select rule as it was applied: a verifier's or manager's fallback to the vote (``vote (no
+    verdict)``), and how a tied vote was settled (``vote (tie: confidence)``, ``vote (tie: thinker order)``)."""
+    params = state["params"]
+    rule = params.get("select_rule", "confidence")
+    if rule == "confidence":
+        return rule
+    notes: list[str] = []
+    if rule in thinkers.CALL_RULES:
+        verdict = state.get("verdict")
+        if verdict is not None and verdict["rollout_id"] == best["rollout_id"]:
+            return rule
+        if verdict is not None:
+            notes.append("no verdict")
+        else:
+            notes.append("no disagreement to verify" if rule == "verifier" else "no candidate with an answer")
+    weighted = rule == "conf-vote"
+    score_by = params.get("confidence_score", "mean-logprob")
+    tie = thinkers.tie_break(candidates, params["answer_type"], score_by, weighted)
+    if tie is not None:
+        notes.append(f"tie: {tie}")
+    name = "conf-vote" if weighted else "vote"
+    return f"{name} ({'; '.join(notes)})" if notes else name
+
+
 def selection_of(state: State, candidates: list[Candidate], best: Candidate) -> Selection:
     params = state["params"]
     answer_type = params["answer_type"]
     rule = params.get("select_rule", "confidence")
     score_by = params.get("confidence_score", "mean-logprob")
-    verdict = state.get("verdict")
-    used: str = rule
-    if rule == "verifier":
-        if verdict is None:
-            used = "vote (no disagreement to verify)"
-        elif verdict["rollout_id"] != best["rollout_id"]:
-            used = "vote (no verdict)"
     votes = thinkers.tally(candidates, answer_type, score_by if rule == "conf-vote" else None)
     key = normalize(best["answer"], answer_type)
     agreeing = sum(1 for c in candidates if key is not None and normalize(c["answer"], answer_type) == key)
-    return Selection(
-        rule=used,
+    selection = Selection(
+        rule=rule_used(state, candidates, best),
         rollout_id=best["rollout_id"],
         answer=best["answer"],
         votes={answer: round(weight, 6) for answer, weight in votes.items()},
         agreement=round(agreeing / len(candidates), 4) if candidates else 0.0,
     )
+    if best.get("previous_best"):
+        selection["kept_previous"] = True
+    return selection
 
 
+@guarded
 def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     if not state.get("candidates"):
@@ -59,10 +83,11 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
     strategy, step, _ = step_of(state, runtime)
     screened = strategy.screen(step, list(state.get("candidates") or []))
     candidates = screened.candidates
+    pool = with_previous(state.get("best"), candidates)
     verdict = state.get("verdict")
     kept = thinkers.select(
-        candidates,
-        params["topk_thinkers"],
+        pool,
+        params["topk_thinkers"] + len(pool) - len(candidates),
         params["diversity_weight"],
         params["answer_type"],
         rule=params.get("select_rule", "confidence"),
@@ -70,7 +95,7 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         chosen=verdict["rollout_id"] if verdict else None,
     )
     best = kept[0]
-    selection = selection_of(state, candidates, best)
+    selection = selection_of(state, pool, best)
     threshold = params["uncertainty_threshold"]
     # An uncertain iteration keeps the reference it has; with none yet, any reference beats none.
     update_reference = (
@@ -84,7 +109,9 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         result = strategy.distill(replace(step, state=seen), best, kept, update_reference)
 
     store = store_of(runtime)
+    store.record_selection(state["run_id"], state.get("iteration", 0), selection)
     added = dict(result.added)
+    # ranks among the iteration's own rollouts: a previous best selected again ranks none of them first
     ranks = {candidate["rollout_id"]: rank for rank, candidate in enumerate(kept)}
     before = {c["rollout_id"]: c.get("excluded") for c in state.get("candidates") or []}
     for candidate in candidates:
@@ -123,7 +150,7 @@ def distill_knowledge(state: State, runtime: Runtime[Context]) -> dict[str, Any]
         "failed_streak": state.get("failed_streak", 0) + 1 if all(c["error"] for c in candidates) else 0,
     }
     # a single thinker chosen by confidence needs no record of the choice (checkpoints stay as small as before)
-    if len(candidates) > 1 or selection["rule"] != "confidence":
+    if len(pool) > 1 or selection["rule"] != "confidence":
         update["selection"] = selection
     if verdict is not None:
         update["verdict"] = None

@@ -7,11 +7,12 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
-from knowledge_flow.nodes.common import step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.state import Candidate, State
 from knowledge_flow.text.parsing import parse_rollout
 
 
+@guarded
 def extract_answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     strategy, step, _ = step_of(state, runtime)

@@ -10,9 +10,11 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from knowledge_flow.context import Context
+from knowledge_flow.endpoint.urls import shown_url
 from knowledge_flow.nodes.common import context_of, store_of
 from knowledge_flow.params import resolve_run
 from knowledge_flow.state import State
+from knowledge_flow.user_files import check_problem
 from knowledge_flow.version import package_version
 
 #: State of TRT, DeepConf and thinker selection, and its value at the start of a run on a thread that held one
@@ -24,6 +26,7 @@ RUN_FIELDS: dict[str, Any] = {
     "thinker_strategies": [],
     "strategy_history": [],
     "reflection": None,
+    "best": None,
 }
 
 
@@ -31,6 +34,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     problem = state.get("problem")
     if not isinstance(problem, str) or not problem.strip():
         raise ValueError("problem must be a non-empty string")
+    check_problem(problem)
     params, prompt_set = resolve_run(state)
     run_id = uuid.uuid4().hex
     thread_id = str((get_config().get("configurable") or {}).get("thread_id") or run_id)
@@ -41,7 +45,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         thread_id=thread_id,
         problem=problem,
         params=dict(params),
-        base_url=context_of(runtime).base_url,
+        base_url=shown_url(context_of(runtime).base_url),
         package_version=package_version(),
     )
     update: dict[str, Any] = {

@@ -1,12 +1,14 @@
 """LLM calls outside the rollouts, as graph steps of their own: `reflect` (before an iteration, for strategies
-that reflect: TRT's planning call before round 1, its reflection before every later round) and `verify` (after
-`extract_answer`, for the select rule `verifier`: one call picks the iteration's answer among its rollouts).
+that reflect: TRT's planning call before round 1, its reflection before every later round unless the manager
+does its work), `verify` (after `extract_answer`, for the select rule `verifier`: one call picks the
+iteration's answer among its candidates) and `manage` (after `extract_answer`, for the select rule
+`manager`: one call per iteration picks the answer and writes the lesson and the next strategies).
 
 Each call is stored in the rollout store (``kf_calls``) under ``{run_id}:{iteration}:{kind}`` before it is
 used; when a step runs again after a crash, the stored call is read back, never requested again. A call that
 fails for good (see `knowledge_flow.nodes.calls`) is stored with its reason and the run goes on: a failed
-planning or reflection call leaves the strategies as they were, a failed verifier leaves the choice to the
-vote. Their tokens count in the run's usage.
+planning or reflection call leaves the strategies as they were, a failed verifier or manager leaves the choice
+to the vote. Their tokens count in the run's usage.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion
 from knowledge_flow.endpoint.served import Served
 from knowledge_flow.nodes.calls import endpoint_of, request_once, sampling_of
-from knowledge_flow.nodes.common import step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.distill import knowledge_update
 from knowledge_flow.persistence.store import CallRow, RolloutStore, utcnow
 from knowledge_flow.state import Candidate, State, ThinkerStrategy, Usage, Verdict
-from knowledge_flow.strategies import Reflecting, RolloutPrompt, RoundRollout, get_strategy
-from knowledge_flow.strategies.trt import PLAN, REFLECT, VERIFY, final_text
+from knowledge_flow.strategies import Reflecting, RolloutPrompt, RoundRollout, Step, get_strategy
+from knowledge_flow.strategies.selection import choice_in, with_previous
+from knowledge_flow.strategies.selection import eligible as can_choose
+from knowledge_flow.strategies.trt import MANAGE, VERIFY
+from knowledge_flow.strategies.trt_replies import PLAN, REFLECT
 from knowledge_flow.text.answers import normalize
+from knowledge_flow.text.parsing import final_text
 
-__all__ = ["reflect", "route_after_extract", "route_after_prepare", "verify"]
+__all__ = ["manage", "reflect", "route_after_extract", "route_after_prepare", "verify"]
 
 
 def call_id(run_id: str, iteration: int, kind: str) -> str:
@@ -100,6 +106,7 @@ def last_round(state: State, store: RolloutStore) -> list[RoundRollout]:
     ]
 
 
+@guarded
 def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     reflecting = cast(Reflecting, strategy)
@@ -111,50 +118,77 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         existing = stored_call(state, runtime, served, kind, reflecting.reflect_prompt(step, kind, rounds))
     row = existing
     update = reflecting.apply_reflection(step, kind, row.id, reply_text(row))
+    return applied(state, runtime, row, update, update.get("reflection"))
+
+
+def applied(
+    state: State, runtime: Runtime[Context], row: CallRow, update: dict[str, Any], outcome: Any
+) -> dict[str, Any]:
+    """`update` as a state write (a grown knowledge record writes its new items only), with the call's tokens;
+    `outcome` is stored with the call."""
     if "knowledge" in update:
         change = knowledge_update(state.get("knowledge", []), update.pop("knowledge"))
         if change:
             update["knowledge"] = change
-    store_of(runtime).update_call(row.id, outcome_json=json.dumps(update.get("reflection"), ensure_ascii=False))
+    store_of(runtime).update_call(row.id, outcome_json=json.dumps(outcome, ensure_ascii=False))
     return {**update, "usage": with_usage(state, row)}
 
 
 def eligible(state: State) -> list[Candidate]:
-    """The candidates a verifier chooses among: rollouts with an answer that may vote."""
-    answer_type = state["params"]["answer_type"]
-    return [
-        c
-        for c in state.get("candidates") or []
-        if c["error"] is None and not c.get("excluded") and normalize(c["answer"], answer_type) is not None
-    ]
+    """The candidates a verifier or manager chooses among: the previous best (when the run carries one), then
+    the rollouts, those with an answer that may vote."""
+    pool = with_previous(state.get("best"), state.get("candidates") or [])
+    return can_choose(pool, state["params"]["answer_type"])
 
 
-def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+def choosing_call(
+    state: State, runtime: Runtime[Context], kind: str
+) -> tuple[Reflecting, Step, list[Candidate], CallRow]:
+    """The iteration's verifier or manager call over its candidates: the stored one, else sent and stored."""
     strategy, step, served = step_of(state, runtime)
     reflecting = cast(Reflecting, strategy)
     candidates = eligible(state)
-    row = store_of(runtime).get_call(call_id(state["run_id"], state.get("iteration", 0), VERIFY))
+    row = store_of(runtime).get_call(call_id(state["run_id"], state.get("iteration", 0), kind))
     if row is None:
-        row = stored_call(state, runtime, served, VERIFY, reflecting.verify_prompt(step, candidates))
+        build = reflecting.verify_prompt if kind == VERIFY else reflecting.manage_prompt
+        row = stored_call(state, runtime, served, kind, build(step, candidates))
+    return reflecting, step, candidates, row
+
+
+@guarded
+def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    _, _, candidates, row = choosing_call(state, runtime, VERIFY)
     text = reply_text(row)
-    number = reflecting.parse_verdict(text, len(candidates)) if text is not None else None
+    number = choice_in(text, len(candidates)) if text is not None else None
     chosen = candidates[number - 1]["rollout_id"] if number is not None else None
     error = row.error or (None if number is not None else "no valid selected_solution_id in the reply")
     verdict = Verdict(call_id=row.id, rollout_id=chosen, error=error)
-    store_of(runtime).update_call(
-        row.id, outcome_json=json.dumps({"selected_solution_id": number, "rollout_id": chosen, "error": error})
-    )
-    return {"verdict": verdict, "usage": with_usage(state, row)}
+    outcome = {"selected_solution_id": number, "rollout_id": chosen, "error": error}
+    return applied(state, runtime, row, {"verdict": verdict}, outcome)
+
+
+@guarded
+def manage(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    reflecting, step, candidates, row = choosing_call(state, runtime, MANAGE)
+    update = reflecting.apply_manager(step, candidates, row.id, reply_text(row))
+    verdict: Verdict = update["verdict"]
+    number = next((n for n, c in enumerate(candidates, 1) if c["rollout_id"] == verdict["rollout_id"]), None)
+    outcome = {**update["reflection"], "selected_solution_id": number, "rollout_id": verdict["rollout_id"]}
+    return applied(state, runtime, row, update, outcome)
 
 
 def route_after_prepare(state: State) -> Literal["reflect", "solve"]:
     return "reflect" if get_strategy(state["params"]["strategy"]).reflects else "solve"
 
 
-def route_after_extract(state: State) -> Literal["verify", "distill_knowledge"]:
-    """The verifier runs only when the select rule asks for it and the rollouts disagree."""
+def route_after_extract(state: State) -> Literal["verify", "manage", "distill_knowledge"]:
+    """The manager runs every iteration that has a candidate with an answer; the verifier only when the
+    candidates disagree."""
     params = state["params"]
-    if params.get("select_rule") != "verifier":
+    rule = params.get("select_rule")
+    if rule == "manager":
+        return "manage" if eligible(state) else "distill_knowledge"
+    if rule != "verifier":
         return "distill_knowledge"
     answers = {normalize(c["answer"], params["answer_type"]) for c in eligible(state)}
     return "verify" if len(answers) >= 2 else "distill_knowledge"

@@ -11,9 +11,11 @@ served tokenizer, fits the generation budget to the served context and picks the
 
 Streaming (strategies that ask for it, e.g. deepconf): every thinker is its own streamed request with top
 log-probabilities; the client stops a trace once its group confidence falls below the strategy's threshold
-(see `knowledge_flow.strategies.confidence.WindowMonitor`) and stores it with the tokens it received and the stop reason
-``gconf_threshold``. Streams go out concurrently, except to llama.cpp's server, which ends a running stream
-when another request arrives: there they go one after the other.
+(see `knowledge_flow.strategies.confidence.WindowMonitor`) and stores it with the tokens it received and the
+stop reason ``gconf_threshold``; the traces of a wave are stored with the order they finished in, and the stop
+policy may close the wave's running streams as each trace finishes (`knowledge_flow.nodes.waves`). Streams go
+out concurrently, except to llama.cpp's server, which ends a running stream when another request arrives:
+there they go one after the other.
 
 With top log-probabilities (run option `top_logprobs`), each rollout is stored with its DeepConf measures
 and its per-token confidences.
@@ -36,7 +38,6 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, prepare, sample, send_stream
-from knowledge_flow.endpoint.client import endpoint_errors
 from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD, seed_of
 from knowledge_flow.nodes.calls import (
     CONTENT_ATTEMPTS,
@@ -48,19 +49,19 @@ from knowledge_flow.nodes.calls import (
     sampling_of,
     with_faults,
 )
-from knowledge_flow.nodes.common import context_of, step_of, store_of
+from knowledge_flow.nodes.common import guarded, step_of, store_of
+from knowledge_flow.nodes.waves import NOT_SENT, Wave, note_inactive_filter, open_wave, text_of, unsent
 from knowledge_flow.options import DEFAULT_WINDOW, SEED_STRIDE
 from knowledge_flow.persistence.compression import pack_confidences
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
+from knowledge_flow.prompts import PromptSetError
 from knowledge_flow.state import State
 from knowledge_flow.strategies import RolloutPrompt, Streaming, get_strategy
-from knowledge_flow.strategies.confidence import WindowMonitor, measures, token_confidences
+from knowledge_flow.strategies.confidence import Measures, WindowMonitor, measures, token_confidences
 from knowledge_flow.strategies.thinkers import spread
 from knowledge_flow.text.tokens import estimate_tokens
 
 __all__ = ["CONTENT_ATTEMPTS", "CONTENT_FAULTS", "REQUEST_FAULTS", "rollout_id", "sample_or_fault", "solve"]
-
-STOPPED = "gconf_threshold"
 
 
 def cut_prompt_tokens(prepared: Prepared | None) -> int:
@@ -95,6 +96,10 @@ class Outcome:
     completion: Completion | None
     error: str | None
     confidences: list[float] | None = None
+    stop_reason: str | None = None
+    """Streamed: why the trace does not vote (`nodes.waves`)."""
+    finish_order: int | None = None
+    """Streamed: its place in the order the run's traces finished."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,19 @@ class Iteration:
     streaming: Streaming | None
     endpoint: Endpoint
     store: RolloutStore
+    wave: Wave | None = None
+
+    def trace_measures(self, outcome: Outcome) -> tuple[list[float] | None, Measures | None]:
+        """A rollout's per-token confidences and DeepConf measures (only where the run asked for candidates)."""
+        params = self.state["params"]
+        top = int(params.get("top_logprobs") or 0)
+        if not top:
+            return None, None
+        confidences = outcome.confidences
+        if confidences is None and outcome.completion is not None and outcome.completion.top_logprobs:
+            confidences = token_confidences(outcome.completion.top_logprobs, top)
+        window = int(params.get("confidence_window") or DEFAULT_WINDOW)
+        return confidences, measures(confidences, window) if confidences else None
 
     def store_outcomes(
         self,
@@ -129,13 +147,9 @@ class Iteration:
             completion = outcome.completion or Completion(
                 "", None, "error", 0, 0, 0.0, temperature=self.temperatures[index]
             )
-            confidences = outcome.confidences
-            if confidences is None and completion.top_logprobs:
-                confidences = token_confidences(completion.top_logprobs)
-            if not params.get("top_logprobs"):  # measures only where the run asked for candidates
-                confidences = None
-            found = measures(confidences, window) if confidences else None
+            confidences, found = self.trace_measures(outcome)
             streamed = self.streaming is not None and outcome.completion is not None
+            streamed = streamed and completion.usage_source != NOT_SENT
             prompt_tokens = completion.prompt_tokens or (cut_prompt_tokens(prepared) if streamed else 0)
             self.store.add_rollout(
                 RolloutRow(
@@ -170,9 +184,12 @@ class Iteration:
                     conf_tail=found.tail if found else None,
                     conf_window=window if found else None,
                     conf_threshold=self.streaming.threshold if self.streaming is not None else None,
-                    stop_reason=STOPPED if completion.cancelled else None,
+                    stop_reason=outcome.stop_reason,
                     token_confidence=pack_confidences(confidences) if confidences else None,
-                )
+                    finish_order=outcome.finish_order,
+                    usage_source=completion.usage_source,
+                ),
+                len(self.ids),
             )
 
     def run_batch(self, indices: list[int]) -> None:
@@ -204,19 +221,25 @@ class Iteration:
         self.store_outcomes(indices, prepared, outcomes, counted=counted, retries=resends.count)
 
     def run_stream(self, index: int, prepared: Prepared | None, too_long: PromptTooLong | None) -> None:
-        """One streamed thinker, stopped below the threshold; stored when it ends."""
-        assert self.streaming is not None
-        streaming, endpoint = self.streaming, self.endpoint
+        """One streamed thinker, stopped below the threshold or once the wave's consensus is reached; stored
+        when it ends, with its place in the finishing order."""
+        assert self.streaming is not None and self.wave is not None
+        streaming, endpoint, wave = self.streaming, self.endpoint, self.wave
         sampling = replace(self.sampling, temperature=self.temperatures[index], n=1)
         sampling = replace(sampling, seed=seed_of(self.sampling, index))
         outcome = Outcome(None, str(too_long) if too_long is not None else None)
         resends = Resends()
-        if prepared is not None:
+        stopped = False
+        if prepared is not None and wave.reached.is_set():
+            outcome = Outcome(unsent(sampling.temperature), None)
+        elif prepared is not None:
             ready = prepared
+            k = int(self.state["params"].get("top_logprobs") or 0) or None
 
             def attempt() -> Outcome:
                 def on(url: str) -> Outcome:
-                    monitor = WindowMonitor(streaming.threshold, streaming.window)  # fresh for each attempt
+                    nonlocal stopped
+                    monitor = WindowMonitor(streaming.threshold, streaming.window, k)  # fresh for each attempt
                     completion = send_stream(
                         endpoint.served,
                         ready,
@@ -224,24 +247,49 @@ class Iteration:
                         url,
                         timeout=endpoint.timeout,
                         max_retries=endpoint.retries,
-                        on_position=monitor.push,
+                        on_position=wave.hook(monitor),
                     )
+                    stopped = monitor.stopped_at is not None
                     return Outcome(completion, None, monitor.confidences)
 
                 return endpoint.pool.call(lambda url: endpoint.on(url, lambda: on(url), resends))
 
             result = with_faults(attempt, endpoint.secrets, resends)
             outcome = result if isinstance(result, Outcome) else Outcome(None, result)
+        completion = outcome.completion
+        text = text_of(prepared, completion) if prepared is not None and completion is not None else ""
+        _, found = self.trace_measures(outcome)
+        reason, order = wave.settle(
+            self.ids[index], completion, outcome.error, text, found.as_dict() if found else None, stopped
+        )
+        outcome = replace(outcome, stop_reason=reason, finish_order=order)
         counted = too_long.prompt_tokens if too_long is not None else None
         self.store_outcomes([index], prepared, [outcome], counted=counted, retries=resends.count)
 
 
+def store_unrendered(state: State, store: RolloutStore, ids: list[str], count: int, reason: str) -> None:
+    """Rollouts (of an iteration of `count`) whose prompt could not be built: stored as failed, with the
+    reason; nothing is sent."""
+    for rid in ids:
+        store.add_rollout(
+            RolloutRow(
+                id=rid,
+                run_id=state["run_id"],
+                thread_id=state["thread_id"],
+                iteration=state.get("iteration", 0),
+                index=int(rid.rsplit(":", 1)[1]),
+                created_at=utcnow(),
+                prompt_json="[]",
+                content="",
+                finish_reason="error",
+                error=reason,
+            ),
+            count,
+        )
+
+
+@guarded
 def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    with endpoint_errors((context_of(runtime).api_key,)):
-        return _solve(state, runtime)
-
-
-def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["params"]
     iteration = state.get("iteration", 0)
     store = store_of(runtime)
@@ -256,7 +304,12 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     strategy, step, served = step_of(state, runtime)
     if iteration == 0:
         store.update_run(state["run_id"], served_json=json.dumps(served.info().as_dict()))
-    prompts = strategy.build_prompts(step, count)
+    try:
+        prompts = strategy.build_prompts(step, count)
+    except PromptSetError as exc:  # e.g. a model's text made a template pass its bounds
+        reason = f"the prompt could not be rendered: {exc}"
+        store_unrendered(state, store, [ids[index] for index in missing], count, reason)
+        return {"pending_rollouts": ids}
     if len(prompts) != count:
         raise RuntimeError(f"strategy {strategy.name} built {len(prompts)} prompts for {count} thinkers")
     streaming = strategy.streaming(step)
@@ -268,7 +321,8 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         top_logprobs=top,
         seed_offset=SEED_STRIDE * iteration,
     )
-    work = Iteration(state, ids, prompts, temperatures, sampling, streaming, endpoint_of(runtime, served), store)
+    wave = open_wave(store, strategy, step, streaming, ids) if streaming is not None else None
+    work = Iteration(state, ids, prompts, temperatures, sampling, streaming, endpoint_of(runtime, served), store, wave)
     # thinkers whose prompts are the same request share requests (and one count of the prompt's tokens)
     groups: list[list[int]] = []
     for index in missing:
@@ -288,6 +342,7 @@ def _solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         too_long: PromptTooLong | None = None
         try:
             prepared = prepare(served, prompt.messages, prompt.prefill, prompt.max_tokens)
+            note_inactive_filter(prepared, streaming, params)
         except PromptTooLong as exc:
             too_long = exc
         for index in group:

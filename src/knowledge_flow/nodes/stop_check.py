@@ -1,7 +1,7 @@
 """`stop_check`: the stop policy decides; the final-answer rule picks the answer (see `policies`).
 
-The run goes on to `reflect` (strategies with a reflect step, e.g. trt) or straight to `solve`; a run that
-stops skips the reflection that would only prepare an iteration never run.
+The run goes on to `reflect` (strategies with a reflect step, e.g. trt, unless a manager call does its work)
+or straight to `solve`; a run that stops skips the reflection that would only prepare an iteration never run.
 
 A run whose rollouts keep failing is not done but failed: after `MAX_FAILED_STREAK` iterations in a row whose
 every rollout failed (the cause is the setup, not the model), or when the budget ran out without a single
@@ -48,4 +48,7 @@ def stop_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 def route_after_stop_check(state: State) -> Literal["reflect", "solve", "__end__"]:
     if state.get("status") in ("done", "failed"):
         return "__end__"
-    return "reflect" if get_strategy(state["params"]["strategy"]).reflects else "solve"
+    params = state["params"]
+    # a manager call after each iteration already wrote the next one's strategies and lesson
+    reflects = get_strategy(params["strategy"]).reflects and params.get("select_rule") != "manager"
+    return "reflect" if reflects else "solve"

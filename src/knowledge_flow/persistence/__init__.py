@@ -2,7 +2,8 @@
 
 Modules: `files` (the file checks, standard library only), `checkpointer` (LangGraph's SQLite saver, opened
 lazily, compressed), `rows` and `schema` (the tables, opening and migrating a file), `store` (runs, rollouts, calls,
-prompt sets), `leases` (one process per run).
+prompt sets), `seals` (a digest of every row's stored values) and `damage` (runs whose rows are missing, altered
+or unreadable), `leases` (one process per run).
 The names below load on first use.
 """
 

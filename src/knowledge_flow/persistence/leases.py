@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Float, Integer, String, Text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from knowledge_flow.persistence.rows import Base, utcnow
@@ -73,10 +75,13 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * HEARTBEAT_S)
-        with self.store.session() as session:
-            row = session.get(LeaseRow, self.key)
-            if row is not None and row.token == self.token:
-                session.delete(row)
+        try:
+            with self.store.session() as session:
+                row = session.get(LeaseRow, self.key)
+                if row is not None and row.token == self.token:
+                    session.delete(row)
+        except (DBAPIError, sqlite3.Error):  # a full or failing disk: the lease expires with this process
+            pass
 
     def __enter__(self) -> Lease:
         return self
@@ -109,11 +114,14 @@ def acquire(store: RolloutStore, key: str, *, heartbeat: bool = True) -> Lease:
 
 def _renew(lease: Lease) -> None:
     while not lease._stop.wait(HEARTBEAT_S):
-        with lease.store.session() as session:
-            row = session.get(LeaseRow, lease.key)
-            if row is None or row.token != lease.token:
-                return  # taken over (we were presumed dead): stop renewing
-            row.heartbeat = time.time()
+        try:
+            with lease.store.session() as session:
+                row = session.get(LeaseRow, lease.key)
+                if row is None or row.token != lease.token:
+                    return  # taken over (we were presumed dead): stop renewing
+                row.heartbeat = time.time()
+        except (DBAPIError, sqlite3.Error):  # the database failed: the command reports it
+            return
 
 
 def holder(store: RolloutStore, key: str) -> LeaseRow | None:

@@ -8,11 +8,16 @@ Tables (in the same SQLite file as the LangGraph checkpoints):
   token usage, latency and finish reason. Long texts are stored compressed (read them through the store).
   Its id is ``{run_id}:{iteration}:{index}``, so a rollout whose
   response was received is found again after a crash and never requested twice. With log-probabilities it
-  also holds DeepConf's trace measures (``conf_*``), its per-token confidences (packed float16,
-  compressed) and, for a trace kept out of votes, why (``stop_reason``).
+  also holds DeepConf's trace measures (``conf_*``), its per-token confidences (packed float32,
+  compressed) and, for a trace kept out of votes, why (``stop_reason``); a streamed trace holds its place in
+  the order traces finished (``finish_order``) and where its token count comes from (``usage_source``).
 - ``kf_calls``: LLM calls outside the rollouts (TRT's planning, reflection and verifier calls), with their
   prompt, output and what was made of it; id ``{run_id}:{iteration}:{kind}``, so a stored call is never
   requested twice either.
+- ``kf_selections``: how each iteration's answer was chosen among its candidates: the rule as applied (``vote
+  (tie: confidence)``, ``vote (no verdict)`` ...), the rollout chosen (an earlier iteration's when TRT kept its
+  previous best), the votes and the agreement; id ``{run_id}:{iteration}``. Added without a new schema version:
+  a file that lacks the table gets it when it is opened, and iterations without a row read their rank-0 rollout.
 - ``kf_evals``, ``kf_eval_items``: evaluation runs, in `knowledge_flow.evaluation.rows`; ``kf_leases``: one
   process per run, in `knowledge_flow.persistence.leases`.
 """
@@ -28,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knowledge_flow.persistence.compression import CompressedText
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 """1: runs and rollouts. 2: evaluation tables; rollouts gain temperature, confidence, rank (thinkers) and
 endpoint (replicas). 3: long texts (prompt, output, reasoning, summary) and checkpoints are stored compressed,
 and the graph's append-only lists are delta channels (each item written once); rows and checkpoints written
@@ -37,7 +42,11 @@ before stay readable. 4: prompt sets (``kf_prompt_sets``); rollouts gain the req
 outside the rollouts (``kf_calls``: TRT planning, reflection, verifier); rollouts gain the TRT strategy they
 followed, DeepConf measures (tokens, mean, lowest, bottom10, tail, window), the online threshold in force,
 the stop reason of a trace kept out of votes, the per-token confidences and the requests sent again
-(``retries``); runs gain DeepConf's threshold."""
+(``retries``); runs gain DeepConf's threshold. 6: rollouts gain the order in which streamed traces finished
+(``finish_order``) and where a streamed trace's token count comes from (``usage_source``); per-token
+confidences are written as float32 (float16 rows stay readable). 7: rows of runs, rollouts, calls,
+evaluations and their problems carry a seal (`knowledge_flow.persistence.seals`); rollouts record how many
+rollouts their iteration has."""
 
 
 class SchemaError(RuntimeError):
@@ -60,6 +69,8 @@ class MetaRow(Base):
 
 class RunRow(Base):
     __tablename__ = "kf_runs"
+    #: Mirrors of the run's checkpoint (`knowledge_flow.runs.MIRRORED`): the checkpoint is their source.
+    __table_args__ = {"info": {"unsealed": ("status", "iterations_done", "final_answer")}}  # noqa: RUF012
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     thread_id: Mapped[str] = mapped_column(String(256), index=True)
     created_at: Mapped[str] = mapped_column(String(40))
@@ -78,6 +89,7 @@ class RunRow(Base):
     """What the endpoint served: model name, context length, server kind, how tokens were counted."""
     confidence_threshold: Mapped[float | None] = mapped_column(Float)
     """deepconf: the online threshold the warm-up wave set."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -163,10 +175,21 @@ class RolloutRow(Base):
     conf_threshold: Mapped[float | None] = mapped_column(Float)
     """deepconf: the online threshold in force when the trace was sampled (None during the warm-up)."""
     stop_reason: Mapped[str | None] = mapped_column(String(32))
-    """Why the trace is kept out of votes: gconf_threshold (stopped by the client mid-stream) or
-    below_threshold (finished, its lowest group confidence under the threshold)."""
+    """Why the trace is kept out of votes: gconf_threshold (stopped by the client mid-stream),
+    below_threshold (finished, its lowest group confidence under the threshold) or consensus_cancelled
+    (finished or closed after the stop policy's consensus was reached)."""
+    finish_order: Mapped[int | None] = mapped_column(Integer)
+    """Streamed traces: the 0-based place in the order the run's traces finished (the paper's accounting
+    one trace at a time can be recomputed from it)."""
+    usage_source: Mapped[str | None] = mapped_column(String(24))
+    """Streamed traces: where `completion_tokens` comes from: server (the final usage), server-at-close
+    (the server's count in the last chunk read before the client closed the stream), received (the tokens
+    received) or chunks-estimate (the chunks received: an estimate)."""
     token_confidence: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Per-token confidences, packed (`compression.pack_confidences`); read with `RolloutStore.token_confidences`."""
+    iteration_rollouts: Mapped[int | None] = mapped_column(Integer)
+    """How many rollouts (thinkers) its iteration has."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def strategy(self) -> dict[str, str] | None:
@@ -229,6 +252,7 @@ class CallRow(Base):
     """Why the call failed (no usable response after retries)."""
     outcome_json: Mapped[str | None] = mapped_column(Text)
     """What the call changed, as applied (small JSON)."""
+    seal: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -238,3 +262,26 @@ class CallRow(Base):
     @property
     def outcome(self) -> dict[str, Any] | None:
         return json.loads(self.outcome_json) if self.outcome_json else None
+
+
+class SelectionRow(Base):
+    """How one iteration's answer was chosen among its candidates."""
+
+    __tablename__ = "kf_selections"
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    """``{run_id}:{iteration}``."""
+    run_id: Mapped[str] = mapped_column(ForeignKey("kf_runs.run_id"), index=True)
+    iteration: Mapped[int] = mapped_column(Integer)
+    rule: Mapped[str] = mapped_column(String(96))
+    """The select rule as applied (`knowledge_flow.records.Selection.rule`)."""
+    rollout_id: Mapped[str | None] = mapped_column(String(128))
+    """The chosen rollout: one of the iteration's, or an earlier one's kept as the previous best."""
+    answer: Mapped[str | None] = mapped_column(Text)
+    kept_previous: Mapped[bool] = mapped_column(Boolean, default=False)
+    votes_json: Mapped[str] = mapped_column(Text, default="{}")
+    agreement: Mapped[float] = mapped_column(Float, default=0.0)
+
+    @property
+    def votes(self) -> dict[str, float]:
+        value: dict[str, float] = json.loads(self.votes_json)
+        return value

@@ -18,15 +18,18 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Template, TemplateError, meta
+from jinja2 import Template, meta
 from pydantic import BaseModel, ValidationError
 
+from knowledge_flow.prompts.bounds import TemplateFailure, guarded, render_bounded
 from knowledge_flow.prompts.environment import environment
 from knowledge_flow.records import ModelFamily
+from knowledge_flow.user_files import MAX_PROMPT_SET_BYTES, UserFileError, read_text
 
 #: Keys of the top level that describe the set rather than a strategy.
 META_KEYS = frozenset({"name", "description", "follows"})
@@ -66,16 +69,20 @@ class PromptTable:
     label: str
     templates: dict[str, Template]
     rules: Any
+    uses: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Per template, the variables it uses."""
 
     def has(self, key: str) -> bool:
         return key in self.templates
 
     def render(self, key: str, **variables: Any) -> str:
+        """The template `key` rendered, within the bounds of `knowledge_flow.prompts.bounds`."""
+        template = self.templates.get(key)
+        if template is None:
+            raise PromptSetError(f"prompt set {self.set_name!r} has no {key!r} in {self.label}")
         try:
-            return self.templates[key].render(**variables)
-        except KeyError:
-            raise PromptSetError(f"prompt set {self.set_name!r} has no {key!r} in {self.label}") from None
-        except TemplateError as exc:
+            return guarded(lambda: render_bounded(template.generate(**variables)))
+        except TemplateFailure as exc:
             raise PromptSetError(f"prompt set {self.set_name!r}, {key!r} in {self.label}: {exc}") from None
 
     def render_optional(self, key: str, **variables: Any) -> str | None:
@@ -128,8 +135,8 @@ def _compile_cached(source: str, name: str, spec: PromptSpec) -> PromptTable:
     missing = [key for key in spec.required if key not in entries]
     if missing:
         raise PromptSetError(f"prompt set {name!r}: {spec.label} needs {', '.join(missing)}")
-    env = environment()
     templates: dict[str, Template] = {}
+    uses: dict[str, frozenset[str]] = {}
     for key in (*spec.required, *spec.optional):
         if key not in entries:
             continue
@@ -137,12 +144,12 @@ def _compile_cached(source: str, name: str, spec: PromptSpec) -> PromptTable:
         if not isinstance(text, str):
             raise PromptSetError(f"prompt set {name!r}: {key!r} in {spec.label} must be a string")
         try:
-            used = meta.find_undeclared_variables(env.parse(text))
-            templates[key] = env.from_string(text)
-        except TemplateError as exc:
+            used, templates[key] = guarded(partial(_compile_template, text))
+        except TemplateFailure as exc:
             raise PromptSetError(
                 f"prompt set {name!r}: {key!r} in {spec.label} is not a valid template: {exc}"
             ) from None
+        uses[key] = frozenset(used)
         unknown_vars = sorted(used - spec.variables)
         if unknown_vars:
             raise PromptSetError(
@@ -157,7 +164,14 @@ def _compile_cached(source: str, name: str, spec: PromptSpec) -> PromptTable:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise PromptSetError(f"prompt set {name!r}: rules in {spec.label}: {problems}") from None
-    return PromptTable(name, spec.label, templates, rules)
+    return PromptTable(name, spec.label, templates, rules, uses)
+
+
+def _compile_template(text: str) -> tuple[set[str], Template]:
+    """The names a template uses and the template (compiled within the bounds)."""
+    env = environment()
+    parsed = env.parse(text)
+    return meta.find_undeclared_variables(parsed), env.from_string(parsed)
 
 
 def _compile(prompt_set: PromptSet, spec: PromptSpec) -> PromptTable:
@@ -222,8 +236,8 @@ def with_rules(source: str, name: str, rules: dict[str, Any] | None = None, drop
 def parse(source: str, origin: str, default_name: str) -> PromptSet:
     try:
         data = tomllib.loads(source)
-    except tomllib.TOMLDecodeError as exc:
-        raise PromptSetError(f"prompt set {origin} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # nesting deeper than the parser's stack
+        raise PromptSetError(f"prompt set {origin} is not valid TOML: {exc or 'nested too deeply'}") from None
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise PromptSetError(f"prompt set {origin}: 'name' must be a non-empty string")
@@ -250,9 +264,9 @@ def load_prompt_set(spec: str) -> PromptSet:
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".toml" or path.exists():
         try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PromptSetError(f"cannot read prompt set {str(path)!r}: {exc}") from None
+            source = read_text(path, MAX_PROMPT_SET_BYTES, "prompt set")
+        except UserFileError as exc:
+            raise PromptSetError(str(exc)) from None
         return parse(source, str(path.resolve()), path.stem)
     raise PromptSetError(
         f"unknown prompt set {spec!r}: give a built-in name ({', '.join(builtin_names())}) or a .toml file"

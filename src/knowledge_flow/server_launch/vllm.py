@@ -14,7 +14,9 @@ Profiles hold settings per vLLM release, for the two releases they were checked 
 
 A profile's settings are those of the newest checked release not newer than the installed one. Every profile
 passes ``--generation-config vllm``: otherwise vLLM fills the sampling parameters a request omits from the
-model's ``generation_config.json`` (for Qwen: temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05).
+model's ``generation_config.json`` (for Qwen: temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05);
+and ``--max-logprobs 21``: DeepConf's token confidence over the top 20 asks for 21 log-probabilities (see
+`strategies.confidence`), one more than vLLM allows by default.
 
 - ``gpt-oss-120b``: ``--max-model-len 131072``, ``--no-enable-prefix-caching``, Triton attention.
 - ``qwen3-235b-thinking``: ``--max-model-len 262144``, ``--reasoning-parser qwen3``, FlashAttention.
@@ -35,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from knowledge_flow.options import MAX_TOP_LOGPROBS
 from knowledge_flow.server_launch.process import ServerProcess, start_server
 from knowledge_flow.server_launch.vllm_install import VllmInstall, VllmSetupError, source_mentions
 from knowledge_flow.server_launch.vllm_model import PACKAGED_MODEL, SERVED_NAME, converted_dir
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CHECKED_RELEASES = ("0.10.2", "0.32.0")
-COMMON_ARGS = ("--generation-config", "vllm")
+COMMON_ARGS = ("--generation-config", "vllm", "--max-logprobs", str(MAX_TOP_LOGPROBS + 1))
 ORIGIN_KFLOW = "kflow serve vllm"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from knowledge_flow.options import fallback_of
 from knowledge_flow.prompts import PromptSet
 from knowledge_flow.records import KnowledgeItem
 from knowledge_flow.strategies.base import (
@@ -45,6 +46,16 @@ _ALL: tuple[Strategy, ...] = (
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in _ALL}
 
 
+def default_text(name: str) -> str | None:
+    """The defaults of an option a strategy may default differently, for help texts: ``default: 512;
+    deepconf: 64000`` (None for other options)."""
+    own = [f"{strategy.name}: {strategy.defaults[name]}" for strategy in _ALL if name in strategy.defaults]
+    fallback = fallback_of(name)
+    if not own and fallback is None:
+        return None
+    return "; ".join([f"default: {'none' if fallback is None else fallback}", *own])
+
+
 def shown_knowledge(state: State, prompt_set: PromptSet) -> list[KnowledgeItem]:
     """The knowledge the run's next prompt shows, in display order."""
     strategy = get_strategy(state["params"]["strategy"])
@@ -69,6 +80,7 @@ __all__ = [
     "Step",
     "Strategy",
     "Streaming",
+    "default_text",
     "get_strategy",
     "shown_knowledge",
 ]

@@ -7,7 +7,7 @@ iteration change the knowledge record and the reference solution. The graph's lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,7 @@ from knowledge_flow.records import (
     StoredRollout,
     ThinkerStrategy,
 )
+from knowledge_flow.strategies.budget import wave_size
 from knowledge_flow.text.answers import equivalent
 from knowledge_flow.text.parsing import ParsedRollout
 from knowledge_flow.text.tokens import TokenCounter
@@ -77,10 +78,12 @@ class RolloutPrompt:
 @dataclass(frozen=True)
 class Streaming:
     """How `solve` streams a strategy's rollouts: with top log-probabilities, stopping a trace once its
-    group confidence over `window` tokens falls below `threshold` (None: never stop)."""
+    group confidence over `window` tokens falls below `threshold` (None: never stop); with `per_trace`, the
+    stop policy is checked as each trace finishes (`knowledge_flow.nodes.waves`)."""
 
     threshold: float | None
     window: int
+    per_trace: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,13 +144,21 @@ class Strategy(Protocol):
     """The default way the iteration's answer is chosen among its thinkers (see `strategies.thinkers`)."""
     confidence_score: str
     """The default thinker score."""
-    default_thinkers: int
-    default_iterations: int | None
-    """None: the run default."""
+    defaults: Mapping[str, Any]
+    """Run options this strategy defaults differently from the run's own defaults (e.g. ``thinkers``,
+    ``iterations``, ``max_new_tokens``); a value the user gives wins. Only options whose field is ``None`` by
+    default (`knowledge_flow.options.fallback_of`) can be named."""
     reflects: bool
     """Whether the graph runs `reflect` before each iteration (the strategy is then a `Reflecting`)."""
     verifies: bool
     """Whether the strategy's prompt-set table has a verifier (select rule `verifier`)."""
+    manages: bool
+    """Whether the strategy's prompt-set table may have a manager (select rule `manager`: one call per
+    iteration chooses the answer and writes the next iteration's knowledge and strategies)."""
+
+    def first_wave(self, params: Mapping[str, Any]) -> int:
+        """Rollouts of the first iteration (a trace budget counts them; later iterations have `thinkers`)."""
+        ...
 
     def thinker_count(self, state: State) -> int:
         """Rollouts of the next iteration."""
@@ -191,8 +202,8 @@ class Strategy(Protocol):
 
 
 class Reflecting(Strategy, Protocol):
-    """A strategy with a `reflect` step: one stored LLM call before each iteration (TRT: planning before the
-    first round, reflection before the others)."""
+    """A strategy with a `reflect` step: one stored LLM call before an iteration (TRT: planning before the first
+    round, reflection before the others unless a manager call after each round does its work)."""
 
     def reflect_prompt(self, step: Step, kind: str, rounds: Sequence[RoundRollout]) -> RolloutPrompt:
         """The call's prompt; `rounds` are the last round's rollouts (empty for planning)."""
@@ -206,8 +217,14 @@ class Reflecting(Strategy, Protocol):
         """The verifier's prompt over the numbered candidates (1-based, in order)."""
         ...
 
-    def parse_verdict(self, final_text: str, count: int) -> int | None:
-        """The 1-based number of the candidate the verifier chose, or None."""
+    def manage_prompt(self, step: Step, candidates: Sequence[Candidate]) -> RolloutPrompt:
+        """The manager's prompt over the numbered candidates (1-based, in order)."""
+        ...
+
+    def apply_manager(
+        self, step: Step, candidates: Sequence[Candidate], call_id: str, final_text: str | None
+    ) -> dict[str, Any]:
+        """The state update from the manager's final text (None when the call failed), with its ``verdict``."""
         ...
 
 
@@ -233,14 +250,20 @@ class BaseStrategy:
     stop_policy = "fixed"
     select_rule = "confidence"
     confidence_score = "mean-logprob"
-    default_thinkers = 1
-    default_iterations: int | None = None
+    defaults: Mapping[str, Any] = {}
     reflects = False
     verifies = False
+    manages = False
     spec: PromptSpec
 
+    def first_wave(self, params: Mapping[str, Any]) -> int:
+        return int(params["thinkers"])
+
     def thinker_count(self, state: State) -> int:
-        return state["params"]["thinkers"]
+        params = state["params"]
+        return wave_size(
+            state.get("iteration", 0), self.first_wave(params), params["thinkers"], params.get("trace_budget")
+        )
 
     def build_prompts(self, step: Step, count: int) -> list[RolloutPrompt]:
         return [self.build_prompt(step)] * count

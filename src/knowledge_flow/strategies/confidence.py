@@ -1,10 +1,17 @@
 """DeepConf confidence measures (Fu et al., "Deep Think with Confidence", arXiv 2508.15260), computed from the
 log-probabilities an OpenAI-compatible server returns.
 
-- Token confidence: ``C_i = -mean_j logprob_j`` over the top-k candidates at position i (``top_logprobs``;
-  vLLM returns up to 20). Not the sampled token's log-probability. A peaked distribution gives a high C_i.
-  Positions without candidates are skipped; values at or below `LOGPROB_FLOOR` (vLLM writes -inf as
-  -9999.0) and non-finite values are left out of the mean, so one sentinel does not swamp it.
+- Token confidence: ``C_i = -mean_j logprob_j`` over the k most likely tokens at position i (``top_logprobs``
+  k, 20 in the paper). Not the sampled token's log-probability. A peaked distribution gives a high C_i. The
+  request asks for k + 1 candidates and the k largest are averaged: vLLM's chat path returns the sampled token
+  first and fills up to the count asked for, so with k it returns the sampled token plus the top k - 1 when
+  the sampled one is outside the top k; with k + 1 the exact top k is always there (the completions path
+  returns the top k + 1 plus the sampled token, keyed by token id with ``return_tokens_as_token_ids``, since
+  candidates with the same text would merge). This is the reference implementation's online formula (its
+  logits processor averages the exact top k); its offline `compute_confidence` averages what vLLM returns
+  for ``logprobs=20``, the top 20 plus the sampled token when that one is outside them, and rounds C_i to 3
+  decimals. Positions without candidates are skipped; values at or below `LOGPROB_FLOOR` (vLLM writes -inf as
+  -9999.0) and non-finite values are left out, so one sentinel does not swamp the mean.
 - Group confidence: the mean of C_i over a sliding window of `window` tokens (stride 1; 2048 in the paper). A
   trace shorter than the window has one group: the mean of all its tokens.
 - Trace measures (higher is more confident): ``lowest`` (the smallest group confidence), ``bottom10`` (the
@@ -16,7 +23,8 @@ log-probabilities an OpenAI-compatible server returns.
 - Voting (`weighted_vote`): each trace adds its weight to its answer; optionally only the top ``eta`` percent
   most confident traces vote (`keep_top`, ties at the cut kept, as the reference implementation does).
 
-Values are not rounded (the reference implementation rounds C_i and group means to 3 decimals).
+Values are not rounded (the reference implementation's offline code rounds C_i and group means to 3 decimals;
+its online stop does not); they are stored as float32 (`persistence.compression.pack_confidences`).
 """
 
 from __future__ import annotations
@@ -35,25 +43,29 @@ MEASURES: tuple[Measure, ...] = get_args(Measure)
 #: Log-probabilities at or below this are sentinels for -inf, not values.
 LOGPROB_FLOOR = -1000.0
 BOTTOM_SHARE = 0.1
-#: The largest float16 value (stored confidences are capped there).
 
 K = TypeVar("K", bound=Hashable)
 
 
-def token_confidence(top_logprobs: Iterable[float]) -> float | None:
-    """``-mean`` of a position's top-k log-probabilities; None when it has none that count."""
-    total, count = 0.0, 0
-    for value in top_logprobs:
-        if math.isfinite(value) and value > LOGPROB_FLOOR:
-            total += value
-            count += 1
-    return -total / count if count else None
+def token_confidence(top_logprobs: Iterable[float], k: int | None = None) -> float | None:
+    """``-mean`` of the `k` largest of a position's candidate log-probabilities (all of them when `k` is None
+    or there are fewer); None when it has none that count."""
+    values = [value for value in top_logprobs if math.isfinite(value) and value > LOGPROB_FLOOR]
+    if k is not None and len(values) > k:
+        values = heapq.nlargest(k, values)
+    return -math.fsum(values) / len(values) if values else None
 
 
-def token_confidences(positions: Iterable[Iterable[float]]) -> list[float]:
+def token_confidences(positions: Iterable[Iterable[float]], k: int | None = None) -> list[float]:
     """Per position with candidates, its token confidence."""
-    values = (token_confidence(top) for top in positions)
+    values = (token_confidence(top, k) for top in positions)
     return [value for value in values if value is not None]
+
+
+def below_threshold(found: Mapping[str, float] | None, threshold: float | None) -> bool:
+    """Whether a trace's lowest group confidence is below the online threshold (it then does not vote)."""
+    lowest = (found or {}).get("lowest")
+    return threshold is not None and lowest is not None and lowest < threshold
 
 
 def group_confidences(confidences: Sequence[float], window: int) -> list[float]:
@@ -98,12 +110,14 @@ def measures(confidences: Sequence[float], window: int = DEFAULT_WINDOW) -> Meas
 
 
 class WindowMonitor:
-    """Online check of a streamed trace: `push` each position's top-k log-probabilities; it returns True once
-    the last `window` tokens' mean confidence is below `threshold` (never before `window` tokens are in)."""
+    """Online check of a streamed trace: `push` each position's candidate log-probabilities; it returns True
+    once the last `window` tokens' mean confidence (over the `k` most likely) is below `threshold` (never
+    before `window` tokens are in)."""
 
-    def __init__(self, threshold: float | None, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, threshold: float | None, window: int = DEFAULT_WINDOW, k: int | None = None) -> None:
         self.threshold = threshold
         self.window = window
+        self.k = k
         self.confidences: list[float] = []
         self._recent: deque[float] = deque()
         self._sum = 0.0
@@ -111,7 +125,7 @@ class WindowMonitor:
         """Tokens received when the trace fell below the threshold."""
 
     def push(self, top_logprobs: Iterable[float]) -> bool:
-        value = token_confidence(top_logprobs)
+        value = token_confidence(top_logprobs, self.k)
         if value is None:
             return False
         self.confidences.append(value)

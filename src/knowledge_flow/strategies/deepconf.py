@@ -1,18 +1,23 @@
 """`deepconf`: parallel sampling with online confidence filtering and a confidence-weighted vote (DeepConf,
 Fu et al., arXiv 2508.15260), on a stock OpenAI-compatible server: no patched engine.
 
-- Iteration 0 is the warm-up wave: `warmup_traces` rollouts (16), streamed with `top_logprobs` (20) and never
+Defaults are the reference implementation's online mode (facebookresearch/deepconf): a budget of 256 traces
+(`trace_budget`, warm-up included), 64000 new tokens per trace (fitted to the served context), temperature
+0.6, top-p 0.95, 20 log-probabilities per token, groups of 2048 tokens. A value the user gives wins.
+
+- Iteration 0 is the warm-up wave: `warmup_traces` rollouts (16), streamed with top log-probabilities and never
   stopped. Their lowest group confidences set the online threshold: the ``100 - confidence_keep``
   percentile (keep 90: DeepConf-high, the default; 10: DeepConf-low). Warm-up traces below it do not vote.
-- Each later iteration is a wave of `thinkers` rollouts (16), streamed; the client closes a stream as soon as
-  the mean confidence of its last `confidence_window` tokens (2048) falls below the threshold. A stopped trace
-  is stored (the tokens received are the tokens paid for; stop reason ``gconf_threshold``) and does not vote;
-  nor does a finished trace whose lowest group confidence is below the threshold (``below_threshold``: a
-  trace shorter than the window is never stopped mid-way).
+- Each later iteration is a wave of `thinkers` rollouts (16; the last wave trimmed to the trace budget),
+  streamed; the client closes a stream as soon as the mean confidence of its last `confidence_window` tokens
+  falls below the threshold. A stopped trace is stored (the tokens received are the tokens paid for; stop
+  reason ``gconf_threshold``) and does not vote; nor does a finished trace whose lowest group confidence is
+  below the threshold (``below_threshold``: a trace shorter than the window is never stopped mid-way).
+- Consensus (stop policy ``consensus:0.95``) is checked as each trace of a wave finishes, in finishing order
+  (`knowledge_flow.nodes.waves`): once the leading answer holds 95% of the weighted vote, the wave's streams
+  still running are closed (stop reason ``consensus_cancelled``; they do not vote) and the run stops.
 - The iteration's answer is the wave's confidence-weighted vote (`select_rule` ``conf-vote``, weight
-  `confidence_score` ``lowest``); the run stops once the vote over every counted trace is decided (stop
-  policy ``consensus:0.95``) or after `iterations` waves (16: 16 + 15 x 16 = 256 traces at most, the
-  reference implementation's budget); the final answer is ``conf-vote:lowest`` over every counted trace.
+  `confidence_score` ``lowest``); the final answer is ``conf-vote:lowest`` over every counted trace.
 
 Every rollout sends the prompt set's ``[deepconf]`` ``first`` template; no knowledge passes between them.
 Without log-probabilities from the server there is no threshold: nothing is stopped and votes are plain.
@@ -20,8 +25,8 @@ Without log-probabilities from the server there is no threshold: nothing is stop
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from knowledge_flow.options import DEFAULT_WINDOW
 from knowledge_flow.prompts import PromptSpec
@@ -36,12 +41,9 @@ from knowledge_flow.strategies.base import (
     Step,
     Streaming,
 )
-from knowledge_flow.strategies.confidence import warmup_threshold
+from knowledge_flow.strategies.confidence import below_threshold, warmup_threshold
 
-if TYPE_CHECKING:
-    from knowledge_flow.state import State
-
-CANCELLED = "gconf_threshold"
+STOPPED = "gconf_threshold"
 BELOW = "below_threshold"
 
 
@@ -65,21 +67,18 @@ class DeepConf(BaseStrategy):
     stop_policy = "consensus:0.95"
     select_rule = "conf-vote"
     confidence_score = "lowest"
-    default_thinkers = 16
-    default_iterations: int | None = 16
+    defaults: Mapping[str, Any] = {"thinkers": 16, "trace_budget": 256, "max_new_tokens": 64000, "top_p": 0.95}
 
-    def thinker_count(self, state: State) -> int:
-        params = state["params"]
-        if state.get("iteration", 0) == 0:
-            return int(params.get("warmup_traces") or params["thinkers"])
-        return params["thinkers"]
+    def first_wave(self, params: Mapping[str, Any]) -> int:
+        return int(params.get("warmup_traces") or params["thinkers"])
 
     def build_prompt(self, step: Step) -> RolloutPrompt:
         return self.render(step, "first", self.variables(step), step.rules.max_tokens_fraction)
 
     def streaming(self, step: Step) -> Streaming:
-        threshold = step.state.get("confidence_threshold") if step.iteration > 0 else None
-        return Streaming(threshold, int(step.params.get("confidence_window") or DEFAULT_WINDOW))
+        online = step.iteration > 0  # the warm-up wave is never stopped: it sets the threshold
+        threshold = step.state.get("confidence_threshold") if online else None
+        return Streaming(threshold, int(step.params.get("confidence_window") or DEFAULT_WINDOW), online)
 
     def screen(self, step: Step, candidates: list[Candidate]) -> Screened:
         """After the warm-up wave, set the threshold; keep every trace below it out of votes."""
@@ -95,8 +94,7 @@ class DeepConf(BaseStrategy):
             update["confidence_threshold"] = threshold
         screened = []
         for candidate in candidates:
-            lowest = (candidate.get("measures") or {}).get("lowest")
-            below = threshold is not None and lowest is not None and lowest < threshold
+            below = below_threshold(candidate.get("measures"), threshold)
             if below and not candidate.get("excluded") and candidate["error"] is None:
                 candidate = Candidate(**{**candidate, "excluded": BELOW})
             screened.append(candidate)

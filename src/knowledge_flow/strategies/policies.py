@@ -8,12 +8,14 @@ measure for ``conf-vote``, one vote per trace otherwise; traces kept out of vote
 the online threshold) do not count.
 
 Final-answer rules: ``last`` (the last iteration's answer), ``majority:W`` (the most frequent answer among
-the last W iterations, ``all`` for every iteration; ties go to the answer given most recently) and
-``conf-vote:MEASURE[:ETA]`` (DeepConf's offline vote over every trace of the run, all thinkers included:
-each counted trace adds its MEASURE, one of ``lowest``, ``bottom10``, ``tail``, ``mean``, to its answer; with
-ETA only the top ETA percent most confident traces vote; ties go to the answer given most recently). Traces
-without measures cannot be weighted: when no trace has them, ``conf-vote`` is a plain majority over the
-counted traces, and without any trace record (runs that kept none) it is ``majority:all``.
+the last W iterations, ``all`` for every iteration; ties go to the answer given most recently),
+``conf-vote:MEASURE[:ETA]`` (DeepConf's vote over every trace of the run, all thinkers included: each
+counted trace adds its MEASURE, one of ``lowest``, ``bottom10``, ``tail``, ``mean``, to its answer; with ETA
+only the top ETA percent most confident traces vote; ties go to the answer given most recently) and
+``majority-traces`` (one vote per counted trace, ties to the answer voted first: the reference DeepConf
+implementation's reported ``final_answer``). Traces without measures cannot be weighted: when no trace has
+them, ``conf-vote`` is a plain majority over the counted traces. The two trace rules need the run's trace
+record: without one (`traces` None) they refuse (`MissingTraces`) rather than vote over something else.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ class ConfVote:
     measure: Measure
     eta: float | None
     """Percent of the most confident traces that vote (None: all)."""
+
+
+@dataclass(frozen=True)
+class TraceMajority:
+    """``majority-traces``: one vote per counted trace."""
+
+
+TRACE_MAJORITY = "majority-traces"
+
+
+class MissingTraces(ValueError):
+    """A trace rule was asked for an answer without the traces it votes over."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +80,13 @@ def parse_stop_policy(policy: str) -> int | Consensus | None:
     )
 
 
-def parse_final_answer_rule(rule: str) -> int | ConfVote | None:
-    """0 for ``last``, W for ``majority:W``, None for ``majority:all``, a `ConfVote` for ``conf-vote:...``."""
+def parse_final_answer_rule(rule: str) -> int | ConfVote | TraceMajority | None:
+    """0 for ``last``, W for ``majority:W``, None for ``majority:all``, a `ConfVote` for ``conf-vote:...``, a
+    `TraceMajority` for ``majority-traces``."""
     if rule == "last":
         return 0
+    if rule == TRACE_MAJORITY:
+        return TraceMajority()
     name, _, value = rule.partition(":")
     if name == "majority" and value == "all":
         return None
@@ -86,16 +103,34 @@ def parse_final_answer_rule(rule: str) -> int | ConfVote | None:
         if measure in MEASURES and (eta is None or 0.0 < eta <= 100.0):
             return ConfVote(measure, eta)
     raise ValueError(
-        "final answer rule must be 'last', 'majority:W' (W >= 1 or 'all') or 'conf-vote:MEASURE[:ETA]' "
-        f"(MEASURE one of {', '.join(MEASURES)}; 0 < ETA <= 100), got {rule!r}"
+        "final answer rule must be 'last', 'majority:W' (W >= 1 or 'all'), 'conf-vote:MEASURE[:ETA]' "
+        f"(MEASURE one of {', '.join(MEASURES)}; 0 < ETA <= 100) or '{TRACE_MAJORITY}', got {rule!r}"
     )
+
+
+def votes_traces(final_answer_rule: str) -> bool:
+    """Whether the final-answer rule votes over every trace (not over the iterations' answers)."""
+    return isinstance(parse_final_answer_rule(final_answer_rule), ConfVote | TraceMajority)
 
 
 def uses_traces(stop_policy: str, final_answer_rule: str) -> bool:
     """Whether a run needs its trace record (`State.traces`)."""
-    return isinstance(parse_stop_policy(stop_policy), Consensus) or isinstance(
-        parse_final_answer_rule(final_answer_rule), ConfVote
-    )
+    return isinstance(parse_stop_policy(stop_policy), Consensus) or votes_traces(final_answer_rule)
+
+
+def vote_measure(final_answer_rule: str) -> Measure | None:
+    """The measure the final-answer rule weighs votes by (None: one vote per trace)."""
+    rule = parse_final_answer_rule(final_answer_rule)
+    return rule.measure if isinstance(rule, ConfVote) else None
+
+
+def consensus_reached(
+    consensus: Consensus, traces: Sequence[TraceVote], answer_type: AnswerType, measure: Measure | None
+) -> bool:
+    """Whether at least `min_traces` counted traces vote and the leading answer holds `tau` of the vote."""
+    totals, _, _ = trace_tally(traces, answer_type, measure)
+    voters = sum(1 for t in traces if t["counted"] and normalize(t["answer"], answer_type) is not None)
+    return voters >= consensus.min_traces and share_of_leader(totals) >= consensus.tau
 
 
 def trace_tally(
@@ -137,11 +172,7 @@ def should_stop(
     if parsed is None:
         return False
     if isinstance(parsed, Consensus):
-        rule = parse_final_answer_rule(final_answer_rule)
-        measure = rule.measure if isinstance(rule, ConfVote) else None
-        totals, _, _ = trace_tally(traces, answer_type, measure)
-        voters = sum(1 for t in traces if t["counted"] and normalize(t["answer"], answer_type) is not None)
-        return voters >= parsed.min_traces and share_of_leader(totals) >= parsed.tau
+        return consensus_reached(parsed, traces, answer_type, vote_measure(final_answer_rule))
     k = parsed
     if len(answers) < k:
         return False
@@ -153,9 +184,15 @@ def final_answer(
     rule: str, answers: Sequence[str | None], answer_type: AnswerType, traces: Sequence[TraceVote] | None = None
 ) -> str | None:
     window = parse_final_answer_rule(rule)
+    if isinstance(window, ConfVote | TraceMajority) and traces is None:
+        raise MissingTraces(f"the final-answer rule {rule} votes over every trace: it needs the run's traces")
+    if isinstance(window, TraceMajority):
+        assert traces is not None
+        totals, _, original = trace_tally(traces, answer_type, None)
+        # ties go to the answer voted first (the reference's Counter.most_common); dicts keep first insertion
+        return original[max(totals, key=lambda key: totals[key])] if totals else None
     if isinstance(window, ConfVote):
-        if not traces:
-            return final_answer("majority:all", answers, answer_type)
+        assert traces is not None
         totals, latest, original = trace_tally(traces, answer_type, window.measure, window.eta)
         if not totals:
             return None

@@ -12,9 +12,10 @@ Rules:
   iteration's answer and its summary the next reference solution. With `confidence` the first pick is the
   most confident thinker. With `vote` it is the most confident thinker giving the majority answer (one vote
   per thinker; a tie goes to the answer with the more confident thinker, then to the earlier thinker); with
-  `conf-vote` each thinker's vote weighs its score (a DeepConf measure); with `verifier` it is the thinker
-  the verifier chose (a vote when it chose none). Failed thinkers, and thinkers kept out of votes (cancelled
-  or below DeepConf's online threshold), never vote; they are picked last.
+  `conf-vote` each thinker's vote weighs its score (a DeepConf measure); with `verifier` or `manager` it is
+  the thinker the call chose (a vote when it chose none). Failed thinkers, and thinkers kept out of votes
+  (cancelled or below DeepConf's online threshold), never vote; they are picked last. `tie_break` says how a
+  tied vote was settled (by confidence, or by the thinkers' order when their scores are equal or missing).
 - Uncertainty: when the best confidence is below `uncertainty_threshold`, the iteration does not replace
   the reference solution (its answer is still recorded); an iteration with no reference yet always sets it.
 - Dynamic temperature: after each iteration, agreement = share of thinkers giving the majority answer. Below
@@ -32,6 +33,8 @@ from knowledge_flow.records import AnswerType, Candidate
 from knowledge_flow.text.answers import normalize
 
 _WORD = re.compile(r"\w+")
+#: Select rules whose choice is made by a stored call (the vote decides when the call chose nothing).
+CALL_RULES = ("verifier", "manager")
 
 
 def spread(low: float, high: float, n: int) -> list[float]:
@@ -87,6 +90,21 @@ def vote_winner(
     return best_of(max(totals, key=rank))
 
 
+def tie_break(candidates: Sequence[Candidate], answer_type: AnswerType, score_by: str, weighted: bool) -> str | None:
+    """How `vote_winner` settled a tie for the most votes: ``confidence`` when the tied answers' most confident
+    thinkers differ in score, ``thinker order`` when they do not (equal, or no log-probabilities); None when
+    no two answers tie."""
+    totals = tally(candidates, answer_type, score_by if weighted else None)
+    top = max(totals.values(), default=0.0)
+    tied = [key for key, weight in totals.items() if weight == top]
+    if len(tied) < 2:
+        return None
+    voters = [c for c in candidates if can_vote(c, answer_type)]
+    best = {key: max(score(c, score_by) for c in voters if normalize(c["answer"], answer_type) == key) for key in tied}
+    leader = max(best.values())
+    return "confidence" if sum(1 for value in best.values() if value == leader) == 1 else "thinker order"
+
+
 def similarity(a: Candidate, b: Candidate, answer_type: AnswerType) -> float:
     same = a["answer"] is not None and normalize(a["answer"], answer_type) == normalize(b["answer"], answer_type)
     words_a = set(_WORD.findall((a["summary"] or "").lower()))
@@ -107,13 +125,13 @@ def select(
     chosen: str | None = None,
 ) -> list[Candidate]:
     """The kept thinkers, best first (a single candidate is always kept). `chosen` is the rollout id the
-    verifier picked (rule `verifier`)."""
+    verifier or manager picked (rules `verifier`, `manager`)."""
     pool = list(candidates)
     kept: list[Candidate] = []
     first: Candidate | None = None
-    if rule == "verifier" and chosen is not None:
+    if rule in CALL_RULES and chosen is not None:
         first = next((c for c in pool if c["rollout_id"] == chosen and c["error"] is None), None)
-    if first is None and rule in ("vote", "conf-vote", "verifier"):
+    if first is None and rule in ("vote", "conf-vote", *CALL_RULES):
         first = vote_winner(pool, answer_type, score_by, weighted=rule == "conf-vote")
     if first is not None:
         kept.append(first)

@@ -1,33 +1,45 @@
 """`trt`: Test-time Recursive Thinking (Zhuang et al., arXiv 2602.03094), in its general form for math and
-free-form answers.
+free-form answers, following the loop of the authors' LiveCodeBench runner (without its code execution).
 
 A round is one iteration of K thinkers (run option `thinkers`, 2 by default; 8 rounds by default), each
 following its own strategy (`key_technique`, `what_to_try`):
 
-- Before round 1, one planning call (the graph's `reflect` step) asks for K distinct strategies. Before each
-  later round, one reflection call sees the round's candidates with their outcomes and writes the next
-  round's K strategies. A call that fails or cannot be parsed leaves the strategies as they were (none after
-  a failed planning call: the thinkers then choose their own approach).
+- Before round 1, one planning call (the graph's `reflect` step) asks for K distinct strategies. A call that
+  fails or cannot be parsed leaves the thinkers to choose their own approach.
 - Each rollout sees the problem, the active knowledge items (lessons), the strategy history, its own strategy
   and, with `show_reference` (off by default, as in the authors' scripts), the current best solution.
-- Select: the round's answer by a vote over the K rollouts (`select_rule` `vote`, the default; ties to the
-  more confident), a confidence-weighted vote (`conf-vote`), or one verifier call that picks a candidate
-  (`verifier`; skipped when the rollouts do not disagree). The selected rollout's summary becomes the
-  reference solution; its answer is the round's answer.
-- Reflect (before the next round, so not after the last): the call writes (a) at most one knowledge item
-  with the fields pattern, when_to_use, key_insight, observed_mistakes, kept only when the round showed a
-  failure (a rollout that disagreed with the selection, gave no answer or failed; rule `failures_only`),
-  (b) the next round's strategies, (c) optionally the number of one shown item to disable. Applied in that
-  order: disable, add, then keep the last `max_items` items (5; disabled items count until they age out).
+- Candidates: the round's K rollouts and, from round 2 on, the previous round's selection (the best so far,
+  `State.best`: its stored answer, summary and final text), listed first, as the reference lists it. Every
+  select rule counts it. When it wins, the reference and reference answer stay as they were and the round's
+  history says the previous best was kept.
+- Select (`select_rule`; the prompt set's `[trt.rules]` may set the default):
+  - `manager` (kf-qwen, kf-gpt-oss): one manager call per round, also when all candidates agree, sees every
+    candidate's final text, the active lessons and the strategy history, and replies with one JSON object:
+    ``selected_solution_id``, ``reflection`` (a lesson, or null), ``strategies`` (the next K; none after the
+    last round) and optionally ``disable_knowledge_id``. It replaces the reflection call: no `reflect` step
+    runs between rounds. A reply that cannot be read as a whole is used as far as it can be: without a valid
+    ``selected_solution_id`` the vote decides (`vote (no verdict)`), without strategies the previous ones
+    are kept, a lesson or disable that can be read is applied; a failed call changes nothing but the choice,
+    which the vote makes. A round with no candidate that has an answer makes no manager call.
+  - `vote` (the strategy's default): a majority over the candidates (the previous best is one voter; a tie
+    goes to the more confident thinker, then to the first listed, i.e. the previous best), `conf-vote`, or
+    `verifier`: one call that picks a candidate (skipped when the candidates do not disagree).
+  With these, one reflection call before each later round sees the round's rollouts with their outcomes and
+  writes (a) at most one lesson with the fields pattern, when_to_use, key_insight, observed_mistakes, kept
+  only when the round showed a failure (a rollout that disagreed with the selection, gave no answer or
+  failed; rule `failures_only`, which kf-qwen and kf-gpt-oss turn off as the reference never filters; a
+  manager's lesson is never filtered), (b) the next round's strategies, (c) optionally the number of one
+  shown item to disable.
+- Lessons: disable, add, then keep the last `max_items` items (5; disabled items count until they age out).
   The strategy history keeps the last `history_rounds` rounds (10).
 
-Calls are stored in the rollout store (``kf_calls``) under ``{run}:{iteration}:plan|reflect|verify`` and
-never requested twice. Their replies are JSON objects; the last JSON object of the final text is read.
+Calls are stored in the rollout store (``kf_calls``) under ``{run}:{iteration}:plan|reflect|verify|manage``
+and never requested twice. Their replies are JSON objects; the last JSON object of the final text is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -38,14 +50,13 @@ from knowledge_flow.records import (
     HistoryEntry,
     KnowledgeItem,
     Message,
-    Reflection,
+    SelectRule,
     StrategyRound,
     ThinkerStrategy,
 )
 from knowledge_flow.strategies.base import (
     COMMON_OPTIONAL,
     COMMON_VARIABLES,
-    ITEM_OVERHEAD,
     BaseStrategy,
     Distilled,
     RolloutPrompt,
@@ -53,46 +64,51 @@ from knowledge_flow.strategies.base import (
     Rules,
     Step,
 )
-from knowledge_flow.strategies.trt_replies import (
-    lesson_text,
-    read_lesson,
-    read_number,
-    read_strategies,
-    reply_object,
-)
+from knowledge_flow.strategies.selection import candidate_views, field_of
+from knowledge_flow.strategies.trt_replies import PLAN, REFLECT, manager_update, reflection_update
 from knowledge_flow.text.answers import normalize
-from knowledge_flow.text.parsing import split_thinking
 
 if TYPE_CHECKING:
     from knowledge_flow.state import State
 
-PLAN, REFLECT, VERIFY = "plan", "reflect", "verify"
-FAILURES = ("disagrees", "no answer", "failed")
+VERIFY, MANAGE = "verify", "manage"
 
 
 class TrtRules(Rules):
+    select_rule: SelectRule | None = Field(
+        None, description="The select rule of runs that name none (kf-qwen, kf-gpt-oss: manager, as the reference)."
+    )
     max_items: int = Field(5, ge=1, description="Knowledge items kept (the last ones; disabled ones count).")
     history_rounds: int = Field(10, ge=1, description="Rounds of strategy history kept and shown.")
     failures_only: bool = Field(
-        True, description="Keep a reflection's lesson only when the round showed a failure (no agreement)."
+        True,
+        description="Keep a reflection's lesson only when the round showed a failure (no agreement); a manager's "
+        "lesson is always kept.",
     )
     plan_max_tokens_fraction: float = Field(1.0, gt=0.0, le=1.0, description="The planning call's budget share.")
     reflect_max_tokens_fraction: float = Field(1.0, gt=0.0, le=1.0, description="The reflection's budget share.")
     verify_max_tokens_fraction: float = Field(1.0, gt=0.0, le=1.0, description="The verifier's budget share.")
+    manage_max_tokens_fraction: float = Field(1.0, gt=0.0, le=1.0, description="The manager call's budget share.")
 
 
 SPEC = PromptSpec(
     table="trt",
     required=("solve", "plan", "reflect", "verify"),
-    optional=(*COMMON_OPTIONAL, "manager_system"),
+    optional=(*COMMON_OPTIONAL, "manager_system", MANAGE),
     variables=COMMON_VARIABLES
-    | {"knowledge", "history", "strategy", "strategies", "thinker", "thinkers", "candidates", "selected_answer"},
+    | {
+        "knowledge",
+        "history",
+        "strategy",
+        "strategies",
+        "thinker",
+        "thinkers",
+        "candidates",
+        "selected_answer",
+        "last_round",
+    },
     rules=TrtRules,
 )
-
-
-def field_of(strategy: ThinkerStrategy | None, key: str) -> str | None:
-    return None if strategy is None else str(strategy.get(key, "")) or None
 
 
 def strategy_view(strategy: ThinkerStrategy | None, number: int) -> dict[str, Any] | None:
@@ -105,6 +121,7 @@ def history_view(history: Sequence[StrategyRound]) -> list[dict[str, Any]]:
             "round": entry["round"],
             "selected_answer": entry["selected_answer"],
             "agreement": entry["agreement"],
+            "kept_previous": bool(entry.get("kept_previous")),
             "entries": [dict(e) for e in entry["entries"]],
         }
         for entry in history
@@ -127,10 +144,10 @@ class Trt(BaseStrategy):
     name = "trt"
     spec = SPEC
     select_rule = "vote"
-    default_thinkers = 2
-    default_iterations: int | None = 8
+    defaults: Mapping[str, Any] = {"thinkers": 2, "iterations": 8}
     reflects = True
     verifies = True
+    manages = True
 
     # --- knowledge -----------------------------------------------------------------------------------
     def visible_knowledge(self, state: State, rules: Any) -> list[KnowledgeItem]:
@@ -154,6 +171,7 @@ class Trt(BaseStrategy):
             "thinkers": self.thinker_count(state),
             "candidates": [],
             "selected_answer": state.get("reference_answer"),
+            "last_round": step.iteration + 1 >= step.params["iterations"],
         }
 
     # --- rollouts ------------------------------------------------------------------------------------
@@ -183,9 +201,16 @@ class Trt(BaseStrategy):
         return prompts
 
     def distill(self, step: Step, best: Candidate, kept: Sequence[Candidate], update_reference: bool) -> Distilled:
-        """The selected rollout becomes the reference; the round joins the strategy history."""
+        """The selected rollout becomes the reference and the best so far (the previous best, selected again,
+        leaves both as they were); the round joins the strategy history."""
         state = step.state
-        reference, answer, changed = self.reference_update(state, best, update_reference)
+        kept_previous = bool(best.get("previous_best"))
+        changed: bool | None = False
+        if kept_previous:
+            reference, answer = state.get("reference"), state.get("reference_answer")
+        else:
+            reference, answer, changed = self.reference_update(state, best, update_reference)
+        taken = not kept_previous and best["answer"] is not None and answer == best["answer"]
         answer_type = step.params["answer_type"]
         candidates = sorted(state.get("candidates") or [], key=lambda c: c.get("thinker", 0))
         selected = best if best["error"] is None and best["answer"] is not None else None
@@ -209,9 +234,16 @@ class Trt(BaseStrategy):
             agreement=round(agreeing / len(entries), 4) if entries else 0.0,
             rule=str(selection.get("rule", step.params.get("select_rule", "vote"))),
         )
+        if kept_previous:
+            row["kept_previous"] = True
         history = [*(state.get("strategy_history") or []), row][-step.rules.history_rounds :]
+        carried = {k: v for k, v in best.items() if k != "previous_best"} if taken else state.get("best")
         return Distilled(
-            list(state.get("knowledge", [])), reference, answer, changed, state={"strategy_history": history}
+            list(state.get("knowledge", [])),
+            reference,
+            answer,
+            changed,
+            state={"strategy_history": history, "best": carried},
         )
 
     # --- the reflect step ----------------------------------------------------------------------------
@@ -237,97 +269,31 @@ class Trt(BaseStrategy):
     def apply_reflection(self, step: Step, kind: str, call_id: str, final_text: str | None) -> dict[str, Any]:
         """The update: ``thinker_strategies``, ``reflection`` and, after a reflection, ``knowledge`` (the whole
         new record)."""
-        state = step.state
-        rules = step.rules
-        count = step.params["thinkers"]
-        previous = list(state.get("thinker_strategies") or [])
-        reply = (
-            reply_object(final_text, ("strategies", "reflection", "disable_knowledge_id"))
-            if final_text is not None
-            else None
-        )
-        notes: list[str] = []
-        if final_text is None:
-            notes.append("the call failed")
-        elif reply is None:
-            notes.append("no JSON object with strategies in the reply")
-        strategies = read_strategies((reply or {}).get("strategies"), count)
-        if strategies is None:
-            strategies = previous
-            if reply is not None:
-                notes.append("no strategies in the reply: the previous ones are kept")
-        outcome = Reflection(
-            call_id=call_id,
-            kind="plan" if kind == PLAN else "reflect",
-            strategies=strategies,
-            added=None,
-            disabled=None,
-            note=None,
-        )
-        update: dict[str, Any] = {"thinker_strategies": strategies}
-        if kind != PLAN and reply is not None:
-            record = [dict(item) for item in state.get("knowledge", [])]
-            active = [item for item in record if not item.get("disabled")]
-            target = read_number(reply.get("disable_knowledge_id"))
-            if target is not None and 1 <= target <= len(active):
-                active[target - 1]["disabled"] = True
-                outcome["disabled"] = target
-            elif target is not None and target != 0:
-                notes.append(f"no shown item {target} to disable")
-            lesson = read_lesson(reply.get("reflection"))
-            history = state.get("strategy_history") or []
-            failed = bool(history) and any(e["outcome"] in FAILURES for e in history[-1]["entries"])
-            if lesson is not None and rules.failures_only and not failed:
-                notes.append("no failure in the round: the lesson is not kept")
-                lesson = None
-            if lesson is not None:
-                text = lesson_text(lesson)
-                record.append(
-                    {
-                        "wrong_answer": None,
-                        "text": text,
-                        "iteration": step.iteration,
-                        "tokens": step.tokens.count(text) + ITEM_OVERHEAD,
-                        "lesson": lesson,
-                    }
-                )
-                outcome["added"] = text
-            update["knowledge"] = record[-rules.max_items :]
-        outcome["note"] = "; ".join(notes) or None
-        update["reflection"] = outcome
-        return update
+        return reflection_update(step, PLAN if kind == PLAN else REFLECT, call_id, final_text)
 
-    # --- the verifier --------------------------------------------------------------------------------
+    # --- the verifier and the manager ------------------------------------------------------------------
     def verify_prompt(self, step: Step, candidates: Sequence[Candidate]) -> RolloutPrompt:
         variables = self.variables(step)
-        variables["candidates"] = [
-            {
-                "number": number,
-                "thinker": candidate.get("thinker", number - 1) + 1,
-                "answer": candidate["answer"],
-                "summary": candidate["summary"],
-                "key_technique": field_of(candidate.get("strategy"), "key_technique"),
-                "what_to_try": field_of(candidate.get("strategy"), "what_to_try"),
-                "outcome": "candidate",
-            }
-            for number, candidate in enumerate(candidates, start=1)
-        ]
+        variables["candidates"] = candidate_views(candidates, step.history)
         return RolloutPrompt(
             self._messages(step, VERIFY, variables, "manager_system"),
             self.budget(step, step.rules.verify_max_tokens_fraction),
         )
 
-    def parse_verdict(self, final_text: str, count: int) -> int | None:
-        reply = reply_object(final_text, ("selected_solution_id", "ranking"))
-        if reply is None:
-            return None
-        chosen = read_number(reply.get("selected_solution_id"))
-        if chosen is None and isinstance(reply.get("ranking"), list) and reply["ranking"]:
-            chosen = read_number(reply["ranking"][0])
-        return chosen if chosen is not None and 1 <= chosen <= count else None
+    def manage_prompt(self, step: Step, candidates: Sequence[Candidate]) -> RolloutPrompt:
+        variables = self.variables(step)
+        variables["thinkers"] = step.params["thinkers"]
+        variables["candidates"] = candidate_views(candidates, step.history)
+        return RolloutPrompt(
+            self._messages(step, MANAGE, variables, "manager_system"),
+            self.budget(step, step.rules.manage_max_tokens_fraction),
+        )
 
-
-def final_text(content: str, reasoning: str | None) -> str:
-    """The text a call's reply is read from: the final text, or the whole output when that is empty."""
-    thinking, final = split_thinking(content, reasoning)
-    return final or thinking
+    def apply_manager(
+        self, step: Step, candidates: Sequence[Candidate], call_id: str, final_text: str | None
+    ) -> dict[str, Any]:
+        """The update from the manager's reply: ``verdict`` (the candidate chosen, for `distill_knowledge`),
+        ``thinker_strategies`` (not after the last round; the previous ones when the reply has none),
+        ``knowledge`` (the whole new record) and ``reflection``. What cannot be read is left to the fallbacks
+        (see the module)."""
+        return manager_update(step, candidates, call_id, final_text)

@@ -5,4 +5,5 @@
 - `answer_rules`: re-reading stored outputs by another answer rule (`kflow report --answer-rule`);
 - `sentences`: sentence boundaries (pysbd) for trimming texts at a whole sentence;
 - `tokens`: token counting (the served tokenizer, else an estimate).
+- `safe`: text from outside made storable (surrogates, NUL) and printable (escape sequences, controls).
 """

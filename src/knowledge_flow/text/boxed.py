@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from knowledge_flow.text.safe import CONTROL, ESCAPE_SEQUENCE
+
 UNICODE_MINUS = "\u2212"
 BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 INTEGER = re.compile(r"(?<![\w.])[-+\u2212]?\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\w.])[-+\u2212]?\d+(?:\.0+)?(?![\d.]*\d)")
@@ -59,6 +61,21 @@ def normalize_integer(raw: str) -> str | None:
     return f"-{digits}" if sign == "-" and digits != "0" else digits
 
 
+def integers(text: str) -> list[str]:
+    """The integers `INTEGER` finds in `text`, but for those inside an escape sequence or next to one or to a
+    control character: an integer that holds escape codes is no integer."""
+    if not CONTROL.search(text):
+        return INTEGER.findall(text)
+    masked = ESCAPE_SEQUENCE.sub(lambda m: "\x00" * len(m.group()), text)
+    found = []
+    for match in INTEGER.finditer(masked):
+        start, end = match.span()
+        if (start and CONTROL.match(masked, start - 1)) or CONTROL.match(masked, end):
+            continue
+        found.append(match.group())
+    return found
+
+
 def last_integer(text: str) -> str | None:
-    matches = INTEGER.findall(text)
+    matches = integers(text)
     return normalize_integer(matches[-1]) if matches else None

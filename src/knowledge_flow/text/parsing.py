@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from knowledge_flow.records import AnswerType
-from knowledge_flow.text.boxed import INTEGER, TEXT_WRAPPER, last_boxed, last_integer, normalize_integer
+from knowledge_flow.text.boxed import TEXT_WRAPPER, integers, last_boxed, last_integer, normalize_integer
+from knowledge_flow.text.safe import has_control
 
 THINK_END = "</think>"
 THINK_START = "<think>"
@@ -71,6 +72,13 @@ def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[s
     if inline.startswith(THINK_START):
         inline = inline[len(THINK_START) :]
     return (reasoning or inline).strip(), text[cut + len(THINK_END) :].strip()
+
+
+def final_text(content: str | None, reasoning: str | None = None) -> str:
+    """The text a reply is read from: its final text (after the reasoning), or its reasoning when the final text
+    is empty (a thinking block that never closed)."""
+    thinking, final = split_thinking(content, reasoning)
+    return final or thinking
 
 
 @functools.lru_cache(maxsize=64)
@@ -180,8 +188,11 @@ def text_after_header(text: str, name: str) -> str | None:
 
 
 def not_an_answer(boxed: str, answer_type: AnswerType) -> bool:
-    """A boxed text that is no answer: N/A and the like; for integer problems, any text without a digit."""
-    return is_na(boxed) or (answer_type == "integer" and not any(ch.isdigit() for ch in boxed))
+    """A boxed text that is no answer: N/A and the like; for integer problems, any text without a digit, or
+    with escape codes or control characters."""
+    if is_na(boxed):
+        return True
+    return answer_type == "integer" and (not any(ch.isdigit() for ch in boxed) or has_control(boxed))
 
 
 def read_answer(final: str, answer_type: AnswerType) -> str | None:
@@ -201,9 +212,9 @@ def read_answer(final: str, answer_type: AnswerType) -> str | None:
         as_int = normalize_integer(boxed)
         if as_int is not None:
             return as_int
-        integers = INTEGER.findall(TEXT_WRAPPER.sub(r"\1", boxed))
-        if len(integers) == 1 and not _NOT_AN_INTEGER.search(boxed):
-            return normalize_integer(integers[0])
+        found = integers(TEXT_WRAPPER.sub(r"\1", boxed))
+        if len(found) == 1 and not _NOT_AN_INTEGER.search(boxed):
+            return normalize_integer(found[0])
         return boxed
     answer_section = find_sections(final, ("Answer",)).get("Answer")
     if answer_section is not None:
