@@ -37,7 +37,7 @@ class DemoProblem:
 #: changed, the list stayed empty); 11: 694, 794, 794, 794 (a right answer listed as wrong and lost); 12: 12, 12,
 #: 12, 12.67 (one item, in the last rollout); 13: 6, 9, 9, 9 (an item, the gold 18 never reached); 5 and 10,
 #: below, are the two on which an answer was listed as wrong and then corrected. They show what the method does,
-#: not how well: on 30 problems the paper's rules lowered this model's accuracy (README, Accuracy per token).
+#: not how well: on 30 problems the paper's rules lowered this model's accuracy (docs/accuracy.md).
 DEMO_PROBLEMS: tuple[DemoProblem, ...] = (
     DemoProblem(
         5,

@@ -4,6 +4,7 @@ the build."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,3 +44,29 @@ def test_a_broken_anchor_fails_the_build(tmp_path: Path) -> None:
     proc = build(root, tmp_path / "site")
     assert proc.returncode != 0
     assert "no-such-section" in proc.stderr
+
+
+def slug(heading: str) -> str:
+    """The anchor MkDocs' table of contents gives a heading."""
+    text = re.sub(r"[^\w\s-]", "", heading.strip().lower())
+    return re.sub(r"[-\s]+", "-", text).strip("-")
+
+
+def test_the_readme_is_a_landing_page_whose_links_resolve() -> None:
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    setup = text.split("## Set-up", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in setup.splitlines() if line.strip()]
+    assert commands == [["make", "demo"], ["make", "test"]]  # the two set-up commands, both Makefile targets
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    nav = (REPO / "mkdocs.yml").read_text()
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#([^)]+))?\)", text)
+    assert len(links) >= 15
+    for path, anchor in links:
+        page = REPO / path
+        assert page.is_file(), path
+        assert f": {page.name}" in nav, f"{path} is not in the site's navigation"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+            assert anchor in {slug(h) for h in headings}, (path, anchor)

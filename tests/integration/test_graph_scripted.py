@@ -104,7 +104,7 @@ def stock_sqlite(db: Path) -> Any:
 
 @pytest.mark.parametrize("saver", [SqliteCheckpointer, in_memory, stock_sqlite], ids=["ours", "memory", "sqlite"])
 def test_exact_prompts_with_any_checkpointer(scripted: type[ScriptedServer], tmp_path: Path, saver: Any) -> None:
-    """The README promises that any LangGraph checkpointer works: the same run, byte for byte, over each."""
+    """The documentation promises that any LangGraph checkpointer works: the same run, byte for byte, over each."""
     server = scripted(script_responder({"default": SCRIPT})).start()
     db = tmp_path / "kf.db"
     checkpointer = saver(db)
