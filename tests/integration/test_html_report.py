@@ -148,24 +148,8 @@ def test_the_console_check_sees_errors(tmp_path: Path) -> None:
 def test_thread_report_of_a_solve_run(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     server = scripted_server(scripted, {"default": SCRIPT})
     db = tmp_path / "runs.db"
-    solved = run_kflow(
-        [
-            "solve",
-            PROBLEM,
-            "--base-url",
-            server.base_url,
-            "--model",
-            "scripted-model",
-            "--iterations",
-            "5",
-            "--prompts",
-            PAPER_SET,
-            "--thread-id",
-            "t1",
-            "--db",
-            str(db),
-        ]
-    )
+    solve = ["solve", PROBLEM, "--base-url", server.base_url, "--model", "scripted-model", "--db", str(db)]
+    solved = run_kflow([*solve, "--iterations", "5", "--prompts", PAPER_SET, "--thread-id", "t1"])
     assert solved.returncode == 0, solved.stderr
     assert "model: scripted-model" in solved.stdout  # the summary says which model answered
     folder = tmp_path / "thread-html"
