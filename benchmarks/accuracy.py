@@ -24,7 +24,7 @@ Runs are kept in a database (`--db`): a configuration that already ran (same mod
 set text) is read back instead of run again, and an interrupted one continues where it stopped.
 
     python -m benchmarks.accuracy                      # 15 problems x 4 rollouts, sc, kf, kf-guard (see DEFAULTS)
-    python -m benchmarks.accuracy --problems 30 --variants sc,kf,kf-tie   # the README's figures
+    python -m benchmarks.accuracy --problems 30 --variants sc,kf,kf-tie   # the figures of docs/accuracy.md
     python -m benchmarks.accuracy --limit 5            # a quick look: the first 5 problems
     python -m benchmarks.accuracy --tiny               # the test suite's run: 0.5B, 2 problems, 2 rollouts
 """
@@ -49,7 +49,7 @@ DATASET = ROOT.parent / "shared" / "datasets" / "gsm8k_dev.jsonl"
 
 #: One hour on two idle cores: the 1.5B model writes about 320 tokens per GSM8K rollout at about 20 tokens/s
 #: (17-34 s per rollout measured, idle to busy), so 15 problems x 4 rollouts x 3 variants is about 50 minutes.
-#: The README's figures use --problems 30 (twice the power, twice the time).
+#: The figures of docs/accuracy.md use --problems 30 (twice the power, twice the time).
 DEFAULTS: dict[str, Any] = {
     "model": "qwen2.5-coder-1.5b",
     "problems": 15,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,6 +15,15 @@ from tests.support.scripted_server import ScriptedServer, script_responder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
 
 _KFLOW_ENV = ("KFLOW_BASE_URL", "KFLOW_MODEL", "KFLOW_DB", "KFLOW_API_KEY", "OPENAI_API_KEY", "KFLOW_HEARTBEAT_TIMEOUT")
 #: The stores the persistence tests run over, as LangGraph's own tests run over a list of checkpointers.

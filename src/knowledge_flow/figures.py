@@ -16,13 +16,19 @@ notebooks).
 - `totals`: the same over many runs (an evaluation's problems), and the calls outside the rollouts by kind.
 - `trace_votes`: stored rollouts as the traces of a confidence vote (to re-grade with ``conf-vote``).
 
-Everything is plain JSON-ready data.
+Everything above is plain JSON-ready data. For notebooks, pandas DataFrames of any run or evaluation (the
+records of `knowledge_flow.evaluation.trajectories`, one row each):
+
+- `rollouts_frame`: per rollout (answer, right or wrong, knowledge added, tokens, latency, ...);
+- `iterations_frame`: per iteration of an evaluation (pass@1, solved at least once, final-answer accuracy,
+  each with its 95% Wilson interval; tokens);
+- `problems_frame`: per problem of an evaluation (gold, final answer, first right iteration, tokens, ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowledge_flow.persistence.store import CallRow, RolloutRow, RolloutStore
 from knowledge_flow.records import AnswerType, TraceVote
@@ -30,6 +36,9 @@ from knowledge_flow.strategies.confidence import share_of_leader
 from knowledge_flow.strategies.genselect import FINAL
 from knowledge_flow.strategies.policies import ConfVote, TraceMajority, parse_final_answer_rule, trace_tally
 from knowledge_flow.text.answers import normalize
+
+if TYPE_CHECKING:
+    from pandas import DataFrame
 
 STOPPED, BELOW, CANCELLED = "gconf_threshold", "below_threshold", "consensus_cancelled"
 #: TRT's calls (``kf_calls.kind``); GenSelect's are `strategies.genselect.SELECT` and `FINAL`.
@@ -328,3 +337,37 @@ def totals(store: RolloutStore, run_ids: Sequence[str]) -> dict[str, Any]:
         "deepconf": {**deepconf, "tokens": tokens, "online_filter": inactive[0] if inactive else "active"},
         "calls": calls,
     }
+
+
+# --- DataFrames ---------------------------------------------------------------------------------------------
+def _frame(records: list[dict[str, Any]]) -> DataFrame:
+    import pandas
+
+    return pandas.DataFrame.from_records(records)
+
+
+def rollouts_frame(
+    store: RolloutStore, *, eval_id: str | None = None, run_ids: Sequence[str] | None = None
+) -> DataFrame:
+    """One row per stored rollout of an evaluation (with its problem's position, id and gold answer) or of
+    the runs `run_ids`."""
+    from knowledge_flow.evaluation.trajectories import evaluation_rollouts, rollout_records
+
+    if (eval_id is None) == (run_ids is None):
+        raise ValueError("give either eval_id or run_ids")
+    return _frame(evaluation_rollouts(store, eval_id) if eval_id is not None else rollout_records(store, run_ids or []))
+
+
+def iterations_frame(store: RolloutStore, eval_id: str, answer_rule: str = "default") -> DataFrame:
+    """One row per iteration of an evaluation: accuracies with their 95% Wilson intervals, tokens."""
+    from knowledge_flow.evaluation.report import build_report
+    from knowledge_flow.evaluation.trajectories import iteration_records
+
+    return _frame(iteration_records(build_report(store, eval_id, answer_rule)))
+
+
+def problems_frame(store: RolloutStore, eval_id: str) -> DataFrame:
+    """One row per problem of an evaluation: gold, final answer, answers, first right iteration, tokens."""
+    from knowledge_flow.evaluation.trajectories import problem_records
+
+    return _frame(problem_records(store, eval_id))

@@ -37,6 +37,9 @@ MAX_THINKERS = 64
 #: Largest top-k of log-probabilities a server returns (vLLM's default --max-logprobs).
 MAX_TOP_LOGPROBS = 20
 MAX_WARMUP_TRACES = 512
+#: Seeds of one iteration's rollouts are `seed + SEED_STRIDE * iteration + thinker`: more than any iteration's
+#: rollouts (thinkers, or a warm-up wave), so no two rollouts of a run share a seed.
+SEED_STRIDE = 1024
 MAX_TRACE_BUDGET = 100_000
 #: DeepConf's group size in tokens, and the candidates per position its measures need (the paper's values).
 DEFAULT_WINDOW = 2048
@@ -135,6 +138,13 @@ class RunOptions(BaseModel):
         fallback=512,
     )
     temperature: Annotated[float, Number] = option(0.6, "Sampling temperature.", ge=0.0, le=2.0)
+    seed: Annotated[int | None, Number] = option(
+        None,
+        "Sampling seed: rollout k of thinker i is sampled with seed + 1024 k + i (vLLM and llama.cpp honour it; "
+        "default: none sent).",
+        ge=0,
+        le=2**31 - 1,
+    )
     top_p: Annotated[float | None, Number] = option(
         None, "Nucleus sampling (always sent).", ge=0.0, le=1.0, fallback=1.0
     )

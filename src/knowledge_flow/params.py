@@ -151,6 +151,7 @@ def resolve_run(given: Mapping[str, Any]) -> tuple[RunParams, PromptSet]:
         dynamic_temperature=options.dynamic_temperature,
         uncertainty_threshold=options.uncertainty_threshold,
         avoid_budget_tokens=options.avoid_budget_tokens,
+        seed=options.seed,
         trace_budget=trace_budget,
         aggregation_size=options.aggregation_size,
         aggregation_pick=options.aggregation_pick,

@@ -103,6 +103,8 @@ class RunParams(TypedDict):
     """deepconf: traces of the warm-up wave (iteration 0) that set the online threshold (16)."""
     confidence_keep: NotRequired[float]
     """deepconf: percent of warm-up-like traces the online threshold keeps (90: DeepConf-high; 10: -low)."""
+    seed: NotRequired[int | None]
+    """Sampling seed of rollout 0, thinker 0 (rollout k of thinker i: seed + 1024 k + i); None: none sent."""
     trace_budget: NotRequired[int | None]
     """Traces to send in all, the first wave included (deepconf: 256); the last wave is trimmed to it. None:
     whole waves of `thinkers` for `iterations`."""

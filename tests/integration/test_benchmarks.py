@@ -1,4 +1,5 @@
-"""A tiny run of each benchmark, so they cannot rot (the full runs are documented in the README)."""
+"""A tiny run of each benchmark, so they cannot rot (the full runs are documented in docs/performance.md and
+docs/accuracy.md)."""
 
 from __future__ import annotations
 

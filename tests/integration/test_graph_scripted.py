@@ -132,7 +132,7 @@ def stock_postgres(db: str) -> Any:
 def test_exact_prompts_with_any_checkpointer(
     scripted: type[ScriptedServer], tmp_path: Path, request: pytest.FixtureRequest, saver: Any, store: str
 ) -> None:
-    """The README promises that any LangGraph checkpointer works: the same run, byte for byte, over each, with
+    """The documentation promises that any LangGraph checkpointer works: the same run, byte for byte, over each, with
     the rollout store in an SQLite file or a PostgreSQL database."""
     server = scripted(script_responder({"default": SCRIPT})).start()
     db = str(tmp_path / "kf.db") if store == "sqlite" else request.getfixturevalue("postgres").target

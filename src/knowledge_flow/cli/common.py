@@ -197,11 +197,26 @@ def open_run(db: str | None, thread_id: str, *, writable: bool = False) -> tuple
     return db_path, store, run
 
 
+def run_model(base_url: str, model: str | None) -> str | None:
+    """The model a run sends when the user named none (no --model, no KFLOW_MODEL): on the local endpoint, the
+    model its running server serves, else the packaged model `endpoint` will start there (the 1.5B one when
+    installed). Elsewhere, and when a model was named, `model` as given."""
+    if model is not None or os.environ.get("KFLOW_MODEL") or base_url != DEFAULT_LOCAL_BASE_URL:
+        return model
+    from knowledge_flow.server_launch.local import preferred_model
+    from knowledge_flow.server_launch.process import models_ready, served_model
+
+    if models_ready(base_url):
+        return served_model(base_url) or model
+    return preferred_model().served_name
+
+
 @contextmanager
-def endpoint(base_url: str) -> Iterator[str]:
+def endpoint(base_url: str, model: str | None = None) -> Iterator[str]:
     """Yield the base URL to use. The embedded local server is started for the command if it is the
-    target and is not running yet (and stopped afterwards)."""
-    from knowledge_flow.server_launch.model_files import ModelError
+    target and is not running yet (and stopped afterwards): with `model` when it names a packaged model,
+    else with the default one."""
+    from knowledge_flow.server_launch.model_files import PACKAGED_MODELS, ModelError
     from knowledge_flow.server_launch.process import ServerError, models_ready
 
     if base_url != DEFAULT_LOCAL_BASE_URL or models_ready(base_url):
@@ -209,9 +224,10 @@ def endpoint(base_url: str) -> Iterator[str]:
         return
     from knowledge_flow.server_launch.local import start_local
 
+    packaged = next((m.name for m in PACKAGED_MODELS.values() if model in (m.name, m.served_name)), None)
     err.print(f"the local model server is not running at {base_url}; starting it for this command")
     try:
-        server = start_local(write_pid_file=False, progress=lambda m: err.print(Text(f"  {clean(m)}")))
+        server = start_local(model=packaged, write_pid_file=False, progress=lambda m: err.print(Text(f"  {clean(m)}")))
     except (ServerError, ModelError) as exc:
         raise UsageError(
             f"{exc}\nStart a server with `kflow serve local`, or pass --base-url URL of an OpenAI-compatible "

@@ -29,6 +29,7 @@ from knowledge_flow.cli.common import (
     open_store,
     out,
     resolve_db,
+    run_model,
     warn_withheld,
     write_json,
 )
@@ -144,8 +145,11 @@ def evaluate(
                 raise UsageError(f"answer_type must be one of integer, latex, text, got {answer_type!r}")
             spec = DatasetSpec(source, problem_field, answer_field, id_field, answer_type, limit)
             loaded = spec.load()
+            model = run_model(url, given.get("model"))
             longest = max((p.problem for p in loaded.problems), key=len)  # the prompt set is rendered on it
-            params = dict(resolve_params({**given, "answer_type": loaded.answer_type, "problem": longest}))
+            params = dict(
+                resolve_params({**given, "model": model, "answer_type": loaded.answer_type, "problem": longest})
+            )
             eval_id = eval_id_given or new_eval_id()
             postfix = output_postfix or str(params["strategy"])
             folder = Path(output_dir).expanduser().resolve()
@@ -204,7 +208,8 @@ def evaluate(
                 before = extend(graph, store, eval_id, int(given["iterations"]))
                 if before != given["iterations"]:
                     err.print(f"extended from {before} to {given['iterations']} iterations")
-            with endpoint(url) if max_problems != 0 else nullcontext(url) as live_url:
+            model = str(EvalStore(store).require_eval(eval_id).manifest["params"]["model"])
+            with endpoint(url, model) if max_problems != 0 else nullcontext(url) as live_url:
                 context = Context(
                     base_url=live_url, db_path=db_path, max_retries=max_retries, request_timeout=request_timeout
                 )

@@ -136,7 +136,9 @@ def show(
         }
         write_json(payload)
         return
-    out.print(Text(f"thread {clean(run.thread_id)}  run {run.run_id}  status {run.status}  model {clean(run.model)}"))
+    out.print(
+        Text(f"thread {clean(run.thread_id)}  run {run.run_id}  status {run.status}  model {clean(run.answered_by)}")
+    )
     if stopped_by is not None:
         out.print(Text(f"stopped by an error: {clean(stopped_by, 300)} (`kflow resume` runs that step again)"))
     out.print(Text(f"problem: {clean(run.problem, 300)}"))

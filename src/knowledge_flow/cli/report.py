@@ -158,10 +158,19 @@ def report(
         ),
     ] = "default",
     as_json: JsonOpt = False,
+    html: Annotated[
+        str | None,
+        typer.Option(
+            "--html",
+            help="Also write an HTML report into this folder: one self-contained page (plots, tables with intervals, "
+            "each problem's trajectory) and the rollouts' texts next to it. RUN may also be a thread (kflow solve).",
+        ),
+    ] = None,
 ) -> None:
     """Accuracy per iteration, cumulative solved share, final-answer accuracy, tokens; per trace pass@1 and
     maj@k; TRT rounds and DeepConf stops where the runs have them; with --compare, the runs side by side and at
-    equal tokens per problem; a PNG plot."""
+    equal tokens per problem; a PNG plot; with --html, a page."""
+    from knowledge_flow.cli import html_report
     from knowledge_flow.evaluation.budgets import equal_tokens
     from knowledge_flow.evaluation.compare import compare_runs, records_from_grades
     from knowledge_flow.evaluation.integrity import check_evaluation
@@ -178,6 +187,9 @@ def report(
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder} is a file, not a folder; choose another --out")
         store: RolloutStore = open_store(db_path, must_exist=True)
+        if html is not None and html_report.html_folder(html) and not compare and not EvalStore(store).get_eval(run_id):
+            html_report.thread_page(store, db_path, run_id, html, as_json)
+            return
         reports, records = [], []
         for name in [run_id, *(compare or [])]:
             row = EvalStore(store).get_eval(name)
@@ -201,12 +213,14 @@ def report(
     strategies = [strategy_totals(store, r.eval_id) for r in reports]
     comparison = compare_runs(records) if compare else []
     matched = equal_tokens([token_curve(r) for r in reports]) if compare else None
+    page = html_report.write_evaluations(store, reports, comparison, html) if html is not None else None
     if as_json:
         payload: dict[str, Any] = {
             **reports[0].to_json(),
             "strategy_figures": strategies[0],
             "plot": str(plot),
             "same_dataset": len(datasets) == 1,
+            **({"html": str(page)} if page is not None else {}),
         }
         if compare:
             others = zip(reports[1:], strategies[1:], strict=True)
@@ -223,6 +237,8 @@ def report(
     if matched is not None:
         print_equal_tokens(matched)
     out.print(f"plot: {plot}")
+    if page is not None:
+        out.print(Text(clean(f"html report: {page}")))
 
 
 def strategy_totals(store: RolloutStore, eval_id: str) -> dict[str, Any] | None:

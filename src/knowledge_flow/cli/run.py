@@ -30,6 +30,7 @@ from knowledge_flow.cli.common import (
     open_store,
     out,
     resolve_db,
+    run_model,
     warn_withheld,
     write_json,
 )
@@ -61,8 +62,13 @@ def _print_rollout(store: RolloutStore, state: dict[str, Any]) -> None:
 
 
 def describe_item(item: dict[str, Any] | KnowledgeItem) -> str:
+    """An item as one line: its wrong answer and its text (a section's raw text starts after its header, with
+    the colon the model wrote there: not shown)."""
+    from knowledge_flow.prompts.environment import strip_leading_colon
+
     wrong = item.get("wrong_answer")
-    return f"not {wrong}: {item['text']}" if wrong is not None else str(item["text"])
+    text = strip_leading_colon(str(item["text"]))
+    return f"not {wrong}: {text}" if wrong is not None else text
 
 
 def _print_knowledge(items: list[KnowledgeItem]) -> None:
@@ -134,12 +140,13 @@ def summarize(values: dict[str, Any], thread_id: str, db: str) -> dict[str, Any]
     from knowledge_flow.strategies import shown_knowledge
 
     params = values.get("params") or {}
-    knowledge = (
-        shown_knowledge(cast("State", values), get_store(db).prompt_set(params["prompt_hash"])) if params else []
-    )
+    store = get_store(db)
+    knowledge = shown_knowledge(cast("State", values), store.prompt_set(params["prompt_hash"])) if params else []
+    run = store.get_run(values["run_id"]) if values.get("run_id") else None
     return {
         "thread_id": thread_id,
         "run_id": values.get("run_id"),
+        "model": run.answered_by if run is not None else params.get("model"),
         "status": values.get("status"),
         "final_answer": values.get("final_answer"),
         "answers": values.get("answers", []),
@@ -162,6 +169,7 @@ def emit(result: dict[str, Any], as_json: bool) -> None:
         f"rollouts: {result['iterations_done']}   tokens: {usage['prompt_tokens']} prompt + "
         f"{usage['completion_tokens']} completion"
     )
+    out.print(Text(f"model: {clean(result['model'])}"))
     out.print(f"thread: {result['thread_id']}   database: {shown(result['db'])}")
 
 
@@ -173,6 +181,7 @@ def _execute(
     as_json: bool,
     conn: RequestSettings,
     *,
+    model: str | None,
     iterations: int | None = None,
     lease_key: str | None = None,
     problem: tuple[str, int] | None = None,
@@ -196,7 +205,7 @@ def _execute(
         raise fail(str(exc)) from None
     worker = claim_problem(store, lease, thread_id, problem) if problem is not None else None
     try:
-        with StopRequest(raise_in_main=True) as stop, endpoint(base_url) as url:
+        with StopRequest(raise_in_main=True) as stop, endpoint(base_url, model) as url:
             context = Context(
                 base_url=url, db_path=db, max_retries=conn.max_retries, request_timeout=conn.request_timeout
             )
@@ -324,12 +333,15 @@ def run_solve(
             raise UsageError("the problem is empty")
         url = check_base_url(base_url or os.environ.get("KFLOW_BASE_URL") or DEFAULT_LOCAL_BASE_URL)
         db_path = resolve_db(db)
+        params = {**params, "model": run_model(url, params.get("model"))}
         resolve_params({**params, "problem": problem})
         open_store(db_path, writable=True)
     except (UsageError, ValueError) as exc:
         raise fail(str(exc)) from None
     thread = thread_id or uuid.uuid4().hex[:12]
-    _execute({"problem": problem, **params}, thread, db_path, url, as_json, conn or RequestSettings())
+    _execute(
+        {"problem": problem, **params}, thread, db_path, url, as_json, conn or RequestSettings(), model=params["model"]
+    )
 
 
 def resume(
@@ -398,6 +410,7 @@ def resume(
         url,
         as_json,
         RequestSettings(max_retries, request_timeout),
+        model=run.model,
         iterations=iterations,
         lease_key=lease_key,
         problem=(item.eval_id, item.position) if item is not None else None,

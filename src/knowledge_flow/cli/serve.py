@@ -126,20 +126,24 @@ def serve_local(
         str | None,
         typer.Option(
             "--model",
-            help="A packaged model: qwen2.5-coder-0.5b (default, the local extra) or qwen2.5-coder-1.5b "
-            "(the local-1.5b extra).",
+            help="A packaged model: qwen2.5-coder-1.5b (the local-1.5b extra; the default when installed) or "
+            "qwen2.5-coder-0.5b (the local extra; the default otherwise).",
         ),
     ] = None,
     model_path: Annotated[
         Path | None, typer.Option("--model-path", help="Another GGUF file, served under its own model name.")
     ] = None,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length.")] = 4096,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="CPU threads (default: all cores; 1 decodes faster on a busy machine)."),
+    ] = None,
 ) -> None:
     """Start the embedded CPU model server in the background (pid file; stop with `kflow serve stop`).
 
     The server reports the model's own name (the packaged model's, or a GGUF file's `general.name`); runs
     against it send that name (`--model NAME`)."""
-    from knowledge_flow.server_launch.local import start_local
+    from knowledge_flow.server_launch.local import preferred_model, start_local
     from knowledge_flow.server_launch.model_files import ModelError, packaged_model
     from knowledge_flow.server_launch.process import ServerError
     from knowledge_flow.user_files import UserFileError, require_regular
@@ -155,7 +159,13 @@ def serve_local(
         raise fail(str(exc)) from None
     try:
         server = start_local(
-            host=host, port=port, model=model, model_path=model_path, n_ctx=n_ctx, progress=lambda m: err.print(m)
+            host=host,
+            port=port,
+            model=model if model is not None or model_path is not None else preferred_model().name,
+            model_path=model_path,
+            n_ctx=n_ctx,
+            threads=threads,
+            progress=lambda m: err.print(m),
         )
     except (ServerError, ModelError) as exc:
         raise fail(str(exc), code=1) from None

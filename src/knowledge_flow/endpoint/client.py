@@ -87,6 +87,8 @@ class Sampling:
     reasoning_effort: str | None = None
     extra: Mapping[str, Any] | None = None
     """The run's own extra request fields (e.g. vLLM's ``structured_outputs``, ``chat_template_kwargs``)."""
+    seed: int | None = None
+    """The request's sampling seed (vLLM seeds choice i of a request with ``seed + i``); None: not sent."""
 
     def extra_body(self, server: str = "vllm") -> dict[str, Any]:
         """The sampling parameters outside the OpenAI schema, as the server names them, then the run's extra
@@ -241,6 +243,8 @@ def chat_request(
         request |= {"logprobs": True, "top_logprobs": sampling.top_logprobs or 0}
     if sampling.reasoning_effort:
         request["reasoning_effort"] = sampling.reasoning_effort
+    if sampling.seed is not None:
+        request["seed"] = sampling.seed
     if stream:
         request |= stream_options(server)
     return request
@@ -263,6 +267,8 @@ def completion_request(
         request["logprobs"] = sampling.top_logprobs or 1
         if server == "vllm":  # candidates keyed by token id: vLLM merges candidates with the same text otherwise
             request["extra_body"] = request["extra_body"] | {"return_tokens_as_token_ids": True}
+    if sampling.seed is not None:
+        request["seed"] = sampling.seed
     if stream:
         request |= stream_options(server)
     return request

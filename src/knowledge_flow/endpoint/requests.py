@@ -171,19 +171,27 @@ def sample(
 ) -> list[Completion]:
     """One completion per temperature, in order; `send_one` makes one request.
 
-    With equal temperatures this is one request with ``n`` (never with a seed: vLLM returns ``n`` identical
-    choices for one seed); when the server returns fewer choices (llama.cpp ignores ``n``), the rest are
-    separate requests. Different temperatures are separate requests, sent concurrently.
+    With equal temperatures this is one request with ``n``; when the server returns fewer choices (llama.cpp
+    ignores ``n``), the rest are separate requests. Different temperatures are separate requests, sent
+    concurrently. With a seed, completion i is sampled with ``seed + i`` (vLLM seeds choice i of a request
+    with ``n`` so; a separate request for completion i is sent with that seed).
     """
     if not temperatures:
         return []
     if len(set(temperatures)) == 1:
         first = replace(sampling, temperature=temperatures[0], n=len(temperatures))
         results = send_one(first)[: len(temperatures)]
-        single = replace(first, n=1)
-        for _ in range(len(temperatures) - len(results)):
-            results.extend(send_one(single))
+        while len(results) < len(temperatures):
+            results.extend(send_one(replace(first, n=1, seed=seed_of(sampling, len(results)))))
         return results
     with ThreadPoolExecutor(max_workers=len(temperatures)) as pool:
-        futures = [pool.submit(send_one, replace(sampling, temperature=t, n=1)) for t in temperatures]
+        futures = [
+            pool.submit(send_one, replace(sampling, temperature=t, n=1, seed=seed_of(sampling, i)))
+            for i, t in enumerate(temperatures)
+        ]
         return [future.result()[0] for future in futures]
+
+
+def seed_of(sampling: Sampling, offset: int) -> int | None:
+    """The seed of the request for completion `offset` of `sampling` (None when the run sends no seed)."""
+    return None if sampling.seed is None else sampling.seed + offset

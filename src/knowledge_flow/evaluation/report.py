@@ -215,6 +215,14 @@ def calls_by_iteration(store: RolloutStore, run_ids: list[str]) -> dict[int, int
     return tokens
 
 
+def answering_model(store: RolloutStore, items: list[EvalItemRow], requested: str) -> str:
+    """The model(s) that answered the evaluation's runs, as their endpoints reported them (`RunRow.answered_by`);
+    the model requested when no run has started."""
+    runs = [store.get_run(item.run_id) for item in items if item.run_id]
+    names = sorted({run.answered_by for run in runs if run is not None})
+    return ", ".join(names) or requested
+
+
 def share(count: int, total: int) -> float | None:
     """`count` of `total` as a fraction; None (n/a) when there is nothing to count."""
     return count / total if total else None
@@ -296,7 +304,7 @@ def build_report(
     return EvalReport(
         eval_id=eval_id,
         dataset=row.dataset,
-        model=str(params["model"]),
+        model=answering_model(store, items, str(params["model"])),
         strategy=str(params["strategy"]),
         status=row.status,
         problems=len(items),

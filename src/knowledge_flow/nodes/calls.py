@@ -75,9 +75,13 @@ def endpoint_of(runtime: Runtime[Context], served: Served) -> Endpoint:
     return Endpoint(served, pool, ctx.request_timeout, retries, ctx.secrets)
 
 
-def sampling_of(params: RunParams, max_tokens: int, *, logprobs: bool = False, top_logprobs: int = 0) -> Sampling:
-    """The run's sampling parameters for one request. `top_logprobs` is DeepConf's k: k + 1 candidates are
-    requested, so that the exact top k is among them (see `strategies.confidence`)."""
+def sampling_of(
+    params: RunParams, max_tokens: int, *, logprobs: bool = False, top_logprobs: int = 0, seed_offset: int = 0
+) -> Sampling:
+    """The run's sampling parameters for one request (its seed: the run's plus `seed_offset`, within 31 bits).
+    `top_logprobs` is DeepConf's k: k + 1 candidates are requested, so that the exact top k is among them (see
+    `strategies.confidence`)."""
+    seed = params.get("seed")
     return Sampling(
         model=params["model"],
         temperature=params["temperature"],
@@ -90,6 +94,7 @@ def sampling_of(params: RunParams, max_tokens: int, *, logprobs: bool = False, t
         top_logprobs=top_logprobs + 1 if top_logprobs else None,
         reasoning_effort=params["reasoning_effort"],
         extra=params.get("extra_body"),
+        seed=None if seed is None else (seed + seed_offset) % 2**31,
     )
 
 

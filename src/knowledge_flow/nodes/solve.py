@@ -38,7 +38,7 @@ from langgraph.runtime import Runtime
 
 from knowledge_flow.context import Context
 from knowledge_flow.endpoint import Completion, Prepared, PromptTooLong, Sampling, prepare, sample, send_stream
-from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD
+from knowledge_flow.endpoint.requests import MESSAGE_OVERHEAD, seed_of
 from knowledge_flow.nodes.calls import (
     CONTENT_ATTEMPTS,
     CONTENT_FAULTS,
@@ -51,7 +51,7 @@ from knowledge_flow.nodes.calls import (
 )
 from knowledge_flow.nodes.common import guarded, step_of, store_of
 from knowledge_flow.nodes.waves import NOT_SENT, Wave, note_inactive_filter, open_wave, text_of, unsent
-from knowledge_flow.options import DEFAULT_WINDOW
+from knowledge_flow.options import DEFAULT_WINDOW, SEED_STRIDE
 from knowledge_flow.persistence.compression import pack_confidences
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore, utcnow
 from knowledge_flow.prompts import PromptSetError
@@ -209,7 +209,7 @@ class Iteration:
             ready = prepared
             result = sample_or_fault(
                 lambda s: endpoint.send(ready, s, resends),
-                self.sampling,
+                replace(self.sampling, seed=seed_of(self.sampling, indices[0])),
                 [self.temperatures[index] for index in indices],
                 endpoint.secrets,
                 resends,
@@ -227,6 +227,7 @@ class Iteration:
         assert self.streaming is not None and self.wave is not None
         streaming, endpoint, wave = self.streaming, self.endpoint, self.wave
         sampling = replace(self.sampling, temperature=self.temperatures[index], n=1)
+        sampling = replace(sampling, seed=seed_of(self.sampling, index))
         outcome = Outcome(None, str(too_long) if too_long is not None else None)
         resends = Resends()
         stopped = False
@@ -315,7 +316,11 @@ def solve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     streaming = strategy.streaming(step)
     top = int(params.get("top_logprobs") or 0)
     sampling = sampling_of(
-        params, prompts[0].max_tokens, logprobs=params["thinkers"] > 1 or streaming is not None, top_logprobs=top
+        params,
+        prompts[0].max_tokens,
+        logprobs=params["thinkers"] > 1 or streaming is not None,
+        top_logprobs=top,
+        seed_offset=SEED_STRIDE * iteration,
     )
     wave = open_wave(store, strategy, step, streaming, ids) if streaming is not None else None
     work = Iteration(state, ids, prompts, temperatures, sampling, streaming, endpoint_of(runtime, served), store, wave)

@@ -104,6 +104,15 @@ class RunRow(Base):
     def served(self) -> dict[str, Any] | None:
         return json.loads(self.served_json) if self.served_json else None
 
+    @property
+    def answered_by(self) -> str:
+        """The model that answered: the name the endpoint reported (`served`), with the name the run sent when
+        they differ (llama.cpp's server answers to any name); the name sent when no rollout reached a server."""
+        served = (self.served or {}).get("model")
+        if not served or served == self.model:
+            return self.model
+        return f"{served} (requested as {self.model})"
+
 
 class PromptSetRow(Base):
     """The text of each prompt set a run used, by its SHA-256 (a resumed run renders exactly the same)."""
