@@ -171,12 +171,15 @@ def test_trace_budget_is_exact_and_the_report_revotes_from_the_traces(
     comparison = json.loads(compared.stdout)["comparison"]
     assert [c["accuracy"] for c in comparison] == [0.5, 0.5]
 
-    # a problem whose traces are gone cannot be re-voted: refused, not graded by another rule
+    # a problem whose traces are gone cannot be re-voted: the store is named damaged (which run, which
+    # iteration), nothing is graded by another rule and no figure is written
     with store.session() as session:
         session.query(RolloutRow).filter(RolloutRow.run_id == one.run_id, RolloutRow.iteration == 1).delete()
-    refused = run_kflow(["report", "dc", "--db", str(db), "--out", str(tmp_path / "plots")])
-    assert refused.returncode != 0
-    assert "conf-vote:lowest votes over every trace" in refused.stderr and "iteration(s) 1" in refused.stderr
+    refused = run_kflow(["report", "dc", "--db", str(db), "--out", str(tmp_path / "refused")])
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "is damaged" in refused.stderr and f"(run {(one.run_id or '')[:12]})" in refused.stderr
+    assert "the rollouts of iteration 1 are missing" in refused.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_majority_traces_is_the_reference_final_answer(scripted: type[ScriptedServer], tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ real run on the packaged 0.5B model (structure only: the model's answers are its
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import re
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from knowledge_flow.cli.demo_watch import POLL_S
 from knowledge_flow.demo_problems import CHECKOUT_DATASET, DEMO_PROBLEMS, load_demo_problems, packaged_rows
 from knowledge_flow.options import SEED_STRIDE
 from tests.conftest import SHARED_DATASETS, free_port, run_kflow
@@ -54,8 +56,13 @@ def test_demo_shows_the_method(scripted: type[ScriptedServer], tmp_path: Path) -
     rows = load_demo_problems().rows
     scripts = {row["problem"]: script(int(row["answer"])) for row in rows}
     replies = script_responder(scripts)
-    # each reply takes a moment, as a model's would: time for the progress line of a running rollout
-    server = scripted(lambda request: replace(replies(request), delay_s=0.6), keys=list(scripts)).start()
+    # each reply takes a moment, as a model's would, and the first one long enough that the watch (polling
+    # every POLL_S) sees a rollout running however loaded the machine is: the progress line
+    answered = itertools.count()
+    server = scripted(
+        lambda request: replace(replies(request), delay_s=6 * POLL_S if next(answered) == 0 else 0.6),
+        keys=list(scripts),
+    ).start()
     db, out = tmp_path / "demo.db", tmp_path / "demo-out"
     proc = run_kflow(["demo", "--base-url", server.base_url, "--db", str(db), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr

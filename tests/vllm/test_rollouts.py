@@ -137,8 +137,14 @@ def padded_problem(server: VllmServer, room: int) -> str:
         body = {"model": server.model, "messages": [{"role": "user", "content": text}]}
         return int(server.post("/tokenize", body).json()["count"])
 
+    # a note's length grows with its number's digits: extrapolate, then step to the most notes that fit
+    target = server.max_model_len - CONTEXT_MARGIN - room
     base, ten = later_tokens(0), later_tokens(10)
-    notes = (server.max_model_len - CONTEXT_MARGIN - room - base) * 10 // (ten - base)
+    notes = (target - base) * 10 // (ten - base)
+    while later_tokens(notes) > target:
+        notes -= 1
+    while later_tokens(notes + 1) <= target:
+        notes += 1
     return " ".join(f"Note {n}: apples are red and sweet." for n in range(notes)) + "\n" + PROBLEM
 
 
