@@ -129,10 +129,17 @@ def padded_problem(server: VllmServer, room: int) -> str:
     leaves about `room` tokens of the context (counted by vLLM's tokenizer)."""
     table = load_prompt_set(PAPER_SET).table(SPEC)
 
+    def padded(notes: int) -> str:
+        return " ".join(f"Note {n}: apples are red and sweet." for n in range(notes)) + "\n" + PROBLEM
+
     def later_tokens(notes: int) -> int:
-        problem = " ".join(f"Note {n}: apples are red and sweet." for n in range(notes)) + "\n" + PROBLEM
         text = table.render(
-            "later", problem=problem, answer_slot="<integer>", iteration=1, reference=": " + "w " * 14, knowledge=[]
+            "later",
+            problem=padded(notes),
+            answer_slot="<integer>",
+            iteration=1,
+            reference=": " + "w " * 14,
+            knowledge=[],
         )
         body = {"model": server.model, "messages": [{"role": "user", "content": text}]}
         return int(server.post("/tokenize", body).json()["count"])
@@ -145,7 +152,7 @@ def padded_problem(server: VllmServer, room: int) -> str:
         notes -= 1
     while later_tokens(notes + 1) <= target:
         notes += 1
-    return " ".join(f"Note {n}: apples are red and sweet." for n in range(notes)) + "\n" + PROBLEM
+    return padded(notes)
 
 
 def test_budget_fits_the_context_as_the_knowledge_list_grows(vllm_server: VllmServer, tmp_path: Path) -> None:

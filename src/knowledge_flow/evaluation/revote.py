@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from knowledge_flow.persistence.store import RolloutRow, RolloutStore
 from knowledge_flow.records import AnswerType, TraceVote
@@ -108,19 +108,10 @@ def finals_after_waves(
     ]
 
 
-def item_votes(votes: dict[str, list[TraceVote]], item: Any, rule: str) -> list[TraceVote]:
-    """A finished evaluation item's votes, checked complete (see `check_complete`)."""
-    found = votes.get(item.run_id or "", [])
-    label = f"problem {item.problem_id} (thread {item.thread_id})"
-    check_complete(label, len(item.answers), found, rule)
-    return found
-
-
 __all__ = [
     "MissingTraces",
     "check_complete",
     "finals_after_waves",
-    "item_votes",
     "reread_votes",
     "stored_votes",
     "trace_answers",
