@@ -27,6 +27,7 @@ set text) is read back instead of run again, and an interrupted one continues wh
     python -m benchmarks.accuracy --problems 30 --variants sc,kf,kf-tie   # the figures of docs/accuracy.md
     python -m benchmarks.accuracy --limit 5            # a quick look: the first 5 problems
     python -m benchmarks.accuracy --tiny               # the test suite's run: 0.5B, 2 problems, 2 rollouts
+    python -m benchmarks.accuracy --stored             # run nothing: the stored runs, on the problems all finished
 """
 
 from __future__ import annotations
@@ -178,8 +179,10 @@ def run_variant(
     sizes: dict[str, Any],
     fresh: bool,
     say: Any,
+    stored: bool = False,
 ) -> str:
-    """Run (or read back, or continue) one variant; returns its evaluation id."""
+    """Run (or read back, or continue) one variant; returns its evaluation id. With `stored`, nothing runs: the
+    run is read as the database holds it, finished or not."""
     from knowledge_flow.context import Context
     from knowledge_flow.evaluation.datasets import load_problems
     from knowledge_flow.evaluation.rows import EvalStore
@@ -218,6 +221,11 @@ def run_variant(
     row = EvalStore(store).get_eval(eval_id)
     if row is not None and row.status == "done":
         say(f"{variant.name}: reusing finished run {eval_id}")
+        return eval_id
+    if stored:
+        if row is None:
+            raise SystemExit(f"{variant.name}: no run {eval_id} in {store_path}; run it first (without --stored)")
+        say(f"{variant.name}: reading run {eval_id} as stored ({row.status})")
         return eval_id
     base_url = endpoint()  # the server starts for the first run that needs it
     if row is None:
@@ -263,8 +271,18 @@ def server_seconds(store: Any, eval_id: str) -> float:
     return total
 
 
+def on_common_problems(records: list[Any]) -> list[Any]:
+    """Each run cut to the problems that every run finished, so that all rows count the same problems (a run
+    read with --stored may not have finished them all)."""
+    from knowledge_flow.evaluation.compare import RunRecords
+
+    common = set.intersection(*({p.problem_id for p in run.problems} for run in records)) if records else set()
+    return [RunRecords(run.label, [p for p in run.problems if p.problem_id in common]) for run in records]
+
+
 def figures(store: Any, runs: dict[str, str], rollouts: int) -> list[dict[str, Any]]:
-    """The comparison rows: one per (run, final-answer rule), paired with self-consistency."""
+    """The comparison rows: one per (run, final-answer rule), paired with self-consistency, over the problems
+    that every run finished."""
     from knowledge_flow.evaluation.compare import RunRecords, compare_runs, first_rollout, records_from_items
 
     records: list[RunRecords] = []
@@ -285,7 +303,7 @@ def figures(store: Any, runs: dict[str, str], rollouts: int) -> list[dict[str, A
             records.append(records_from_items(label, items, final_rule=rule))
             labels.append((name, rule or "its own", seconds))
     baseline = 0 if "sc" in runs else None
-    compared = compare_runs(records, baseline if baseline is not None else 0)
+    compared = compare_runs(on_common_problems(records), baseline if baseline is not None else 0)
     rows = []
     for comparison, (name, rule, seconds) in zip(compared, labels, strict=True):
         entry = comparison.to_json()
@@ -353,6 +371,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--threads", type=int, help="llama.cpp threads (default: all cores; 1 holds up better on a busy machine)"
     )
     parser.add_argument("--fresh", action="store_true", help="run every variant again instead of reusing runs")
+    parser.add_argument(
+        "--stored",
+        action="store_true",
+        help="run nothing: report the runs in --db as they are, over the problems every run has finished",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the figures to this file")
     parser.add_argument("--tiny", action="store_true", help="the test suite's run (0.5B, 2 problems, 2 rollouts)")
     args = parser.parse_args(argv)
@@ -420,6 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sizes=sizes,
                 fresh=args.fresh,
                 say=say,
+                stored=args.stored,
             )
             for name in names
         }
@@ -430,6 +454,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     store = get_store(store_path)
     rows = figures(store, runs, sizes["iterations"])
     print(f"model {model}; problems {sizes['offset']}..{sizes['offset'] + sizes['problems'] - 1} of {DATASET.name}")
+    if rows and rows[0]["problems"] < sizes["problems"]:
+        done = rows[0]["problems"]
+        print(f"every run has finished {done} of the {sizes['problems']} problems: each row counts those {done}")
     print_rows(rows)
     print(f"wall time of this invocation: {wall:,.0f} s (runs already in {store_path} are read back, not timed)")
     result = {"sizes": sizes, "model": model, "runs": runs, "rows": rows, "wall_s": wall}

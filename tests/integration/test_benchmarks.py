@@ -83,6 +83,23 @@ def test_accuracy_tiny(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     again = accuracy.main(["--tiny", "--db", str(tmp_path / "accuracy.db")])
     assert again["runs"] == figures["runs"]  # finished runs are read back, not run again
     assert "reusing finished run" in capsys.readouterr().err
+    stored = accuracy.main(["--tiny", "--db", str(tmp_path / "accuracy.db"), "--stored"])
+    assert stored["rows"] == figures["rows"] and "starting" not in capsys.readouterr().err  # no server
+    with pytest.raises(SystemExit, match=r"thinkers: no run thinkers-.* run it first"):
+        accuracy.main(["--tiny", "--db", str(tmp_path / "accuracy.db"), "--stored", "--variants", "sc,thinkers"])
+
+
+def test_rows_count_the_problems_every_run_finished() -> None:
+    """A run read with --stored may be unfinished: every row is cut to the problems all runs finished."""
+    from knowledge_flow.evaluation.compare import ProblemRecord, RunRecords
+
+    def run(label: str, ids: list[str]) -> RunRecords:
+        return RunRecords(label, [ProblemRecord(i, [True], True, [1], [1], ["1"], "1") for i in ids])
+
+    cut = accuracy.on_common_problems([run("a", ["p1", "p2", "p3"]), run("b", ["p3", "p1"]), run("c", ["p1", "p3"])])
+    assert [[p.problem_id for p in r.problems] for r in cut] == [["p1", "p3"], ["p3", "p1"], ["p1", "p3"]]
+    assert [r.label for r in cut] == ["a", "b", "c"]
+    assert accuracy.on_common_problems([run("a", ["p1"]), run("b", [])])[0].problems == []
 
 
 def test_accuracy_tiny_rsa(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
