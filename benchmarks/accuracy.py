@@ -18,7 +18,8 @@ the same problems at matched rollouts (N per problem):
 
 Printed: accuracy with its 95% Wilson interval, wins/losses against self-consistency on the same problems with
 the exact McNemar p-value, tokens per problem (prompt + completion), right->wrong and wrong->right flips
-between consecutive iterations, pass@1 per iteration, and the server's generation time.
+between consecutive iterations, pass@1 per iteration, and the seconds the server spent on each run (requests
+sent together counted once).
 
 Runs are kept in a database (`--db`): a configuration that already ran (same model, problems, sizes, prompt
 set text) is read back instead of run again, and an interrupted one continues where it stopped.
@@ -41,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -260,14 +262,22 @@ def run_variant(
     return eval_id
 
 
-def server_seconds(store: Any, eval_id: str) -> float:
-    """Seconds the server spent on the run's requests (the sum of rollout latencies)."""
+def server_seconds(store: Any, eval_id: str, problems: set[str]) -> float:
+    """Seconds the server spent on the run's requests (rollouts and calls) for `problems`: the union of the
+    requests' intervals, so that requests sent together (a population, parallel thinkers), which the server
+    queues, are counted once."""
     from knowledge_flow.evaluation.rows import EvalStore
 
-    total = 0.0
+    spans = []
     for item in EvalStore(store).eval_items(eval_id):
-        if item.run_id:
-            total += sum(row.latency_s for row in store.rollouts(item.run_id))
+        if item.run_id and str(item.problem_id) in problems:
+            for row in [*store.rollouts(item.run_id), *store.calls(item.run_id)]:
+                end = datetime.fromisoformat(row.created_at).timestamp()
+                spans.append((end - row.latency_s, end))
+    total, reached = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        total += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
     return total
 
 
@@ -284,30 +294,32 @@ def figures(store: Any, runs: dict[str, str], rollouts: int) -> list[dict[str, A
     """The comparison rows: one per (run, final-answer rule), paired with self-consistency, over the problems
     that every run finished."""
     from knowledge_flow.evaluation.compare import RunRecords, compare_runs, first_rollout, records_from_items
-
-    records: list[RunRecords] = []
-    labels: list[tuple[str, str, float]] = []
     from knowledge_flow.evaluation.rows import EvalStore
 
+    records: list[RunRecords] = []
+    labels: list[tuple[str, str, str, float]] = []
+    """Per row: variant, final-answer rule, evaluation id, and the share of the run's server time it shows."""
     for name, eval_id in runs.items():
         variant = VARIANTS[name]
         items = list(EvalStore(store).eval_items(eval_id))
-        seconds = server_seconds(store, eval_id)
         if variant.strategy == "self-consistency":
             sc = records_from_items(f"self-consistency, majority of {rollouts}", items, final_rule="majority:all")
             records[:0] = [sc, first_rollout("one rollout (rollout 0)", sc)]
-            labels[:0] = [(name, "majority:all", seconds), (name, "rollout 0", seconds / max(1, rollouts))]
+            labels[:0] = [(name, "majority:all", eval_id, 1.0), (name, "rollout 0", eval_id, 1 / max(1, rollouts))]
             continue
         for rule in variant.finals:
             label = f"{variant.label}, {variant.shown[rule]}"
             records.append(records_from_items(label, items, final_rule=rule))
-            labels.append((name, rule or "its own", seconds))
+            labels.append((name, rule or "its own", eval_id, 1.0))
+    records = on_common_problems(records)
+    problems = {p.problem_id for p in records[0].problems} if records else set()
+    seconds = {eval_id: server_seconds(store, eval_id, problems) for eval_id in runs.values()}
     baseline = 0 if "sc" in runs else None
-    compared = compare_runs(on_common_problems(records), baseline if baseline is not None else 0)
+    compared = compare_runs(records, baseline if baseline is not None else 0)
     rows = []
-    for comparison, (name, rule, seconds) in zip(compared, labels, strict=True):
+    for comparison, (name, rule, eval_id, share) in zip(compared, labels, strict=True):
         entry = comparison.to_json()
-        entry |= {"variant": name, "final_rule": rule, "server_seconds": round(seconds, 1)}
+        entry |= {"variant": name, "final_rule": rule, "server_seconds": round(seconds[eval_id] * share, 1)}
         if baseline is None:
             entry["paired"] = None
         rows.append(entry)
