@@ -262,23 +262,26 @@ def run_variant(
     return eval_id
 
 
-def server_seconds(store: Any, eval_id: str, problems: set[str]) -> float:
-    """Seconds the server spent on the run's requests (rollouts and calls) for `problems`: the union of the
-    requests' intervals, so that requests sent together (a population, parallel thinkers), which the server
-    queues, are counted once."""
-    from knowledge_flow.evaluation.rows import EvalStore
-
-    spans = []
-    for item in EvalStore(store).eval_items(eval_id):
-        if item.run_id and str(item.problem_id) in problems:
-            for row in [*store.rollouts(item.run_id), *store.calls(item.run_id)]:
-                end = datetime.fromisoformat(row.created_at).timestamp()
-                spans.append((end - row.latency_s, end))
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals: time covered by one or more of them, counted once."""
     total, reached = 0.0, float("-inf")
     for start, end in sorted(spans):
         total += max(0.0, end - max(start, reached))
         reached = max(reached, end)
     return total
+
+
+def server_seconds(store: Any, items: list[Any], problems: set[str]) -> float:
+    """Seconds the server spent on a run's requests (rollouts and calls) for `problems`, given the run's stored
+    items: the union of the requests' intervals, so that requests sent together (a population, parallel
+    thinkers), which the server queues, are counted once."""
+    spans = []
+    for item in items:
+        if item.run_id and str(item.problem_id) in problems:
+            for row in [*store.rollouts(item.run_id), *store.calls(item.run_id)]:
+                end = datetime.fromisoformat(row.created_at).timestamp()
+                spans.append((end - row.latency_s, end))
+    return busy_seconds(spans)
 
 
 def on_common_problems(records: list[Any]) -> list[Any]:
@@ -299,9 +302,10 @@ def figures(store: Any, runs: dict[str, str], rollouts: int) -> list[dict[str, A
     records: list[RunRecords] = []
     labels: list[tuple[str, str, str, float]] = []
     """Per row: variant, final-answer rule, evaluation id, and the share of the run's server time it shows."""
+    items_of = {eval_id: list(EvalStore(store).eval_items(eval_id)) for eval_id in runs.values()}
     for name, eval_id in runs.items():
         variant = VARIANTS[name]
-        items = list(EvalStore(store).eval_items(eval_id))
+        items = items_of[eval_id]
         if variant.strategy == "self-consistency":
             sc = records_from_items(f"self-consistency, majority of {rollouts}", items, final_rule="majority:all")
             records[:0] = [sc, first_rollout("one rollout (rollout 0)", sc)]
@@ -313,7 +317,7 @@ def figures(store: Any, runs: dict[str, str], rollouts: int) -> list[dict[str, A
             labels.append((name, rule or "its own", eval_id, 1.0))
     records = on_common_problems(records)
     problems = {p.problem_id for p in records[0].problems} if records else set()
-    seconds = {eval_id: server_seconds(store, eval_id, problems) for eval_id in runs.values()}
+    seconds = {eval_id: server_seconds(store, items, problems) for eval_id, items in items_of.items()}
     baseline = 0 if "sc" in runs else None
     compared = compare_runs(records, baseline if baseline is not None else 0)
     rows = []

@@ -102,6 +102,15 @@ def test_rows_count_the_problems_every_run_finished() -> None:
     assert accuracy.on_common_problems([run("a", ["p1"]), run("b", [])])[0].problems == []
 
 
+def test_server_seconds_count_queued_requests_once() -> None:
+    """A population's requests are sent together and queued by the server: their intervals overlap and the
+    server's time is their union, not their sum."""
+    assert accuracy.busy_seconds([(0.0, 10.0), (0.0, 20.0), (5.0, 30.0), (40.0, 45.0)]) == 35.0
+    assert accuracy.busy_seconds([(3.0, 4.0), (0.0, 1.0)]) == 2.0  # unordered, disjoint: the sum
+    assert accuracy.busy_seconds([(0.0, 10.0), (2.0, 3.0)]) == 10.0  # one inside another
+    assert accuracy.busy_seconds([]) == 0.0
+
+
 def test_accuracy_tiny_rsa(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """RSA at matched rollouts with self-consistency on the real 0.5B model: 1 problem x 8 rollouts (a
     population of 4, two loops); with GenSelect the final answer is the run's own (at most one call)."""
