@@ -121,6 +121,11 @@ class VllmServer:
         text = self.log_path.read_text(errors="replace")
         return re.findall(r"Received request \S+: params: (SamplingParams\(.*?\)), lora_request", text)
 
+    def aborted(self) -> list[str]:
+        """The ids of the requests vLLM logged as aborted (with `--enable-log-requests`; a client that closed its
+        stream), in order."""
+        return re.findall(r"Request (\S+) aborted\.", self.log_path.read_text(errors="replace"))
+
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples of metric `name` whose labels include `labels` (0.0 when none)."""
         return sum(

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,11 +35,6 @@ def sampling(server: VllmServer, top: int, temperature: float) -> Sampling:
     )
 
 
-def aborted_requests(server: VllmServer) -> list[str]:
-    """The ids of the requests the server logged as aborted (a client closing its stream)."""
-    return re.findall(r"Request (\S+) aborted\.", server.log_path.read_text(errors="replace"))
-
-
 def settled(server: VllmServer, name: str) -> float:
     """Metric `name` once two reads a second apart agree (within a minute)."""
     value, deadline = server.metric(name), time.monotonic() + 60
@@ -62,7 +56,7 @@ def test_closed_streams_keep_the_servers_count_and_every_candidate(vllm_server: 
         return len(seen) >= 40
 
     generated = vllm_server.metric("vllm:generation_tokens_total")
-    aborted = len(aborted_requests(vllm_server))
+    aborted = len(vllm_server.aborted())
     # 1000 tokens and no end of sequence: a stream left running would have the engine make all 1000
     long = replace(sampling(vllm_server, 21, 1.3), max_tokens=1000, extra={"seed": 0, "ignore_eos": True})
     completion = chat_stream(client, messages, long, on_position=stop_after_40)
@@ -72,9 +66,9 @@ def test_closed_streams_keep_the_servers_count_and_every_candidate(vllm_server: 
     # the server aborted the closed stream (its log says so) and the engine stopped: its generation counter settles
     # short of the 1000 tokens asked for (how far past 40 depends on how busy the machine is when the close arrives)
     deadline = time.monotonic() + 120
-    while len(aborted_requests(vllm_server)) == aborted and time.monotonic() < deadline:
+    while len(vllm_server.aborted()) == aborted and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(aborted_requests(vllm_server)) == aborted + 1
+    assert len(vllm_server.aborted()) == aborted + 1
     assert 40 <= settled(vllm_server, "vllm:generation_tokens_total") - generated < 1000
 
     # the completions path: keyed by token id, nothing merges (keyed by text, tokens that decode alike do)
