@@ -17,6 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+def shared_dataset(name: str) -> Path:
+    """A dataset of `SHARED_DATASETS` (``../shared/datasets`` beside the checkout, as the README's layout has
+    it); a test that needs one fails with where it looked rather than a FileNotFoundError deep inside."""
+    path = SHARED_DATASETS / name
+    if not path.is_file():
+        reason = f"{path} not found: the tests read the datasets from ../shared/datasets beside the checkout"
+        pytest.fail(reason, pytrace=False)
+    return path
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:

@@ -16,7 +16,7 @@ import pytest
 from knowledge_flow.cli.demo_watch import POLL_S
 from knowledge_flow.demo_problems import CHECKOUT_DATASET, DEMO_PROBLEMS, load_demo_problems, packaged_rows
 from knowledge_flow.options import SEED_STRIDE
-from tests.conftest import SHARED_DATASETS, free_port, run_kflow
+from tests.conftest import free_port, run_kflow, shared_dataset
 from tests.support.scripted_server import ScriptedServer, kf_output, script_responder
 
 
@@ -38,7 +38,7 @@ def script(gold: int) -> list[str]:
 
 def test_the_chosen_problems_are_the_packaged_copy() -> None:
     """The package's copy holds exactly the demo's problems, as gsm8k_dev.jsonl has them."""
-    assert CHECKOUT_DATASET == SHARED_DATASETS / "gsm8k_dev.jsonl"  # found where the tests find it
+    assert shared_dataset("gsm8k_dev.jsonl") == CHECKOUT_DATASET  # found where the tests find it
     from_checkout = load_demo_problems()
     assert [row["id"] for row in from_checkout.rows] == [problem.id for problem in DEMO_PROBLEMS]
     assert packaged_rows() == from_checkout.rows

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from knowledge_flow.persistence import get_store
-from tests.conftest import SHARED_DATASETS, run_kflow
+from tests.conftest import run_kflow, shared_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def free_port() -> int:
 def test_two_rollouts_on_a_gsm8k_problem(tmp_path: Path) -> None:
     from knowledge_flow.server_launch.local import start_local
 
-    row = json.loads((SHARED_DATASETS / "gsm8k_dev.jsonl").read_text().splitlines()[0])
+    row = json.loads(shared_dataset("gsm8k_dev.jsonl").read_text().splitlines()[0])
     server = start_local(port=free_port(), write_pid_file=False)
     try:
         db = tmp_path / "e2e.db"

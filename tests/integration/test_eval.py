@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from knowledge_flow.prompts import load_prompt_set
-from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
+from tests.conftest import run_kflow, shared_dataset, start_kflow
 from tests.integration.scripts import PAPER_SET
 from tests.support.databases import Database
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import Reply, Request, ScriptedServer, word_count
 
-AIME25 = SHARED_DATASETS / "aime_2025.jsonl"
+AIME25 = "aime_2025.jsonl"
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
@@ -68,13 +68,13 @@ def eval_args(
 
 
 def test_aime25_run_matches_the_script(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    data = rows(AIME25)
+    data = rows(shared_dataset(AIME25))
     order = [row["problem"] for row in data]
     golds = {row["problem"]: int(row["answer"]) for row in data}
     delays = {row["problem"]: 0.002 * (i % 7) for i, row in enumerate(data)}
     server = scripted(eval_responder(aime_answer(golds, order), delays), keys=order).start()
     iterations = 4
-    proc = run_kflow(eval_args(server, tmp_path, AIME25, iterations, "aime-run", "--concurrency", "30"))
+    proc = run_kflow(eval_args(server, tmp_path, shared_dataset(AIME25), iterations, "aime-run", "--concurrency", "30"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
 
@@ -136,7 +136,7 @@ def test_aime25_run_matches_the_script(scripted: type[ScriptedServer], tmp_path:
 
 
 def test_sigkill_eval_then_resume(scripted: type[ScriptedServer], tmp_path: Path, database: Database) -> None:
-    data = rows(AIME25)[:6]
+    data = rows(shared_dataset(AIME25))[:6]
     dataset = tmp_path / "six.jsonl"
     dataset.write_text("\n".join(json.dumps(row) for row in data))
     order = [row["problem"] for row in data]
@@ -181,7 +181,7 @@ def test_sigkill_eval_then_resume(scripted: type[ScriptedServer], tmp_path: Path
 
 
 def test_no_barrier_slow_problem_does_not_hold_back_others(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    data = rows(AIME25)[:5]
+    data = rows(shared_dataset(AIME25))[:5]
     dataset = tmp_path / "five.jsonl"
     dataset.write_text("\n".join(json.dumps(row) for row in data))
     order = [row["problem"] for row in data]
@@ -262,7 +262,7 @@ def test_latex_answers_judged_by_math_verify(scripted: type[ScriptedServer], tmp
 
 
 def test_early_stopping_saves_rollouts_and_carries_answers(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    data = rows(AIME25)[:3]
+    data = rows(shared_dataset(AIME25))[:3]
     dataset = tmp_path / "three.jsonl"
     dataset.write_text("\n".join(json.dumps(row) for row in data))
     order = [row["problem"] for row in data]
@@ -329,7 +329,7 @@ def test_report_regrades_stored_outputs_by_answer_rule(scripted: type[ScriptedSe
 def test_report_compare_pairs_runs_on_the_same_problems(scripted: type[ScriptedServer], tmp_path: Path) -> None:
     """`kflow report A --compare B`: accuracy with its Wilson interval, wins/losses of B against A on the same
     problems with the exact McNemar p, per-iteration pass@1 and flips."""
-    data = rows(AIME25)[:12]
+    data = rows(shared_dataset(AIME25))[:12]
     dataset = tmp_path / "twelve.jsonl"
     dataset.write_text("\n".join(json.dumps(row) for row in data))
     order = [row["problem"] for row in data]

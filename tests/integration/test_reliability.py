@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import SHARED_DATASETS, run_kflow, start_kflow
+from tests.conftest import run_kflow, shared_dataset, start_kflow
 from tests.integration.scripts import PAPER_SET
 from tests.support.databases import Database
 from tests.support.eval_script import eval_responder, iteration_of
@@ -24,7 +24,7 @@ SECRET = "sk-reliability-SECRET-93f1"
 
 
 def dataset_of(tmp_path: Path, count: int, name: str = "set.jsonl") -> tuple[Path, list[str], dict[str, int]]:
-    data = [json.loads(line) for line in (SHARED_DATASETS / "aime_2025.jsonl").read_text().splitlines()[:count]]
+    data = [json.loads(line) for line in shared_dataset("aime_2025.jsonl").read_text().splitlines()[:count]]
     path = tmp_path / name
     path.write_text("\n".join(json.dumps(row) for row in data))
     return path, [row["problem"] for row in data], {row["problem"]: int(row["answer"]) for row in data}

@@ -5,15 +5,20 @@ population's majority; from the command line and from Python."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from knowledge_flow import Context, compile_graph
 from knowledge_flow.persistence import SqliteCheckpointer, get_store
+from knowledge_flow.strategies import rsa
 from knowledge_flow.strategies.rsa import draw_subsets
 from tests.conftest import run_kflow
 from tests.integration.rsa_support import (
@@ -55,14 +60,14 @@ def check_population(
     assert sorted(by_loop) == list(range(1, loops)) and all(len(s) == n for s in by_loop.values())
     for loop in range(1, loops):  # a loop starts once the loop before it is complete
         assert min(started[loop]) > max(started[loop - 1])
-    # the members drew their own subsets (a uniform draw may repeat one, never all of them here)
-    assert len({frozenset(s) for subsets in by_loop.values() for s in subsets}) > 1
     # the stored lineage is what the prompts showed
     parents = stored_parents(db)
     for loop, subsets in by_loop.items():
         stored = [tuple(p) for trace, p in parents.items() if model.produced[trace].loop == loop]
         assert Counter(stored) == Counter(subsets)
-    # the subsets are the draw of the generator seeded with the run and the loop
+    # the subsets are the draw of the generator seeded with the run and the loop, member by member (the run id
+    # is random, so whether two members drew the same subset is chance: K = 1 of 3 traces gives all members
+    # one trace 1 time in 9; that members draw apart is tests/unit/test_rsa_draw.py's, with fixed seeds)
     store = get_store(db)
     run = store.list_runs()[-1]
     rows = store.rollouts(run.run_id)
@@ -136,10 +141,26 @@ def test_python_rsa_and_self_refinement(scripted: type[ScriptedServer], tmp_path
     assert all("one attempted solution" in r.prompt for r in refinements)
 
 
-def test_failed_and_unanswered_traces_are_not_drawn(scripted: type[ScriptedServer], tmp_path: Path) -> None:
+def test_failed_and_unanswered_traces_are_not_drawn(
+    scripted: type[ScriptedServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Loop 0: one trace without an answer, so each member of loop 1 draws the three answered ones (K = 3).
-    Loop 1: the first member's request is refused (it fails) and the next gives no answer: loop 2's members
-    draw only loop 1's answered traces, all of them since they are fewer than K."""
+    Loop 1: one member's request is refused (it fails) and another gives no answer: loop 2's members draw only
+    loop 1's two answered traces, all of them since they are fewer than K.
+
+    The draw is replaced by one that gives the members distinct orders of the pool it is handed: members whose
+    prompts are the same share one request (`n`), and a refused request fails all of them, so with the random
+    draw how many members one refusal fails would be chance. What this test checks is the pool handed to it."""
+    pools: dict[str, list[int]] = {}
+
+    def distinct_orders(
+        pool: Sequence[int], members: int, size: int, seed: str, weights: Any = None
+    ) -> list[list[int]]:
+        pools[seed.split(":")[1]] = list(pool)
+        orders = list(itertools.permutations(pool, min(size, len(pool))))
+        return [list(orders[member % len(orders)]) for member in range(members)] if orders else [[]] * members
+
+    monkeypatch.setattr(rsa, "draw_subsets", distinct_orders)
     outcomes = iter([FAIL, NONE, *["6"] * 10])
     model = PopulationModel(first=("5", NONE, "7", "9"), aggregate=lambda _answers: next(outcomes))
     server = scripted(model).start()
@@ -149,14 +170,18 @@ def test_failed_and_unanswered_traces_are_not_drawn(scripted: type[ScriptedServe
     answered = {
         loop: {t.trace for t in delivered if t.loop == loop and t.answer not in (NONE, FAIL)} for loop in (0, 1)
     }
-    assert len(answered[0]) == 3 and 1 <= len(answered[1]) <= 2
+    assert len(answered[0]) == 3 and len(answered[1]) == 2
     for request in aggregation_requests(server):
         shown = TRACE.findall(request.prompt)
         loop = model.produced[shown[0]].loop
         assert set(shown) == answered[loop] and len(shown) == len(answered[loop])
     store = get_store(db)
     rows = store.rollouts(store.list_runs()[-1].run_id)
-    assert any(r.error is not None for r in rows if r.iteration == 1)
+    assert [r.error is not None for r in rows if r.iteration == 1].count(True) == 1
+    # the pools handed to the draw: the answered members of the loop before, by thinker
+    for loop in (1, 2):
+        usable = [r.index for r in rows if r.iteration == loop - 1 and r.error is None and r.answer is not None]
+        assert pools[str(loop)] == usable and len(usable) == len(answered[loop - 1])
 
 
 def test_a_loop_with_nothing_to_aggregate_sends_the_first_prompt(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATASETS, run_kflow
+from tests.conftest import run_kflow, shared_dataset
 from tests.integration.scripts import PAPER_SET
 from tests.support.eval_script import eval_responder, iteration_of
 from tests.support.scripted_server import ScriptedServer
@@ -151,7 +151,7 @@ def test_kflow_vllm_python_is_the_default_interpreter(tmp_path: Path) -> None:
 
 
 def test_replicas_spread_load_and_survive_a_crash(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    data = [json.loads(line) for line in (SHARED_DATASETS / "aime_2025.jsonl").read_text().splitlines()[:8]]
+    data = [json.loads(line) for line in shared_dataset("aime_2025.jsonl").read_text().splitlines()[:8]]
     dataset = tmp_path / "eight.jsonl"
     dataset.write_text("\n".join(json.dumps(row) for row in data))
     order = [row["problem"] for row in data]
