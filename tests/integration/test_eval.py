@@ -68,13 +68,14 @@ def eval_args(
 
 
 def test_aime25_run_matches_the_script(scripted: type[ScriptedServer], tmp_path: Path) -> None:
-    data = rows(shared_dataset(AIME25))
+    dataset = shared_dataset(AIME25)
+    data = rows(dataset)
     order = [row["problem"] for row in data]
     golds = {row["problem"]: int(row["answer"]) for row in data}
     delays = {row["problem"]: 0.002 * (i % 7) for i, row in enumerate(data)}
     server = scripted(eval_responder(aime_answer(golds, order), delays), keys=order).start()
     iterations = 4
-    proc = run_kflow(eval_args(server, tmp_path, shared_dataset(AIME25), iterations, "aime-run", "--concurrency", "30"))
+    proc = run_kflow(eval_args(server, tmp_path, dataset, iterations, "aime-run", "--concurrency", "30"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
 
